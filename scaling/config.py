@@ -1,0 +1,225 @@
+"""Typed, frozen configuration: the model, its presets (as data), and one training run.
+
+This module never imports jax, so the CLI's ``presets``/``estimate`` commands start instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+Family = Literal["llama", "gpt2"]
+Dtype = Literal["float32", "bfloat16"]
+Remat = Literal["none", "full", "dots"]
+Mode = Literal["none", "dp", "fsdp", "tp", "fsdp_tp"]
+
+FAMILIES: tuple[str, ...] = ("llama", "gpt2")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+REMATS: tuple[str, ...] = ("none", "full", "dots")
+MODES: tuple[str, ...] = ("none", "dp", "fsdp", "tp", "fsdp_tp")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the shared decoder-only LM.
+
+    ``d_ff`` is the hidden width of the FFN. For ``llama`` (SwiGLU, three matrices) the presets
+    use ≈ 8/3·d_model rounded up to a multiple of 64, which keeps the parameter count of a GPT
+    MLP with 4·d_model (two matrices).
+    """
+
+    name: str = "custom"
+    family: Family = "llama"
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 8
+    n_kv_heads: int | None = None  # grouped-query attention; None means n_heads
+    head_dim: int | None = None  # None means d_model // n_heads
+    d_ff: int = 352
+    vocab_size: int = 2048
+    max_seq_len: int = 512
+    tied_embeddings: bool = True
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    dtype: Dtype = "float32"  # compute dtype; parameters are always float32
+    remat: Remat = "none"
+    scan_layers: bool = True  # False unrolls the layer loop (used to let XLA count FLOPs)
+    init_std: float = 0.02  # std of embeddings (and of the muP base for hidden matrices)
+    # muP (Tensor Programs V); with mup=False the model is standard parametrization.
+    mup: bool = False
+    mup_base_width: int = 128
+    mup_input_multiplier: float = 1.0
+    mup_output_multiplier: float = 1.0
+
+    def __post_init__(self) -> None:
+        validate_model(self)
+
+    @property
+    def d_head(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def mup_width_multiplier(self) -> float:
+        """m = d_model / base_width under muP, 1 otherwise."""
+        return self.d_model / self.mup_base_width if self.mup else 1.0
+
+
+def validate_model(cfg: ModelConfig) -> None:
+    """Raise ``ValueError`` naming the bad field and what would be valid."""
+    if cfg.family not in FAMILIES:
+        raise ValueError(f"unknown family {cfg.family!r}; valid: {', '.join(FAMILIES)}")
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {cfg.dtype!r}; valid: {', '.join(DTYPES)}")
+    if cfg.remat not in REMATS:
+        raise ValueError(f"unknown remat {cfg.remat!r}; valid: {', '.join(REMATS)}")
+    for name in ("n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "max_seq_len"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.head_dim is None and cfg.d_model % cfg.n_heads:
+        raise ValueError(
+            f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}; "
+            "choose n_heads dividing d_model"
+        )
+    if cfg.n_heads % cfg.kv_heads:
+        raise ValueError(
+            f"n_heads={cfg.n_heads} is not divisible by n_kv_heads={cfg.kv_heads}"
+        )
+    if cfg.family == "llama" and cfg.d_head % 2:
+        raise ValueError(f"RoPE needs an even head dimension, got d_head={cfg.d_head}")
+    if cfg.mup and cfg.mup_base_width <= 0:
+        raise ValueError(f"mup_base_width must be positive, got {cfg.mup_base_width}")
+
+
+def swiglu_hidden(d_model: int, multiple: int = 64) -> int:
+    """SwiGLU width with the parameter count of a 4·d_model GELU MLP: 8/3·d, rounded up."""
+    return multiple * math.ceil(8 * d_model / 3 / multiple)
+
+
+GPT3_VOCAB = 50304  # GPT-2's 50257 padded to a multiple of 64 (nanoGPT's choice)
+GPT3_CONTEXT = 2048
+CPU_VOCAB = 2048
+
+
+def _cpu(name: str, n_layers: int, d_model: int, n_heads: int) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_ff=swiglu_hidden(d_model),
+        vocab_size=CPU_VOCAB,
+        max_seq_len=512,
+    )
+
+
+def _gpt3(name: str, n_layers: int, d_model: int, n_heads: int) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_ff=swiglu_hidden(d_model),
+        vocab_size=GPT3_VOCAB,
+        max_seq_len=GPT3_CONTEXT,
+    )
+
+
+# GPT-3 ladder: Brown et al. 2020, table 2.1. Two rows of the paper are inconsistent with
+# d_model = n_heads·d_head and are fixed here: 1.3B uses 16 heads of 128 (paper: 24 heads),
+# 13B uses d_model 5120 (paper: 5140).
+PRESETS: dict[str, ModelConfig] = {
+    p.name: p
+    for p in (
+        _cpu("tiny", 4, 128, 8),
+        _cpu("10m", 12, 256, 8),
+        _cpu("30m", 16, 384, 8),
+        _gpt3("125m", 12, 768, 12),
+        _gpt3("350m", 24, 1024, 16),
+        _gpt3("760m", 24, 1536, 16),
+        _gpt3("1.3b", 24, 2048, 16),
+        _gpt3("2.7b", 32, 2560, 32),
+        _gpt3("6.7b", 32, 4096, 32),
+        _gpt3("13b", 40, 5120, 40),
+        _gpt3("175b", 96, 12288, 96),
+    )
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown size {name!r}; valid: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def with_family(cfg: ModelConfig, family: Family) -> ModelConfig:
+    """The same widths in the other family (gpt2 uses a 4·d_model GELU MLP)."""
+    if family == cfg.family:
+        return cfg
+    d_ff = 4 * cfg.d_model if family == "gpt2" else swiglu_hidden(cfg.d_model)
+    return dataclasses.replace(cfg, family=family, d_ff=d_ff)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run of the shared model. A run is a value: RunConfig in, RunResult out."""
+
+    model: ModelConfig = field(default_factory=lambda: PRESETS["tiny"])
+    steps: int = 50
+    batch: int = 8  # global batch, in sequences
+    seq: int = 128
+    lr: float = 3e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr·min_lr_ratio
+    warmup_steps: int = 10  # learning-rate warm-up (not the timing warm-up)
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    seed: int = 0
+    data: str = "synthetic"  # "synthetic" or a path to a .bin/.npy token file
+    mode: Mode = "none"
+    mesh: tuple[int, int] | None = None  # (data, tensor); None picks the mode's default
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0  # 0: only at the end (when checkpoint_dir is set)
+    resume: bool = False
+    timing_warmup_steps: int = 1  # steps excluded from timing statistics
+
+    def __post_init__(self) -> None:
+        validate_run(self)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch * self.seq
+
+
+def validate_run(run: RunConfig) -> None:
+    if run.steps < 0:
+        raise ValueError(f"steps must be >= 0, got {run.steps}")
+    if run.batch <= 0:
+        raise ValueError(f"batch must be positive, got {run.batch}")
+    if run.seq <= 0 or run.seq > run.model.max_seq_len:
+        raise ValueError(
+            f"seq={run.seq} is out of range; valid: 1..{run.model.max_seq_len} "
+            f"(the context of {run.model.name})"
+        )
+    if not run.lr > 0 or not math.isfinite(run.lr):
+        raise ValueError(f"lr must be a positive finite number, got {run.lr}")
+    if run.warmup_steps < 0:
+        raise ValueError(f"warmup must be >= 0, got {run.warmup_steps}")
+    if run.mode not in MODES:
+        raise ValueError(f"unknown mode {run.mode!r}; valid: {', '.join(MODES)}")
+    if run.checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0, got {run.checkpoint_every}")
+
+
+def parse_mesh(text: str) -> tuple[int, int]:
+    """Parse ``DxT`` (e.g. ``4x2``) into (data, tensor)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"bad mesh {text!r}; expected DxT with positive integers, e.g. 4x2")
+    return int(parts[0]), int(parts[1])
