@@ -92,6 +92,11 @@ def validate_model(cfg: ModelConfig) -> None:
         )
     if cfg.family == "llama" and cfg.d_head % 2:
         raise ValueError(f"RoPE needs an even head dimension, got d_head={cfg.d_head}")
+    if cfg.mup and cfg.tied_embeddings:
+        raise ValueError(
+            "muP needs an untied head (input and output embeddings scale differently); "
+            "set tied_embeddings=False"
+        )
     if cfg.mup and cfg.mup_base_width <= 0:
         raise ValueError(f"mup_base_width must be positive, got {cfg.mup_base_width}")
 

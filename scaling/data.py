@@ -1,0 +1,177 @@
+"""Training data as Grain datasets: a learnable synthetic source with a known entropy floor,
+memory-mapped token files, and byte-level tokenisation of any text file.
+
+Every source yields batches of ``(rows, seq + 1)`` int32 token ids; a batch is a pure function
+of (seed, batch index), so the same seed gives the same batches and a data iterator's state is
+just the index of its next batch. In a multi-process run each process builds only its own rows
+(``rows`` is that process's slice of the global batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grain
+import numpy as np
+
+SYNTHETIC_VOCAB = 64  # states of the Markov chain (capped at the model vocabulary); small enough to learn fast
+SYNTHETIC_BRANCHING = 4  # successors per state
+SYNTHETIC_ZIPF = 1.0  # transition probabilities ∝ rank^-ZIPF
+TOKEN_FILE_SUFFIXES = (".bin", ".npy")
+
+
+@dataclass(frozen=True)
+class MarkovChain:
+    """A sparse first-order Markov chain over ``vocab`` states with Zipf transitions.
+
+    Each state has ``branching`` distinct successors (seeded), with probabilities ∝ rank^-zipf.
+    Sequences start in the stationary distribution, so every next-token prediction has the same
+    optimal expected loss: the entropy rate H = Σ_s π(s) · H(P[s, :]) (nats/token). A model
+    conditioned on the previous token can reach it; none can go below it.
+    """
+
+    successors: np.ndarray  # (vocab, branching) int
+    probs: np.ndarray  # (branching,) float64, shared by every state
+    stationary: np.ndarray  # (vocab,) float64
+
+    @classmethod
+    def build(
+        cls,
+        vocab: int = SYNTHETIC_VOCAB,
+        branching: int = SYNTHETIC_BRANCHING,
+        zipf: float = SYNTHETIC_ZIPF,
+        seed: int = 0,
+    ) -> MarkovChain:
+        rng = np.random.default_rng([seed, 0x5CA1])
+        successors = np.stack([rng.choice(vocab, branching, replace=False) for _ in range(vocab)])
+        probs = np.arange(1, branching + 1, dtype=np.float64) ** -zipf
+        probs /= probs.sum()
+        transition = np.zeros((vocab, vocab))
+        np.add.at(transition, (np.repeat(np.arange(vocab), branching), successors.ravel()),
+                  np.tile(probs, vocab))
+        stationary = _stationary_distribution(transition)
+        return cls(successors, probs, stationary)
+
+    @property
+    def vocab(self) -> int:
+        return len(self.stationary)
+
+    @property
+    def entropy_rate_nats(self) -> float:
+        """Every state has the same transition distribution up to relabelling, so H = H(probs)."""
+        return float(-(self.probs * np.log(self.probs)).sum())
+
+    def sample(self, rng: np.random.Generator, rows: int, length: int) -> np.ndarray:
+        cdf = np.cumsum(self.probs)
+        out = np.empty((rows, length), dtype=np.int32)
+        state = rng.choice(self.vocab, size=rows, p=self.stationary)
+        out[:, 0] = state
+        uniforms = rng.random((length - 1, rows))
+        for t in range(1, length):
+            choice = np.minimum(np.searchsorted(cdf, uniforms[t - 1]), len(cdf) - 1)
+            state = self.successors[state, choice]
+            out[:, t] = state
+        return out
+
+
+def _stationary_distribution(transition: np.ndarray, iters: int = 10_000) -> np.ndarray:
+    """Left eigenvector of the transition matrix for eigenvalue 1, by power iteration."""
+    pi = np.full(len(transition), 1.0 / len(transition))
+    for _ in range(iters):
+        nxt = 0.5 * (pi + pi @ transition)  # lazy chain: same fixed point, no periodicity
+        if np.abs(nxt - pi).max() < 1e-13:
+            break
+        pi = nxt
+    return pi / pi.sum()
+
+
+class SyntheticBatches:
+    """Batch ``i`` = global rows seeded by (seed, i); returns this process's ``rows`` slice."""
+
+    def __init__(self, chain: MarkovChain, batch: int, seq: int, seed: int, rows: slice):
+        self.chain, self.batch, self.seq, self.seed, self.rows = chain, batch, seq, seed, rows
+
+    def __call__(self, index: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, int(index)])
+        return self.chain.sample(rng, self.batch, self.seq + 1)[self.rows]
+
+
+class TokenFileBatches:
+    """Random windows of ``seq + 1`` tokens from a memory-mapped token file.
+
+    Only this process's rows are read: the window offsets of the whole global batch are drawn
+    from (seed, index), then only the rows of ``rows`` are sliced out of the memory map.
+    """
+
+    def __init__(self, tokens: np.ndarray, batch: int, seq: int, seed: int, rows: slice):
+        self.tokens, self.batch, self.seq, self.seed, self.rows = tokens, batch, seq, seed, rows
+
+    def __call__(self, index: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, int(index)])
+        offsets = rng.integers(0, len(self.tokens) - self.seq - 1, size=self.batch)[self.rows]
+        return np.stack([self.tokens[o : o + self.seq + 1] for o in offsets]).astype(np.int32)
+
+
+def load_token_file(path: str | Path, vocab_size: int, seq: int) -> np.ndarray:
+    """Memory-map a ``.bin`` (uint16, as nanoGPT writes) or ``.npy`` token file and check it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data file {str(path)!r} not found; use 'synthetic' or a .bin/.npy path")
+    if path.suffix == ".npy":
+        tokens = np.load(path, mmap_mode="r")
+    elif path.suffix == ".bin":
+        tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    else:
+        raise ValueError(
+            f"unsupported data file {str(path)!r}; valid suffixes: {', '.join(TOKEN_FILE_SUFFIXES)}"
+        )
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"data file {str(path)!r} must hold a 1-D array of integer token ids")
+    if len(tokens) < seq + 2:
+        raise ValueError(f"data file {str(path)!r} has {len(tokens)} tokens; need > {seq + 1}")
+    largest = int(tokens.max())
+    if largest >= vocab_size:
+        raise ValueError(
+            f"token id {largest} in {str(path)!r} is out of range for vocab_size={vocab_size}; "
+            f"valid ids: 0..{vocab_size - 1}"
+        )
+    return tokens
+
+
+def synthetic_chain(vocab_size: int, seed: int) -> MarkovChain:
+    return MarkovChain.build(vocab=min(SYNTHETIC_VOCAB, vocab_size), seed=seed)
+
+
+def batch_dataset(
+    data: str, *, vocab_size: int, batch: int, seq: int, seed: int, rows: slice | None = None
+) -> grain.MapDataset:
+    """A Grain ``MapDataset`` whose element ``i`` is batch ``i`` (this process's rows)."""
+    rows = rows or slice(0, batch)
+    if data == "synthetic":
+        make = SyntheticBatches(synthetic_chain(vocab_size, seed), batch, seq, seed, rows)
+    else:
+        make = TokenFileBatches(load_token_file(data, vocab_size, seq), batch, seq, seed, rows)
+    # A practically endless index space: batch i is generated on demand.
+    return grain.MapDataset.range(2**62).map(make)
+
+
+def entropy_floor(data: str, vocab_size: int, seed: int) -> float | None:
+    """The best achievable loss (nats/token) when it is known, i.e. for synthetic data."""
+    return synthetic_chain(vocab_size, seed).entropy_rate_nats if data == "synthetic" else None
+
+
+def text_to_tokens(text_path: str | Path, out_path: str | Path) -> int:
+    """Byte-level tokenisation (vocab 256): write the file's bytes as uint16 ``.bin``."""
+    text_path, out_path = Path(text_path), Path(out_path)
+    if not text_path.is_file():
+        raise ValueError(f"text file {str(text_path)!r} not found")
+    if out_path.suffix != ".bin":
+        raise ValueError(f"output {str(out_path)!r} must end in .bin (uint16 tokens)")
+    tokens = np.frombuffer(text_path.read_bytes(), dtype=np.uint8).astype(np.uint16)
+    tmp = out_path.with_suffix(".bin.tmp")
+    tokens.tofile(tmp)
+    tmp.replace(out_path)
+    return len(tokens)
+
+

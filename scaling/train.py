@@ -1,0 +1,298 @@
+"""Training core: loss, schedule, the optax chain, the jitted (donating) step, the run loop.
+
+The train state is ``(params, opt_state, step)`` with params as a plain nested dict of arrays
+(``nnx.to_pure_dict``), so optax, Orbax and the PartitionSpec tables all see ordinary pytrees.
+This module returns results and never prints.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from scaling import parallel
+from scaling.config import RunConfig
+from scaling.data import batch_dataset, entropy_floor
+from scaling.estimate import param_counts
+from scaling.model import build_model
+from scaling.mup import lr_multipliers
+
+
+def cross_entropy(logits: Float[Array, "b t v"], targets: Int[Array, "b t"]) -> Float[Array, ""]:
+    """Mean of ``logsumexp(logits) - logits[target]`` (nats/token), in float32."""
+    logits = logits.astype(jnp.float32)
+    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - target_logits)
+
+
+def cosine_lr(step, *, max_lr: float, min_lr: float, warmup: int, total: int):
+    """CS336 form: linear warm-up to max_lr over ``warmup`` steps, cosine to min_lr at
+    ``total``, then min_lr. Works on Python ints and traced arrays."""
+    step = jnp.asarray(step, jnp.float32)
+    warm = max_lr * step / max(warmup, 1)
+    progress = jnp.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
+    cosine = min_lr + 0.5 * (1.0 + jnp.cos(math.pi * progress)) * (max_lr - min_lr)
+    return jnp.where(step < warmup, warm, jnp.where(step <= total, cosine, min_lr))
+
+
+def make_schedule(run: RunConfig) -> optax.Schedule:
+    return lambda step: cosine_lr(
+        step, max_lr=run.lr, min_lr=run.lr * run.min_lr_ratio, warmup=run.warmup_steps,
+        total=max(run.steps, 1),
+    )
+
+
+def decay_mask(params) -> Any:
+    """Weight decay on matrices and embeddings, not on norm gains or biases."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not any("norm" in str(k) or "bias" in str(k) for k in path), params
+    )
+
+
+def scale_by_tree(multipliers) -> optax.GradientTransformation:
+    """Multiply each update leaf by a fixed per-parameter factor (muP's learning rates)."""
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u, m: u * m, updates, multipliers), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(run: RunConfig, params) -> optax.GradientTransformation:
+    """clip → Adam → per-parameter LR multipliers → weight decay → −lr(t).
+
+    This is optax's AdamW (``scale_by_adam``, ``add_decayed_weights``, ``scale_by_learning_rate``)
+    with global-norm clipping in front. Weight decay sits after the muP multipliers so that the
+    decay per step, lr(t)·wd·w, does not depend on width. One Adam state for all parameters.
+    """
+    parts = [optax.clip_by_global_norm(run.grad_clip), optax.scale_by_adam(run.beta1, run.beta2)]
+    if run.model.mup:
+        parts.append(scale_by_tree(lr_multipliers(params, run.model)))
+    parts += [
+        optax.add_decayed_weights(run.weight_decay, mask=decay_mask(params)),
+        optax.scale_by_learning_rate(make_schedule(run)),
+    ]
+    return optax.chain(*parts)
+
+
+class TrainState(NamedTuple):
+    params: dict
+    opt_state: Any
+    step: jax.Array
+
+
+def init_state(run: RunConfig, tx: optax.GradientTransformation) -> TrainState:
+    params = nnx.to_pure_dict(nnx.state(build_model(run.model, run.seed)))
+    return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+
+def make_train_step(run: RunConfig, graphdef, tx: optax.GradientTransformation) -> Callable:
+    schedule = make_schedule(run)
+
+    def loss_of(params, tokens: Int[Array, "b t1"]) -> Float[Array, ""]:
+        logits = nnx.merge(graphdef, params)(tokens[:, :-1])
+        return cross_entropy(logits, tokens[:, 1:])
+
+    def train_step(state: TrainState, tokens: Int[Array, "b t1"]):
+        loss, grads = jax.value_and_grad(loss_of)(state.params, tokens)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                   "lr": schedule(state.step)}
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    return train_step
+
+
+@dataclass
+class Plan:
+    """Everything a run needs besides data: mesh, jitted functions and shardings."""
+
+    run: RunConfig
+    mesh: jax.sharding.Mesh
+    mesh_shape: tuple[int, int]
+    graphdef: Any
+    tx: optax.GradientTransformation
+    abstract_state: TrainState
+    state_shardings: TrainState
+    batch_sharding: jax.sharding.NamedSharding
+    init: Callable[[], TrainState]
+    step: Any  # jax.jit-wrapped train step (donates the state)
+
+    @property
+    def batch_shape(self) -> tuple[int, int]:
+        return (self.run.batch, self.run.seq + 1)
+
+    def abstract_batch(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(self.batch_shape, jnp.int32, sharding=self.batch_sharding)
+
+    def abstract_inputs(self) -> tuple[TrainState, jax.ShapeDtypeStruct]:
+        """Shapes, dtypes and shardings of the step's inputs; allocates nothing."""
+        state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            self.abstract_state, self.state_shardings,
+        )
+        return state, self.abstract_batch()
+
+
+def plan(run: RunConfig, devices=None) -> Plan:
+    """Validate the mode and mesh and build the sharded, jitted init and step."""
+    devices = list(jax.devices() if devices is None else devices)
+    mesh_shape = run.mesh or parallel.default_mesh_shape(run.mode, len(devices))
+    n_used = len(devices) if run.mode != "none" else 1
+    parallel.validate(run.mode, mesh_shape, n_used, run.model, run.batch)
+    mesh = parallel.make_mesh(mesh_shape, devices[: mesh_shape[0] * mesh_shape[1]])
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(run.model)))
+    abstract_params = jax.eval_shape(
+        lambda: nnx.to_pure_dict(nnx.state(build_model(run.model, run.seed)))
+    )
+    tx = make_optimizer(run, abstract_params)
+    abstract_state = jax.eval_shape(lambda: init_state(run, tx))
+    state_sh = parallel.shardings(abstract_state, run.mode, mesh)
+    batch_sh = parallel.batch_sharding(mesh)
+    init = jax.jit(lambda: init_state(run, tx), out_shardings=state_sh)
+    step = jax.jit(
+        make_train_step(run, graphdef, tx),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, None),
+        donate_argnums=0,
+    )
+    return Plan(run, mesh, mesh_shape, graphdef, tx, abstract_state, state_sh, batch_sh,
+                init, step)
+
+
+@dataclass
+class RunResult:
+    """What one training run measured. Times in seconds, losses in nats/token."""
+
+    size: str
+    mode: str
+    mesh: tuple[int, int]
+    n_devices: int
+    n_processes: int
+    n_params: int
+    steps: int
+    start_step: int
+    tokens_per_step: int
+    compile_s: float
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    step_times_s: list[float] = field(default_factory=list)
+    timing_warmup_steps: int = 1
+    entropy_floor_nats: float | None = None
+    device_kind: str = ""
+    xla: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def timed_step_times_s(self) -> list[float]:
+        return self.step_times_s[self.timing_warmup_steps :] or self.step_times_s
+
+    @property
+    def step_time_s_median(self) -> float:
+        times = self.timed_step_times_s
+        return statistics.median(times) if times else float("nan")
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / self.step_time_s_median
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1] if self.losses else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "size": self.size, "mode": self.mode, "mesh": f"{self.mesh[0]}x{self.mesh[1]}",
+            "n_devices": self.n_devices, "n_processes": self.n_processes,
+            "n_params": self.n_params, "steps": self.steps, "start_step": self.start_step,
+            "losses": self.losses, "grad_norms": self.grad_norms, "lrs": self.lrs,
+            "step_times_s": self.step_times_s, "final_loss": self.final_loss,
+            "compile_s": self.compile_s, "step_time_s_median": self.step_time_s_median,
+            "tokens_per_s": self.tokens_per_s, "entropy_floor_nats": self.entropy_floor_nats,
+            "device_kind": self.device_kind, "xla": self.xla,
+        }
+
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def xla_figures(compiled) -> dict[str, float]:
+    """XLA's own per-device figures for a compiled step (FLOPs: a scanned body counts once)."""
+    out: dict[str, float] = {}
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    if cost and cost.get("flops", -1) >= 0:
+        out["flops"] = float(cost["flops"])
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        for name in ("argument", "output", "temp", "alias"):
+            out[f"{name}_bytes"] = float(getattr(memory, f"{name}_size_in_bytes", 0))
+    return out
+
+
+def run(run_cfg: RunConfig, on_step: StepCallback | None = None) -> RunResult:
+    """Train ``run_cfg.model`` for ``run_cfg.steps`` steps and measure it."""
+    from scaling import checkpoint  # orbax is slow to import; only runs need it
+
+    p = plan(run_cfg)
+    data = batch_dataset(
+        run_cfg.data, vocab_size=run_cfg.model.vocab_size, batch=run_cfg.batch,
+        seq=run_cfg.seq, seed=run_cfg.seed,
+        rows=parallel.local_rows(p.batch_sharding, p.batch_shape),
+    )
+    iterator = iter(data.to_iter_dataset())
+    manager = checkpoint.manager(run_cfg) if run_cfg.checkpoint_dir else None
+    with jax.set_mesh(p.mesh):
+        if manager is not None and run_cfg.resume and manager.latest_step() is not None:
+            state, iterator_state = checkpoint.restore(manager, p)
+            iterator.set_state(iterator_state)
+        else:
+            state = p.init()
+        start = int(state.step)
+        t0 = time.perf_counter()
+        compiled = p.step.lower(*p.abstract_inputs()).compile()
+        compile_s = time.perf_counter() - t0
+        result = RunResult(
+            size=run_cfg.model.name, mode=run_cfg.mode, mesh=p.mesh_shape,
+            n_devices=p.mesh.size, n_processes=jax.process_count(),
+            n_params=param_counts(run_cfg.model).total, steps=run_cfg.steps, start_step=start,
+            tokens_per_step=run_cfg.tokens_per_step, compile_s=compile_s,
+            timing_warmup_steps=run_cfg.timing_warmup_steps,
+            entropy_floor_nats=entropy_floor(run_cfg.data, run_cfg.model.vocab_size,
+                                             run_cfg.seed),
+            device_kind=jax.devices()[0].device_kind, xla=xla_figures(compiled),
+        )
+        for step in range(start, run_cfg.steps):
+            tokens = parallel.place_batch(np.asarray(next(iterator)), p.batch_sharding,
+                                          p.batch_shape)
+            t = time.perf_counter()
+            state, metrics = compiled(state, tokens)
+            jax.block_until_ready((state, metrics))
+            result.step_times_s.append(time.perf_counter() - t)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            result.losses.append(metrics["loss"])
+            result.grad_norms.append(metrics["grad_norm"])
+            result.lrs.append(metrics["lr"])
+            if on_step is not None:
+                on_step(step, metrics)
+            done = step + 1
+            if manager is not None and (
+                done == run_cfg.steps
+                or (run_cfg.checkpoint_every and done % run_cfg.checkpoint_every == 0)
+            ):
+                checkpoint.save(manager, done, state, iterator.get_state(), run_cfg)
+        if manager is not None:
+            manager.wait_until_finished()
+    return result
