@@ -228,3 +228,28 @@ def parse_mesh(text: str) -> tuple[int, int]:
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise ValueError(f"bad mesh {text!r}; expected DxT with positive integers, e.g. 4x2")
     return int(parts[0]), int(parts[1])
+
+
+def build_run(
+    size: str = "tiny",
+    *,
+    family: str | None = None,
+    dtype: str | None = None,
+    remat: str | None = None,
+    mup: bool = False,
+    mesh: str | tuple[int, int] | None = None,
+    **run_fields,
+) -> RunConfig:
+    """A RunConfig from a preset name plus overrides (what the CLI and sweeps call)."""
+    model = get_preset(size)
+    if family is not None:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+        model = with_family(model, family)
+    overrides = {k: v for k, v in (("dtype", dtype), ("remat", remat)) if v is not None}
+    if mup:
+        overrides.update(mup=True, tied_embeddings=False)
+    model = dataclasses.replace(model, **overrides)
+    if isinstance(mesh, str):
+        mesh = parse_mesh(mesh)
+    return RunConfig(model=model, mesh=mesh, **run_fields)

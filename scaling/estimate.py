@@ -1,12 +1,40 @@
 """Closed-form estimates for the shared model: parameters, FLOPs, memory, communication,
 roofline step time. Pure arithmetic on a ModelConfig; never imports jax.
+
+Letters: L layers, d d_model, h heads, k d_head (h·k = attention width), f d_ff, V vocabulary,
+b batch (sequences), t/s sequence length, c bytes of the compute dtype (2 bf16, 4 f32).
+Mesh is (data, tensor). Every byte figure is per device unless its name says otherwise.
+
+What the model computes (scaling/model.py), which every count here follows:
+- parameters are float32 and cast to the compute dtype at use; no biases except LayerNorm's;
+- attention is unfused: the b·h·t·t scores are materialised in float32, masked to causal, and
+  the softmax weights are cast back to the compute dtype (no flash attention, no dropout);
+- the logits are float32; the embedding lookup is a gather (0 FLOPs);
+- remat wraps each layer (the scanned body), never the embedding or the head.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, field
 
-from scaling.config import ModelConfig
+from scaling.config import MODES, ModelConfig
+from scaling.hardware import HardwareProfile
+
+F32_BYTES = 4
+PARAM_BYTES = F32_BYTES  # parameters are always float32 (cast to the compute dtype at use)
+GRAD_BYTES = F32_BYTES  # gradients of float32 parameters are float32
+OPTIMIZER_BYTES = 2 * F32_BYTES  # AdamW: two float32 moments per parameter (optax.adamw)
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+
+CONVENTION_FULL = "full"  # attention counted over all t×t score entries (PaLM app. B, nanoGPT)
+CONVENTION_CAUSAL = "causal_halved"  # only the causal half (MaxText since July 2025)
+
+TP_MODES = ("tp", "fsdp_tp")
+FSDP_MODES = ("fsdp", "fsdp_tp")
+
+
+# ----------------------------------------------------------------------------- parameters
 
 
 @dataclass(frozen=True)
@@ -42,3 +70,556 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
     total = embedding + cfg.n_layers * per_layer + norm + head
     matmul = cfg.n_layers * (attention + ffn) + d * v
     return ParamCounts(total, embedding, head, per_layer, matmul)
+
+
+@dataclass(frozen=True)
+class _ParamGroups:
+    """Parameters grouped by how the sharding modes split them (numbers of scalars)."""
+
+    layer_matrices: int  # q, k, v, o and FFN matrices of all layers
+    tables: int  # token (+ position) table and the untied head
+    vectors: int  # norm gains (and LayerNorm biases), every layer plus the final norm
+
+
+def _param_groups(cfg: ModelConfig) -> _ParamGroups:
+    p = param_counts(cfg)
+    layer_matrices = p.matmul - cfg.d_model * cfg.vocab_size
+    tables = p.embedding + p.head
+    return _ParamGroups(layer_matrices, tables, p.total - layer_matrices - tables)
+
+
+# ----------------------------------------------------------------------------- mesh rules
+
+
+def _validate(cfg: ModelConfig, mode: str, mesh: tuple[int, int] | None, batch: int, seq: int):
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if mesh is not None and (len(mesh) != 2 or any(int(a) <= 0 for a in mesh)):
+        raise ValueError(f"bad mesh {mesh!r}; expected (data, tensor) with positive integers")
+    if batch <= 0:
+        raise ValueError(f"batch must be positive, got {batch}")
+    if seq <= 0 or seq > cfg.max_seq_len:
+        raise ValueError(
+            f"seq={seq} is out of range; valid: 1..{cfg.max_seq_len} (the context of {cfg.name})"
+        )
+
+
+def effective_mesh(mode: str, mesh: tuple[int, int] | None) -> tuple[int, int]:
+    """(data, tensor) the estimate uses: ``none`` is one device whatever the mesh; a missing
+    mesh means (1, 1). Under ``dp``/``fsdp`` a tensor axis > 1 only holds replicas (they repeat
+    the same work); under ``tp`` a data axis > 1 splits the batch and all-reduces gradients."""
+    if mode == "none" or mesh is None:
+        return (1, 1)
+    return (int(mesh[0]), int(mesh[1]))
+
+
+def n_devices(mode: str, mesh: tuple[int, int] | None) -> int:
+    data, tensor = effective_mesh(mode, mesh)
+    return data * tensor
+
+
+def _tensor_split(mode: str, tensor: int) -> int:
+    """How many ways the per-head / FFN-hidden / vocabulary dimensions are split."""
+    return tensor if mode in TP_MODES else 1
+
+
+def _param_divisors(mode: str, mesh: tuple[int, int]) -> tuple[int, int, int]:
+    """Divisors of (layer_matrices, tables, vectors) per device.
+
+    none/dp: replicated. fsdp: everything split over data. tp: matrices and tables (embedding,
+    head) split over tensor, norms replicated. fsdp_tp: matrices and tables over data·tensor,
+    norms over data.
+    """
+    data, tensor = mesh
+    if mode in ("none", "dp"):
+        return (1, 1, 1)
+    if mode == "fsdp":
+        return (data, data, data)
+    if mode == "tp":
+        return (tensor, tensor, 1)
+    return (data * tensor, data * tensor, data)  # fsdp_tp
+
+
+def _ceil(x: float) -> int:
+    return math.ceil(x - 1e-9)
+
+
+def params_per_device(cfg: ModelConfig, *, mode: str, mesh: tuple[int, int] | None) -> int:
+    """Number of parameter scalars one device holds (largest shard, rounded up)."""
+    m = effective_mesh(mode, mesh)
+    g = _param_groups(cfg)
+    dm, dt, dv = _param_divisors(mode, m)
+    return _ceil(g.layer_matrices / dm) + _ceil(g.tables / dt) + _ceil(g.vectors / dv)
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+@dataclass(frozen=True)
+class FlopCounts:
+    """Training FLOPs (forward + backward) of one step over all devices.
+
+    ``model_*``: 6·N_matmul per token + attention, in the stated ``attention_convention``; no
+    rematerialisation (the figure MFU is defined on). ``hardware_*``: what the devices execute:
+    full (unhalved) attention, since the model computes the masked t×t scores, plus remat
+    recompute. Elementwise ops (norms, softmax, RoPE, activations) are not counted.
+    """
+
+    model_per_token: float
+    model_per_step: float
+    hardware_per_token: float
+    hardware_per_step: float
+    attention_convention: str  # "full" or "causal_halved"
+    tokens_per_step: int
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def attention_flops_per_token(cfg: ModelConfig, seq: int, *, causal_halving: bool) -> float:
+    """Attention score and value matmuls, forward + backward, per token (FLOPs).
+
+    Forward per layer per token: q·kᵀ is 2·t·(h·k), weights·v another 2·t·(h·k); the backward
+    is twice the forward, so 12·L·t·(h·k) (PaLM, Chowdhery et al. 2022, appendix B, with
+    h·k = d_model). Grouped-query attention repeats k/v to all heads, so the cost uses h, not
+    h_kv. ``causal_halving`` counts only the causal half (MaxText's convention since July 2025).
+    """
+    full = 12.0 * cfg.n_layers * seq * cfg.n_heads * cfg.d_head
+    return full / 2 if causal_halving else full
+
+
+def flops_per_token(cfg: ModelConfig, seq: int, *, causal_halving: bool) -> float:
+    """Model FLOPs per training token: 6·N_matmul + attention (FLOPs).
+
+    N_matmul (``ParamCounts.matmul``) counts the layer matrices and the read-out (untied head,
+    or the tied table used as read-out). The embedding lookup is a gather: 0 FLOPs, so the
+    token table is not counted again. 6 = 2 (multiply-add) × 3 (forward, and a backward of two
+    matmuls: input and weight gradients) — Kaplan et al. 2020, section 2.1.
+    """
+    return 6.0 * param_counts(cfg).matmul + attention_flops_per_token(
+        cfg, seq, causal_halving=causal_halving
+    )
+
+
+def remat_flops_per_token(cfg: ModelConfig, seq: int) -> float:
+    """Extra forward FLOPs per token that ``cfg.remat`` recomputes in the backward pass.
+
+    - ``none``: 0.
+    - ``full`` (``jax.checkpoint`` on each layer): one more forward of the layers:
+      2·N_layer_matmul + 4·L·t·(h·k). The head and embedding are outside the checkpoint, so the
+      read-out matmul (2·d·V) is not recomputed.
+    - ``dots`` (``dots_with_no_batch_dims_saveable``): the outputs of the q/k/v/o and FFN
+      matmuls (dot_generals without batch dimensions) are saved; the two attention einsums have
+      batch dimensions (b, h) and are recomputed, both of them, because the weights·v output
+      is the o-projection's input needed for its weight gradient: 4·L·t·(h·k).
+    The recomputed attention is always the full t×t (that is what the model executes).
+    """
+    attention_forward = 4.0 * cfg.n_layers * seq * cfg.n_heads * cfg.d_head
+    if cfg.remat == "full":
+        layer_matmul = param_counts(cfg).matmul - cfg.d_model * cfg.vocab_size
+        return 2.0 * layer_matmul + attention_forward
+    if cfg.remat == "dots":
+        return attention_forward
+    return 0.0
+
+
+def hardware_flops_per_token(cfg: ModelConfig, seq: int) -> float:
+    """FLOPs per token the hardware executes: 6·N_matmul + full attention + remat recompute."""
+    return flops_per_token(cfg, seq, causal_halving=False) + remat_flops_per_token(cfg, seq)
+
+
+def flop_counts(
+    cfg: ModelConfig, *, batch: int, seq: int, causal_halving: bool = False
+) -> FlopCounts:
+    """Model and hardware FLOPs per token and per step (batch·seq tokens), all devices."""
+    tokens = batch * seq
+    model = flops_per_token(cfg, seq, causal_halving=causal_halving)
+    hardware = hardware_flops_per_token(cfg, seq)
+    convention = CONVENTION_CAUSAL if causal_halving else CONVENTION_FULL
+    return FlopCounts(model, model * tokens, hardware, hardware * tokens, convention, tokens)
+
+
+def flops_per_step(cfg: ModelConfig, *, batch: int, seq: int, causal_halving: bool) -> float:
+    """Model FLOPs per training step of ``batch`` sequences of ``seq`` tokens (FLOPs)."""
+    return flops_per_token(cfg, seq, causal_halving=causal_halving) * batch * seq
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+@dataclass(frozen=True)
+class ActivationTerm:
+    """One group of saved activations on one device: what, its dtype, its bytes."""
+
+    name: str
+    dtype: str
+    bytes: int
+
+
+def korthikanti_activation_bytes_per_layer(
+    seq: int, batch: int, d_model: int, n_heads: int
+) -> float:
+    """Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+    Models", eq. 1): 34·s·b·h + 5·a·s²·b bytes per layer, for 16-bit activations, a GELU MLP of
+    4h, dropout, no recompute, no sequence/tensor parallelism. Reference baseline only; the
+    estimator adapts it (see ``activation_terms``)."""
+    return 34.0 * seq * batch * d_model + 5.0 * n_heads * seq * seq * batch
+
+
+def activation_terms(
+    cfg: ModelConfig, *, mode: str, mesh: tuple[int, int] | None, batch: int, seq: int
+) -> tuple[ActivationTerm, ...]:
+    """Activations kept alive for the backward pass, per device, grouped with their dtypes.
+
+    Adapted from Korthikanti et al. 2022 (34·s·b·h + 5·a·s²·b, counting the inputs of every
+    matmul and nonlinearity and assuming elementwise chains are fused): no dropout (its masks
+    and outputs go: 34 → 32·s·b·h, 5 → 2·a·s²·b), our scores are also kept in float32 (+4·a·s²·b
+    in bytes), SwiGLU keeps three f-wide tensors (w1 out, w3 out, their product) where the GELU
+    MLP keeps two (GELU input, w2 input). Per layer, remat ``none``:
+
+    - residual-stream inputs of the two norms and the two norm outputs (matmul inputs): 4·c·btd
+    - q and k after RoPE, k and v repeated to h heads, the attention output: 4·c·bt(h·k)
+    - scores (float32) 4·b·h·t² and softmax weights (compute dtype) c·b·h·t²
+    - FFN hidden: 3·c·btf (SwiGLU) or 2·c·btf (GELU)
+
+    ``full`` keeps each layer's input c·btd and, during the backward, one layer's recomputed
+    set. ``dots`` keeps each layer's input and the outputs of its q/k/v/o/FFN matmuls (no batch
+    dims) and recomputes the attention (batch-dim einsums) and elementwise results one layer at
+    a time. Outside the layers: the final norm's input and output (c·btd each) and the float32
+    logits b·t·V with their float32 gradient. With bf16 compute and remat ``none`` the bf16
+    copies of the layer weights (cast at use) are saved for the backward too.
+
+    Sharding: the batch is split over data; under tp/fsdp_tp the per-head, FFN-hidden and
+    vocabulary (logits, head split on V) activations are split over tensor, the (b, t, d)
+    residual-stream ones are not. Transient buffers (gradient accumulators, XLA workspace,
+    fragmentation) are not counted.
+    """
+    _validate(cfg, mode, mesh, batch, seq)
+    m = effective_mesh(mode, mesh)
+    data, tensor = m
+    ts = _tensor_split(mode, tensor)
+    c = DTYPE_BYTES[cfg.dtype]
+    cd = cfg.dtype
+    L, t = cfg.n_layers, seq
+    bl = math.ceil(batch / data)
+    llama = cfg.family == "llama"
+
+    resid = bl * t * cfg.d_model  # (b, t, d): not split by tensor
+    heads = bl * t * _ceil(cfg.n_heads * cfg.d_head / ts)  # (b, h, t, k)
+    kv = bl * t * _ceil(cfg.kv_heads * cfg.d_head / ts)  # (b, h_kv, t, k) before the repeat
+    ffn = bl * t * _ceil(cfg.d_ff / ts)  # (b, t, f)
+    scores = bl * _ceil(cfg.n_heads / ts) * t * t  # (b, h, t, t)
+    logits = bl * t * _ceil(cfg.vocab_size / ts)  # (b, t, V)
+    ffn_kept = 3 if llama else 2
+    ffn_name = "w1 out, w3 out, their product" if llama else "GELU input, w2 input"
+
+    terms: list[ActivationTerm] = []
+
+    def add(name: str, dtype: str, n_bytes: float) -> None:
+        terms.append(ActivationTerm(name, dtype, int(n_bytes)))
+
+    if cfg.remat == "none":
+        add("residual stream into the norms (L·2·btd)", cd, L * 2 * resid * c)
+        add("norm outputs = matmul inputs (L·2·btd)", cd, L * 2 * resid * c)
+        add("q, k (RoPE, repeated), v (repeated), attention output (L·4·bt·hk)", cd, L * 4 * heads * c)
+        add("attention scores (L·b·h·t²)", "float32", L * scores * F32_BYTES)
+        add("softmax weights (L·b·h·t²)", cd, L * scores * c)
+        add(f"FFN hidden: {ffn_name} (L·{ffn_kept}·btf)", cd, L * ffn_kept * ffn * c)
+        if c != F32_BYTES:
+            dm, _, _ = _param_divisors(mode, m)
+            layer_matrices = _param_groups(cfg).layer_matrices
+            add("layer weights cast to the compute dtype", cd, _ceil(layer_matrices / dm) * c)
+    else:
+        add("layer inputs (L·btd)", cd, L * resid * c)
+        if cfg.remat == "dots":
+            proj = heads + 2 * kv + 2 * resid + (2 if llama else 1) * ffn
+            add("matmul outputs saved by the dots policy: q,k,v,o,FFN (L)", cd, L * proj * c)
+            # Recomputed for one layer at a time in the backward: norm outputs and the mid
+            # residual (3·btd), RoPE'd/repeated q,k,v and attention output, scores, weights,
+            # and the FFN product (SwiGLU) or GELU output.
+            transient_c = 3 * resid + 4 * heads + ffn
+        else:  # full: one layer's whole remat-none set, minus its input (already kept)
+            transient_c = 3 * resid + 4 * heads + ffn_kept * ffn
+        add("one layer recomputed in the backward (compute dtype part)", cd, transient_c * c)
+        add("one layer recomputed: attention scores", "float32", scores * F32_BYTES)
+        add("one layer recomputed: softmax weights", cd, scores * c)
+    add("final norm input and output (2·btd)", cd, 2 * resid * c)
+    add("logits (b·t·V)", "float32", logits * F32_BYTES)
+    add("logits gradient (b·t·V)", "float32", logits * F32_BYTES)
+    return tuple(terms)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per device during a training step, and whether they fit the device.
+
+    params f32, grads f32, optimizer f32 (AdamW m and v), activations per ``activation_terms``
+    (compute dtype except scores and logits, float32). ``fits`` is None without hardware.
+    """
+
+    params: int
+    grads: int
+    optimizer: int
+    activations: int
+    total: int
+    capacity_bytes: int | None
+    fits: bool | None
+    activation_terms: tuple[ActivationTerm, ...] = field(default=())
+    dtypes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, int]:
+        """The five byte figures (the keys of ``memory_per_device_bytes``)."""
+        return {
+            "params": self.params,
+            "grads": self.grads,
+            "optimizer": self.optimizer,
+            "activations": self.activations,
+            "total": self.total,
+        }
+
+
+def memory_capacity_per_device(hardware: HardwareProfile, n: int) -> int:
+    """Bytes one device may use: the chip's memory, or a 1/n share of a shared host's."""
+    return hardware.memory_bytes // n if hardware.devices_share_host else hardware.memory_bytes
+
+
+def memory_per_device(
+    cfg: ModelConfig,
+    *,
+    mode: str,
+    mesh: tuple[int, int] | None,
+    batch: int,
+    seq: int,
+    hardware: HardwareProfile | None = None,
+) -> MemoryEstimate:
+    """Per-device training memory (bytes) for ``mode`` on ``mesh`` = (data, tensor).
+
+    Bytes per parameter: 4 (f32 params) + 4 (f32 grads) + 8 (AdamW moments) = 16, each divided
+    by the mode's sharding (``params_per_device``). The model keeps f32 parameters and casts
+    them at use, so there is no separate master copy. Peaks of the optimizer update (a
+    parameter-sized update tree) and XLA temporaries are not modelled.
+    """
+    _validate(cfg, mode, mesh, batch, seq)
+    n_params = params_per_device(cfg, mode=mode, mesh=mesh)
+    terms = activation_terms(cfg, mode=mode, mesh=mesh, batch=batch, seq=seq)
+    params, grads, optimizer = (
+        n_params * PARAM_BYTES,
+        n_params * GRAD_BYTES,
+        n_params * OPTIMIZER_BYTES,
+    )
+    activations = sum(term.bytes for term in terms)
+    total = params + grads + optimizer + activations
+    capacity = (
+        None if hardware is None else memory_capacity_per_device(hardware, n_devices(mode, mesh))
+    )
+    dtypes = {
+        "params": "float32",
+        "grads": "float32",
+        "optimizer": "float32 (AdamW m, v)",
+        "activations": f"{cfg.dtype}; attention scores and logits float32",
+    }
+    fits = None if capacity is None else total <= capacity
+    return MemoryEstimate(
+        params, grads, optimizer, activations, total, capacity, fits, terms, dtypes
+    )
+
+
+# ----------------------------------------------------------------------------- communication
+
+
+@dataclass(frozen=True)
+class CommEstimate:
+    """Bytes each device sends per training step, by collective kind.
+
+    Ring algorithms over an axis of n devices, V the full (gathered / reduced) array's bytes:
+    AllGather and ReduceScatter send V·(n-1)/n, AllReduce 2·V·(n-1)/n ("How To Scale Your
+    Model", jax-ml/scaling-book: T ≈ V/W and 2V/W, which drops the (n-1)/n factor).
+    """
+
+    all_reduce: float
+    all_gather: float
+    reduce_scatter: float
+
+    @property
+    def total(self) -> float:
+        return self.all_reduce + self.all_gather + self.reduce_scatter
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "all_reduce": self.all_reduce,
+            "all_gather": self.all_gather,
+            "reduce_scatter": self.reduce_scatter,
+            "total": self.total,
+        }
+
+
+def _ring(n: int) -> float:
+    return (n - 1) / n
+
+
+def comm_bytes_per_device(
+    cfg: ModelConfig, *, mode: str, mesh: tuple[int, int] | None, batch: int, seq: int
+) -> CommEstimate:
+    """Collective bytes sent per device per step (see ``CommEstimate`` for the ring model).
+
+    - data axis, params replicated over it (dp; tp with data > 1): AllReduce of the f32
+      gradients this device holds.
+    - data axis, params sharded over it (fsdp, fsdp_tp): AllGather of the f32 parameters in the
+      forward and again in the backward, ReduceScatter of the f32 gradients (ZeRO-3).
+    - tensor axis (tp, fsdp_tp), Megatron (Shoeybi et al. 2019): per layer two AllReduces of
+      the (b, t, d) activations in the forward (after o and after w2) and two in the backward
+      (input gradients of q/k/v and w1/w3), in the compute dtype; plus one for the embedding
+      lookup and one for the head's input gradient (table and head split over tensor); remat
+      ``full`` repeats the two forward ones per layer.
+    - ``none`` (one device) and axes of size 1: nothing.
+    """
+    _validate(cfg, mode, mesh, batch, seq)
+    m = effective_mesh(mode, mesh)
+    data, tensor = m
+    g = _param_groups(cfg)
+    all_reduce = all_gather = reduce_scatter = 0.0
+    if data > 1:
+        if mode in FSDP_MODES:
+            ts = _tensor_split(mode, tensor)
+            gathered = F32_BYTES * ((g.layer_matrices + g.tables) / ts + g.vectors)
+            all_gather += 2 * gathered * _ring(data)
+            reduce_scatter += gathered * _ring(data)
+        elif mode in ("dp", "tp"):
+            held = F32_BYTES * params_per_device(cfg, mode=mode, mesh=m)
+            all_reduce += 2 * held * _ring(data)
+    if mode in TP_MODES and tensor > 1:
+        activation = math.ceil(batch / data) * seq * cfg.d_model * DTYPE_BYTES[cfg.dtype]
+        per_layer = 4 + (2 if cfg.remat == "full" else 0)
+        count = cfg.n_layers * per_layer + 2
+        all_reduce += count * 2 * activation * _ring(tensor)
+    return CommEstimate(all_reduce, all_gather, reduce_scatter)
+
+
+# ----------------------------------------------------------------------------- roofline
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Everything the estimator predicts for one configuration (see ``estimate``)."""
+
+    cfg: ModelConfig
+    mode: str
+    mesh: tuple[int, int]  # effective (data, tensor)
+    n_devices: int
+    batch: int
+    seq: int
+    hardware: HardwareProfile
+    params: ParamCounts
+    flops: FlopCounts
+    memory: MemoryEstimate
+    comm: CommEstimate
+    peak_flops_per_device: float  # FLOP/s in the compute dtype (a share of a shared host)
+    hardware_flops_per_device: float  # per step
+    model_flops_per_device: float  # per step
+    compute_s: float
+    comm_s: float
+
+    @property
+    def predicted_step_s(self) -> float:
+        """Roofline lower bound: compute and communication fully overlapped."""
+        return max(self.compute_s, self.comm_s)
+
+    @property
+    def predicted_step_s_upper(self) -> float:
+        """Roofline upper bound: no overlap at all."""
+        return self.compute_s + self.comm_s
+
+    @property
+    def predicted_mfu(self) -> float:
+        """MFU ceiling: model FLOPs per device / (lower-bound step time · peak)."""
+        denominator = self.predicted_step_s * self.peak_flops_per_device
+        return self.model_flops_per_device / denominator if denominator > 0 else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        """A flat, JSON-serialisable summary (bytes, FLOPs, seconds, FLOP/s)."""
+        return {
+            "size": self.cfg.name,
+            "family": self.cfg.family,
+            "dtype": self.cfg.dtype,
+            "remat": self.cfg.remat,
+            "mode": self.mode,
+            "mesh": list(self.mesh),
+            "n_devices": self.n_devices,
+            "batch": self.batch,
+            "seq": self.seq,
+            "tokens_per_step": self.flops.tokens_per_step,
+            "n_params": self.params.total,
+            "n_params_non_embedding": self.params.non_embedding,
+            "n_params_matmul": self.params.matmul,
+            "flops_per_token": self.flops.model_per_token,
+            "flops_per_step": self.flops.model_per_step,
+            "hardware_flops_per_step": self.flops.hardware_per_step,
+            "attention_convention": self.flops.attention_convention,
+            "memory_per_device_bytes": self.memory.to_dict(),
+            "memory_capacity_bytes": self.memory.capacity_bytes,
+            "fits": self.memory.fits,
+            "comm_bytes_per_device_per_step": self.comm.total,
+            "comm_bytes_by_collective": {
+                k: v for k, v in self.comm.to_dict().items() if k != "total"
+            },
+            "predicted_compute_s": self.compute_s,
+            "predicted_comm_s": self.comm_s,
+            "predicted_step_s": self.predicted_step_s,
+            "predicted_step_s_upper": self.predicted_step_s_upper,
+            "predicted_mfu": self.predicted_mfu,
+            "peak_flops_per_device": self.peak_flops_per_device,
+            "hardware": self.hardware.name,
+        }
+
+
+def estimate(
+    cfg: ModelConfig,
+    *,
+    mode: str,
+    mesh: tuple[int, int] | None,
+    batch: int,
+    seq: int,
+    hardware: HardwareProfile,
+    causal_halving: bool = False,
+) -> Estimate:
+    """Parameters, FLOPs, memory, communication and roofline step time of one training step.
+
+    ``batch`` is the global batch in sequences. Compute time = hardware FLOPs per device / peak
+    in ``cfg.dtype``; the batch is split over data and, under tp/fsdp_tp, the work over tensor
+    (a tensor axis under dp/fsdp repeats the work). Communication time = bytes sent per device /
+    ``hardware.interconnect_bandwidth_bytes_per_s``. The step time lies between max(compute,
+    comm) (full overlap) and their sum ("How To Scale Your Model", roofline chapter). On a
+    shared host (``cpu``) the devices split the one peak. MFU uses model FLOPs in the
+    ``causal_halving`` convention, so halving lowers it.
+    """
+    _validate(cfg, mode, mesh, batch, seq)
+    m = effective_mesh(mode, mesh)
+    n = m[0] * m[1]
+    flops = flop_counts(cfg, batch=batch, seq=seq, causal_halving=causal_halving)
+    memory = memory_per_device(cfg, mode=mode, mesh=m, batch=batch, seq=seq, hardware=hardware)
+    comm = comm_bytes_per_device(cfg, mode=mode, mesh=m, batch=batch, seq=seq)
+    peak = hardware.peak_flops(cfg.dtype)
+    if hardware.devices_share_host:
+        peak /= n
+    workers = m[0] * _tensor_split(mode, m[1])  # devices that split the work (not replicas)
+    hardware_per_device = flops.hardware_per_step / workers
+    bandwidth = hardware.interconnect_bandwidth_bytes_per_s
+    comm_s = 0.0 if comm.total == 0 else comm.total / bandwidth
+    return Estimate(
+        cfg=cfg,
+        mode=mode,
+        mesh=m,
+        n_devices=n,
+        batch=batch,
+        seq=seq,
+        hardware=hardware,
+        params=param_counts(cfg),
+        flops=flops,
+        memory=memory,
+        comm=comm,
+        peak_flops_per_device=peak,
+        hardware_flops_per_device=hardware_per_device,
+        model_flops_per_device=flops.model_per_step / n,
+        compute_s=hardware_per_device / peak,
+        comm_s=comm_s,
+    )

@@ -282,6 +282,7 @@ def run(run_cfg: RunConfig, on_step: StepCallback | None = None) -> RunResult:
             jax.block_until_ready((state, metrics))
             result.step_times_s.append(time.perf_counter() - t)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            metrics["step_time_s"] = result.step_times_s[-1]
             result.losses.append(metrics["loss"])
             result.grad_norms.append(metrics["grad_norm"])
             result.lrs.append(metrics["lr"])

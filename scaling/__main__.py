@@ -1,0 +1,3 @@
+from scaling.cli.main import app
+
+app(prog_name="scaling")

@@ -1,0 +1,18 @@
+"""The `scaling` command: one small module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from scaling.cli import data, presets, train
+
+app = typer.Typer(
+    name="scaling",
+    help="Benchmarking and scaling studies for JAX language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("presets")(presets.presets)
+app.command("train")(train.train)
+app.add_typer(data.app, name="data")
