@@ -3,7 +3,8 @@ roofline step time. Pure arithmetic on a ModelConfig; never imports jax.
 
 Letters: L layers, d d_model, h heads, k d_head (h·k = attention width), f d_ff, V vocabulary,
 b batch (sequences), t/s sequence length, c bytes of the compute dtype (2 bf16, 4 f32).
-Mesh is (data, tensor). Every byte figure is per device unless its name says otherwise.
+Mesh is (data, tensor); which parameter is split over which axis follows
+``scaling.parallel.SPEC_TABLE``. Every byte figure is per device unless its name says otherwise.
 
 What the model computes (scaling/model.py), which every count here follows:
 - parameters are float32 and cast to the compute dtype at use; no biases except LayerNorm's;
@@ -74,18 +75,21 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
 
 @dataclass(frozen=True)
 class _ParamGroups:
-    """Parameters grouped by how the sharding modes split them (numbers of scalars)."""
+    """Parameters grouped by how ``scaling.parallel.SPEC_TABLE`` splits them (scalars)."""
 
     layer_matrices: int  # q, k, v, o and FFN matrices of all layers
-    tables: int  # token (+ position) table and the untied head
+    vocab_tables: int  # token table (V, d) and the untied head (d, V)
+    positions: int  # gpt2's learned position table (T, d); 0 for llama
     vectors: int  # norm gains (and LayerNorm biases), every layer plus the final norm
 
 
 def _param_groups(cfg: ModelConfig) -> _ParamGroups:
     p = param_counts(cfg)
     layer_matrices = p.matmul - cfg.d_model * cfg.vocab_size
-    tables = p.embedding + p.head
-    return _ParamGroups(layer_matrices, tables, p.total - layer_matrices - tables)
+    positions = cfg.max_seq_len * cfg.d_model if cfg.family == "gpt2" else 0
+    vocab_tables = p.embedding - positions + p.head
+    vectors = p.total - layer_matrices - vocab_tables - positions
+    return _ParamGroups(layer_matrices, vocab_tables, positions, vectors)
 
 
 # ----------------------------------------------------------------------------- mesh rules
@@ -106,8 +110,10 @@ def _validate(cfg: ModelConfig, mode: str, mesh: tuple[int, int] | None, batch: 
 
 def effective_mesh(mode: str, mesh: tuple[int, int] | None) -> tuple[int, int]:
     """(data, tensor) the estimate uses: ``none`` is one device whatever the mesh; a missing
-    mesh means (1, 1). Under ``dp``/``fsdp`` a tensor axis > 1 only holds replicas (they repeat
-    the same work); under ``tp`` a data axis > 1 splits the batch and all-reduces gradients."""
+    mesh means (1, 1). ``scaling.parallel.validate`` rejects the following for runs, but the
+    estimator accepts them for what-ifs: under ``dp``/``fsdp`` a tensor axis > 1 only holds
+    replicas (they repeat the same work); under ``tp`` a data axis > 1 splits the batch and
+    all-reduces the gradients."""
     if mode == "none" or mesh is None:
         return (1, 1)
     return (int(mesh[0]), int(mesh[1]))
@@ -123,21 +129,22 @@ def _tensor_split(mode: str, tensor: int) -> int:
     return tensor if mode in TP_MODES else 1
 
 
-def _param_divisors(mode: str, mesh: tuple[int, int]) -> tuple[int, int, int]:
-    """Divisors of (layer_matrices, tables, vectors) per device.
+def _param_divisors(mode: str, mesh: tuple[int, int]) -> _ParamGroups:
+    """How many ways each parameter group is split, per ``scaling.parallel.SPEC_TABLE``.
 
-    none/dp: replicated. fsdp: everything split over data. tp: matrices and tables (embedding,
-    head) split over tensor, norms replicated. fsdp_tp: matrices and tables over data·tensor,
-    norms over data.
+    none/dp: everything replicated. fsdp: matrices, token table, head and position table split
+    over data. tp: matrices, token table (on V) and head (on V) split over tensor; the position
+    table replicated. fsdp_tp: matrices, token table and head over data·tensor, the position
+    table over data. Norms are replicated in every mode.
     """
     data, tensor = mesh
     if mode in ("none", "dp"):
-        return (1, 1, 1)
+        return _ParamGroups(1, 1, 1, 1)
     if mode == "fsdp":
-        return (data, data, data)
+        return _ParamGroups(data, data, data, 1)
     if mode == "tp":
-        return (tensor, tensor, 1)
-    return (data * tensor, data * tensor, data)  # fsdp_tp
+        return _ParamGroups(tensor, tensor, 1, 1)
+    return _ParamGroups(data * tensor, data * tensor, data, 1)  # fsdp_tp
 
 
 def _ceil(x: float) -> int:
@@ -147,9 +154,11 @@ def _ceil(x: float) -> int:
 def params_per_device(cfg: ModelConfig, *, mode: str, mesh: tuple[int, int] | None) -> int:
     """Number of parameter scalars one device holds (largest shard, rounded up)."""
     m = effective_mesh(mode, mesh)
-    g = _param_groups(cfg)
-    dm, dt, dv = _param_divisors(mode, m)
-    return _ceil(g.layer_matrices / dm) + _ceil(g.tables / dt) + _ceil(g.vectors / dv)
+    g, div = _param_groups(cfg), _param_divisors(mode, m)
+    return sum(
+        _ceil(getattr(g, name) / getattr(div, name))
+        for name in ("layer_matrices", "vocab_tables", "positions", "vectors")
+    )
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -321,14 +330,17 @@ def activation_terms(
     if cfg.remat == "none":
         add("residual stream into the norms (L·2·btd)", cd, L * 2 * resid * c)
         add("norm outputs = matmul inputs (L·2·btd)", cd, L * 2 * resid * c)
-        add("q, k (RoPE, repeated), v (repeated), attention output (L·4·bt·hk)", cd, L * 4 * heads * c)
+        add(
+            "q, k (RoPE, repeated), v (repeated), attention output (L·4·bt·hk)",
+            cd,
+            L * 4 * heads * c,
+        )
         add("attention scores (L·b·h·t²)", "float32", L * scores * F32_BYTES)
         add("softmax weights (L·b·h·t²)", cd, L * scores * c)
         add(f"FFN hidden: {ffn_name} (L·{ffn_kept}·btf)", cd, L * ffn_kept * ffn * c)
         if c != F32_BYTES:
-            dm, _, _ = _param_divisors(mode, m)
-            layer_matrices = _param_groups(cfg).layer_matrices
-            add("layer weights cast to the compute dtype", cd, _ceil(layer_matrices / dm) * c)
+            held = _param_groups(cfg).layer_matrices / _param_divisors(mode, m).layer_matrices
+            add("layer weights cast to the compute dtype", cd, _ceil(held) * c)
     else:
         add("layer inputs (L·btd)", cd, L * resid * c)
         if cfg.remat == "dots":
@@ -462,36 +474,43 @@ def comm_bytes_per_device(
 ) -> CommEstimate:
     """Collective bytes sent per device per step (see ``CommEstimate`` for the ring model).
 
-    - data axis, params replicated over it (dp; tp with data > 1): AllReduce of the f32
-      gradients this device holds.
-    - data axis, params sharded over it (fsdp, fsdp_tp): AllGather of the f32 parameters in the
-      forward and again in the backward, ReduceScatter of the f32 gradients (ZeRO-3).
-    - tensor axis (tp, fsdp_tp), Megatron (Shoeybi et al. 2019): per layer two AllReduces of
-      the (b, t, d) activations in the forward (after o and after w2) and two in the backward
-      (input gradients of q/k/v and w1/w3), in the compute dtype; plus one for the embedding
-      lookup and one for the head's input gradient (table and head split over tensor); remat
-      ``full`` repeats the two forward ones per layer.
-    - ``none`` (one device) and axes of size 1: nothing.
+    Data axis (size > 1), gradients in float32 like the parameters:
+    - parameters sharded over data (fsdp, fsdp_tp, per ``parallel.SPEC_TABLE``): AllGather of
+      the f32 parameters in the forward and again in the backward, ReduceScatter of their
+      gradients (ZeRO-3 / FSDP). Assumes the gather happens before the cast to the compute
+      dtype, as the model casts at use.
+    - parameters replicated over data (all of them under dp and tp, the norms under fsdp and
+      fsdp_tp): AllReduce of their gradients.
+    Tensor axis (tp, fsdp_tp), Megatron (Shoeybi et al. 2019): per layer two AllReduces of the
+    (b, t, d) activations in the forward (after o and after w2) and two in the backward (input
+    gradients of q/k/v and w1/w3), in the compute dtype; remat ``full`` repeats the two forward
+    ones. Plus one for the vocabulary-split embedding lookup (float32: the table is cast after
+    the gather) and one for the vocabulary-split head's input gradient (compute dtype).
+    ``none`` (one device) and axes of size 1: nothing.
     """
     _validate(cfg, mode, mesh, batch, seq)
     m = effective_mesh(mode, mesh)
     data, tensor = m
-    g = _param_groups(cfg)
+    g, div = _param_groups(cfg), _param_divisors(mode, m)
     all_reduce = all_gather = reduce_scatter = 0.0
     if data > 1:
-        if mode in FSDP_MODES:
-            ts = _tensor_split(mode, tensor)
-            gathered = F32_BYTES * ((g.layer_matrices + g.tables) / ts + g.vectors)
-            all_gather += 2 * gathered * _ring(data)
-            reduce_scatter += gathered * _ring(data)
-        elif mode in ("dp", "tp"):
-            held = F32_BYTES * params_per_device(cfg, mode=mode, mesh=m)
-            all_reduce += 2 * held * _ring(data)
+        sharded = replicated = 0.0  # f32 bytes per device, before the data split
+        for name in ("layer_matrices", "vocab_tables", "positions", "vectors"):
+            count, ways = getattr(g, name), getattr(div, name)
+            if mode in FSDP_MODES and ways % data == 0 and ways > 1:
+                sharded += F32_BYTES * count / (ways // data)
+            else:
+                replicated += F32_BYTES * count / ways
+        all_gather += 2 * sharded * _ring(data)
+        reduce_scatter += sharded * _ring(data)
+        all_reduce += 2 * replicated * _ring(data)
     if mode in TP_MODES and tensor > 1:
-        activation = math.ceil(batch / data) * seq * cfg.d_model * DTYPE_BYTES[cfg.dtype]
+        bl = math.ceil(batch / data)
+        activation = bl * seq * cfg.d_model * DTYPE_BYTES[cfg.dtype]
         per_layer = 4 + (2 if cfg.remat == "full" else 0)
-        count = cfg.n_layers * per_layer + 2
+        count = cfg.n_layers * per_layer + 1  # + the head's input gradient
         all_reduce += count * 2 * activation * _ring(tensor)
+        all_reduce += 2 * bl * seq * cfg.d_model * F32_BYTES * _ring(tensor)  # embedding
     return CommEstimate(all_reduce, all_gather, reduce_scatter)
 
 

@@ -1,0 +1,414 @@
+"""Closed-form estimators against hand counts written out as arithmetic (never the function
+under test), published parameter counts, and the hardware table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scaling.config import PRESETS, ModelConfig, with_family
+from scaling.estimate import (
+    CONVENTION_CAUSAL,
+    CONVENTION_FULL,
+    activation_terms,
+    comm_bytes_per_device,
+    estimate,
+    flop_counts,
+    flops_per_token,
+    korthikanti_activation_bytes_per_layer,
+    memory_per_device,
+    param_counts,
+)
+from scaling.hardware import (
+    HARDWARE,
+    cached_cpu_peak,
+    cpu_profile,
+    get_hardware,
+    match_device_kind,
+    store_cpu_peak,
+)
+from scaling.hf_config import model_config_from_hf
+
+DATA = Path(__file__).parent / "data"
+
+# A small llama config whose sizes divide by 8: L=2, d=64, h=4 (k=16), f=128, V=256.
+SMALL = ModelConfig(
+    name="small", n_layers=2, d_model=64, n_heads=4, d_ff=128, vocab_size=256, max_seq_len=128
+)
+# Its hand counts: per layer attention 4·64·64, SwiGLU 3·64·128, two RMSNorm gains 2·64.
+SMALL_LAYER_MATRICES = 2 * (4 * 64 * 64 + 3 * 64 * 128)  # 81,920
+SMALL_TABLE = 256 * 64  # tied: the token table is also the read-out
+SMALL_VECTORS = 2 * 2 * 64 + 64  # per-layer norms + final norm
+SMALL_TOTAL = SMALL_LAYER_MATRICES + SMALL_TABLE + SMALL_VECTORS
+SMALL_MATMUL = SMALL_LAYER_MATRICES + SMALL_TABLE  # 98,304
+
+
+# ----------------------------------------------------------------------------- parameters
+
+GPT3_PAPER = {  # Brown et al. 2020, table 2.1
+    "125m": 125e6,
+    "350m": 350e6,
+    "760m": 760e6,
+    "1.3b": 1.3e9,
+    "2.7b": 2.7e9,
+    "6.7b": 6.7e9,
+    "13b": 13.0e9,
+    "175b": 175.0e9,
+}
+
+
+@pytest.mark.parametrize("size", list(GPT3_PAPER))
+def test_gpt3_ladder_within_two_percent_of_the_paper(size):
+    total = param_counts(PRESETS[size]).total
+    assert total == pytest.approx(GPT3_PAPER[size], rel=0.02)
+
+
+def test_gpt3_125m_exact_hand_count():
+    # 12 layers of d=768, SwiGLU f=2048, RMSNorm; tied table of 50304·768; final norm.
+    per_layer = 4 * 768 * 768 + 3 * 768 * 2048 + 2 * 768
+    expected = 12 * per_layer + 50304 * 768 + 768
+    p = param_counts(PRESETS["125m"])
+    assert p.total == expected == 123_587_328
+    assert p.non_embedding == expected - 50304 * 768
+
+
+def test_llama2_7b_from_hf_config():
+    cfg = model_config_from_hf(DATA / "llama-2-7b.json")
+    assert (cfg.family, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_ff) == (
+        "llama",
+        32,
+        4096,
+        32,
+        11008,
+    )
+    assert not cfg.tied_embeddings and cfg.kv_heads == 32 and cfg.max_seq_len == 4096
+    assert cfg.norm_eps == 1e-5
+    per_layer = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096
+    expected = 32 * per_layer + 2 * 32000 * 4096 + 4096  # untied: table and head
+    total = param_counts(cfg).total
+    assert total == expected == 6_738_415_616
+    assert total == pytest.approx(6.74e9, rel=0.005)
+
+
+def test_gpt2_small_from_hf_config():
+    cfg = model_config_from_hf(DATA / "gpt2-small.json")
+    assert cfg.family == "gpt2" and cfg.tied_embeddings and cfg.d_ff == 4 * 768
+    assert cfg.name == "gpt2-small" and cfg.max_seq_len == 1024
+    per_layer = 4 * 768 * 768 + 2 * 768 * 3072 + 2 * 2 * 768  # no biases but LayerNorm's
+    expected = 50257 * 768 + 1024 * 768 + 12 * per_layer + 2 * 768
+    total = param_counts(cfg).total
+    assert total == expected == 124_356_864
+    assert total == pytest.approx(124e6, rel=0.005)
+    # Hugging Face's 124,439,808 adds the attention/MLP biases our model does not have.
+    assert total + 12 * (3 * 768 + 768 + 4 * 768 + 768) == 124_439_808
+
+
+def test_hf_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="cannot read"):
+        model_config_from_hf(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read"):
+        model_config_from_hf(bad)
+    other = tmp_path / "config.json"
+    other.write_text(json.dumps({"model_type": "bert", "hidden_size": 768}))
+    with pytest.raises(ValueError, match="valid: llama, mistral, gemma, gpt2"):
+        model_config_from_hf(tmp_path)
+
+
+def test_hf_gemma_maps_to_llama_with_head_dim(tmp_path):
+    # Gemma-7B's shape: d=3072, 16 heads of 256 (16·256 ≠ 3072), GeGLU f=24576, tied.
+    path = tmp_path / "gemma-7b.json"
+    path.write_text(
+        json.dumps(
+            {
+                "model_type": "gemma",
+                "hidden_size": 3072,
+                "num_hidden_layers": 28,
+                "num_attention_heads": 16,
+                "num_key_value_heads": 16,
+                "head_dim": 256,
+                "intermediate_size": 24576,
+                "vocab_size": 256000,
+                "max_position_embeddings": 8192,
+                "rms_norm_eps": 1e-6,
+                "rope_theta": 10000.0,
+            }
+        )
+    )
+    cfg = model_config_from_hf(path)
+    assert cfg.family == "llama" and cfg.d_head == 256 and cfg.tied_embeddings
+    per_layer = 4 * 3072 * 16 * 256 + 3 * 3072 * 24576 + 2 * 3072
+    assert param_counts(cfg).total == 28 * per_layer + 256000 * 3072 + 3072  # 8.54 B
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def test_flops_small_config_by_hand():
+    seq, batch = 32, 4
+    attention = 12 * 2 * seq * (4 * 16)  # 12·L·t·(h·k)
+    full = 6 * SMALL_MATMUL + attention
+    halved = 6 * SMALL_MATMUL + attention / 2
+    assert flops_per_token(SMALL, seq, causal_halving=False) == full == 638_976
+    assert flops_per_token(SMALL, seq, causal_halving=True) == halved
+    counts = flop_counts(SMALL, batch=batch, seq=seq, causal_halving=True)
+    assert counts.model_per_step == halved * batch * seq
+    assert counts.attention_convention == CONVENTION_CAUSAL
+    # The hardware executes the full masked t×t attention whatever the convention.
+    assert counts.hardware_per_step == full * batch * seq
+    assert flop_counts(SMALL, batch=1, seq=seq).attention_convention == CONVENTION_FULL
+
+
+def test_gqa_attention_flops_use_all_heads():
+    gqa = dataclasses.replace(SMALL, n_kv_heads=2)
+    matmul = 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) + 256 * 64
+    assert flops_per_token(gqa, 32, causal_halving=False) == 6 * matmul + 12 * 2 * 32 * 64
+
+
+def test_remat_full_adds_exactly_one_forward_of_the_layers():
+    seq, batch = 32, 4
+    none = flop_counts(SMALL, batch=batch, seq=seq)
+    full = flop_counts(dataclasses.replace(SMALL, remat="full"), batch=batch, seq=seq)
+    dots = flop_counts(dataclasses.replace(SMALL, remat="dots"), batch=batch, seq=seq)
+    layer_forward = 2 * SMALL_LAYER_MATRICES + 4 * 2 * seq * 64  # matmuls + attention fwd
+    assert full.hardware_per_step - none.hardware_per_step == layer_forward * batch * seq
+    assert dots.hardware_per_step - none.hardware_per_step == 4 * 2 * seq * 64 * batch * seq
+    assert full.model_per_step == dots.model_per_step == none.model_per_step
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_memory_none_dp_fsdp_ordering_on_8_devices():
+    kw = dict(batch=8, seq=32)
+    none = memory_per_device(SMALL, mode="none", mesh=(8, 1), **kw)
+    dp = memory_per_device(SMALL, mode="dp", mesh=(8, 1), **kw)
+    fsdp = memory_per_device(SMALL, mode="fsdp", mesh=(8, 1), **kw)
+    assert none.params == dp.params == 4 * SMALL_TOTAL
+    assert none.optimizer == dp.optimizer == 8 * SMALL_TOTAL
+    # fsdp splits everything but the norms (replicated, parallel.SPEC_TABLE) over data.
+    fsdp_held = (SMALL_LAYER_MATRICES + SMALL_TABLE) / 8 + SMALL_VECTORS
+    assert fsdp.params == 4 * fsdp_held and fsdp.grads == 4 * fsdp_held
+    assert fsdp.optimizer == 8 * fsdp_held
+    # ≈ 1/8: the replicated norms are 0.3 % of this small model's parameters.
+    eighth = (dp.params + dp.optimizer) / 8
+    assert eighth < fsdp.params + fsdp.optimizer < 1.03 * eighth
+    # none keeps the whole batch, dp and fsdp an eighth of it.
+    assert none.activations > dp.activations == fsdp.activations
+    assert none.total >= dp.total >= fsdp.total
+
+
+def test_tp_divides_matrices_by_tensor():
+    mem = memory_per_device(SMALL, mode="tp", mesh=(1, 4), batch=8, seq=32)
+    expected = SMALL_LAYER_MATRICES / 4 + SMALL_TABLE / 4 + SMALL_VECTORS  # norms replicated
+    assert mem.params == 4 * expected
+    both = memory_per_device(SMALL, mode="fsdp_tp", mesh=(2, 4), batch=8, seq=32)
+    assert both.params == 4 * (SMALL_LAYER_MATRICES / 8 + SMALL_TABLE / 8 + SMALL_VECTORS)
+
+
+def test_gpt2_position_table_sharding():
+    cfg = dataclasses.replace(with_family(SMALL, "gpt2"), name="g")
+    positions = 128 * 64  # (max_seq_len, d), learned
+    matrices = 2 * (4 * 64 * 64 + 2 * 64 * 256)  # GELU MLP, f = 4·d
+    vectors = 2 * 2 * 2 * 64 + 2 * 64  # LayerNorm gain and bias
+    assert param_counts(cfg).total == matrices + SMALL_TABLE + positions + vectors
+    kw = dict(batch=8, seq=32)
+    tp = memory_per_device(cfg, mode="tp", mesh=(1, 4), **kw)  # positions replicated
+    assert tp.params == 4 * (matrices / 4 + SMALL_TABLE / 4 + positions + vectors)
+    both = memory_per_device(cfg, mode="fsdp_tp", mesh=(2, 4), **kw)  # positions over data
+    assert both.params == 4 * (matrices / 8 + SMALL_TABLE / 8 + positions / 2 + vectors)
+
+
+def test_activations_match_adapted_korthikanti():
+    # GPT-2 family, bf16, remat none, one device: per layer 32·s·b·h + 6·a·s²·b bytes
+    # (Korthikanti's 34·sbh + 5·as²b without dropout, plus float32 scores).
+    cfg = ModelConfig(
+        name="g", family="gpt2", n_layers=3, d_model=64, n_heads=4, d_ff=256, vocab_size=512,
+        max_seq_len=64, dtype="bfloat16",
+    )  # fmt: skip
+    s, b, h, a, V = 64, 2, 64, 4, 512
+    per_layer = 32 * s * b * h + 6 * a * s * s * b
+    dropout = 2 * s * b * h + 3 * a * s * s * b  # two masks of sbh, mask + output of as²b
+    assert (
+        per_layer == korthikanti_activation_bytes_per_layer(s, b, h, a) - dropout + 4 * a * s**2 * b
+    )
+    outside = 2 * 2 * s * b * h + 2 * 4 * s * b * V  # final norm in/out; logits and grad (f32)
+    weights_bf16 = 2 * 3 * (4 * 64 * 64 + 2 * 64 * 256)  # bf16 copies of the layer matrices
+    terms = activation_terms(cfg, mode="none", mesh=None, batch=b, seq=s)
+    assert sum(t.bytes for t in terms) == 3 * per_layer + outside + weights_bf16
+    assert {t.dtype for t in terms} == {"bfloat16", "float32"}
+
+
+def test_remat_and_tp_shrink_activations():
+    cfg = PRESETS["125m"]
+    act = {
+        r: memory_per_device(
+            dataclasses.replace(cfg, remat=r), mode="dp", mesh=(8, 1), batch=16, seq=1024
+        ).activations
+        for r in ("none", "dots", "full")
+    }
+    assert act["none"] > act["dots"] > act["full"]
+    dp = activation_terms(cfg, mode="dp", mesh=(1, 1), batch=4, seq=256)
+    tp = activation_terms(cfg, mode="tp", mesh=(1, 4), batch=4, seq=256)
+    by_name = {t.name: t.bytes for t in tp}
+    for t in dp:
+        if "scores" in t.name or "logits" in t.name:
+            assert by_name[t.name] == t.bytes / 4  # heads / vocabulary split over tensor
+        if "residual" in t.name or "final norm" in t.name:
+            assert by_name[t.name] == t.bytes  # (b, t, d) not split
+
+
+def test_fits():
+    h100 = get_hardware("h100")
+    assert estimate(
+        PRESETS["125m"], mode="none", mesh=None, batch=8, seq=1024, hardware=h100
+    ).memory.fits
+    big = estimate(PRESETS["175b"], mode="none", mesh=None, batch=1, seq=2048, hardware=h100)
+    assert big.memory.fits is False and big.memory.total > 16 * 174e9
+
+
+# ----------------------------------------------------------------------------- communication
+
+
+def test_comm_by_mode():
+    kw = dict(batch=8, seq=32)
+    assert comm_bytes_per_device(SMALL, mode="none", mesh=(8, 1), **kw).total == 0
+    dp = comm_bytes_per_device(SMALL, mode="dp", mesh=(8, 1), **kw)
+    assert dp.all_gather == dp.reduce_scatter == 0
+    assert dp.all_reduce == 2 * 4 * SMALL_TOTAL * 7 / 8  # ring AllReduce of f32 grads
+    fsdp = comm_bytes_per_device(SMALL, mode="fsdp", mesh=(8, 1), **kw)
+    sharded = 4 * (SMALL_LAYER_MATRICES + SMALL_TABLE)  # f32 bytes of the gathered params
+    assert fsdp.all_gather == pytest.approx(2 * sharded * 7 / 8)  # forward + backward
+    assert fsdp.reduce_scatter == pytest.approx(sharded * 7 / 8)
+    assert fsdp.all_reduce == pytest.approx(2 * 4 * SMALL_VECTORS * 7 / 8)  # replicated norms
+    tp = comm_bytes_per_device(SMALL, mode="tp", mesh=(1, 4), **kw)
+    activation = 8 * 32 * 64 * 4  # (b, t, d) in f32
+    # 4 per layer (Megatron) + the head's input gradient + the embedding lookup.
+    assert tp.all_reduce == pytest.approx((2 * 4 + 2) * 2 * activation * 3 / 4)
+    assert tp.all_gather == tp.reduce_scatter == 0
+    bf16_full = dataclasses.replace(SMALL, dtype="bfloat16", remat="full")
+    tp = comm_bytes_per_device(bf16_full, mode="tp", mesh=(1, 4), **kw)
+    expected = ((2 * 6 + 1) * 2 * 8 * 32 * 64 * 2 + 2 * activation) * 3 / 4  # embedding in f32
+    assert tp.all_reduce == pytest.approx(expected)
+    both = comm_bytes_per_device(SMALL, mode="fsdp_tp", mesh=(2, 4), **kw)
+    per_tensor_shard = 4 * (SMALL_LAYER_MATRICES + SMALL_TABLE) / 4
+    assert both.all_gather == pytest.approx(2 * per_tensor_shard / 2)
+    assert both.reduce_scatter == pytest.approx(per_tensor_shard / 2)
+    assert comm_bytes_per_device(SMALL, mode="dp", mesh=(1, 1), **kw).total == 0
+
+
+# ----------------------------------------------------------------------------- roofline
+
+
+def test_roofline_bounds_and_mfu():
+    h100 = get_hardware("h100")
+    cfg = dataclasses.replace(PRESETS["350m"], dtype="bfloat16")
+    for mode, mesh in (("none", None), ("dp", (8, 1)), ("fsdp", (8, 1)), ("tp", (2, 4))):
+        est = estimate(cfg, mode=mode, mesh=mesh, batch=16, seq=1024, hardware=h100)
+        assert est.predicted_step_s <= est.predicted_step_s_upper
+        assert est.predicted_step_s == max(est.compute_s, est.comm_s)
+        assert 0 < est.predicted_mfu <= 1
+    one = estimate(cfg, mode="none", mesh=None, batch=16, seq=1024, hardware=h100)
+    assert one.predicted_mfu == pytest.approx(1.0)  # no comm, no remat, full convention
+    assert one.compute_s == pytest.approx(
+        (6 * param_counts(cfg).matmul + 12 * 24 * 1024 * 1024) * 16 * 1024 / 989e12
+    )
+    halved = estimate(
+        cfg, mode="none", mesh=None, batch=16, seq=1024, hardware=h100, causal_halving=True
+    )
+    assert halved.predicted_mfu < 1 and halved.predicted_step_s == one.predicted_step_s
+
+
+def test_cpu_devices_share_the_host(tmp_path):
+    cpu = cpu_profile(1e11, 16 * 2**30)
+    one = estimate(SMALL, mode="none", mesh=None, batch=8, seq=32, hardware=cpu)
+    eight = estimate(SMALL, mode="dp", mesh=(8, 1), batch=8, seq=32, hardware=cpu)
+    assert eight.compute_s == pytest.approx(one.compute_s)  # 8 simulated devices, same cores
+    assert eight.memory.capacity_bytes == 2 * 2**30
+    assert cached_cpu_peak(tmp_path / "c.json") is None
+    store_cpu_peak(1.5e11, tmp_path / "c.json")
+    assert cached_cpu_peak(tmp_path / "c.json") == 1.5e11
+    assert cached_cpu_peak(tmp_path / "c.json", dtype="bfloat16") is None
+
+
+def test_to_dict_keys_and_json():
+    est = estimate(SMALL, mode="fsdp", mesh=(4, 1), batch=8, seq=32, hardware=get_hardware("a100"))
+    d = est.to_dict()
+    for key in (
+        "size", "n_params", "n_params_non_embedding", "flops_per_token", "flops_per_step",
+        "memory_per_device_bytes", "fits", "comm_bytes_per_device_per_step", "predicted_step_s",
+        "predicted_step_s_upper", "predicted_mfu", "attention_convention", "hardware",
+    ):  # fmt: skip
+        assert key in d
+    assert set(d["memory_per_device_bytes"]) == {
+        "params", "grads", "optimizer", "activations", "total"
+    }  # fmt: skip
+    assert d["size"] == "small" and d["hardware"] == "a100" and d["n_params"] == SMALL_TOTAL
+    json.dumps(d)
+
+
+def test_estimate_rejects_bad_arguments():
+    h100 = get_hardware("h100")
+    with pytest.raises(ValueError, match="valid: none, dp, fsdp, tp, fsdp_tp"):
+        estimate(SMALL, mode="zero", mesh=None, batch=8, seq=32, hardware=h100)
+    with pytest.raises(ValueError, match="seq=4096"):
+        estimate(SMALL, mode="none", mesh=None, batch=8, seq=4096, hardware=h100)
+
+
+# ----------------------------------------------------------------------------- hardware
+
+
+def test_get_hardware_unknown_names_valid():
+    with pytest.raises(ValueError) as err:
+        get_hardware("h900")
+    message = str(err.value)
+    assert "unknown hardware 'h900'" in message
+    for name in ("h100", "h200", "a100", "tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e"):
+        assert name in message
+    assert get_hardware("H100").peak_flops_bf16 == 989e12
+    assert HARDWARE["tpu-v5e"].memory_bytes == 16 * 2**30
+
+
+@pytest.mark.parametrize(
+    "kind, name",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("TPU v4", "tpu-v4"),
+        ("TPU v5 lite", "tpu-v5e"),
+        ("TPU v5e", "tpu-v5e"),
+        ("TPU v5", "tpu-v5p"),
+        ("TPU v5p", "tpu-v5p"),
+        ("TPU v6 lite", "tpu-v6e"),
+        ("cpu", None),
+        ("NVIDIA GH200 480GB", None),
+        ("Tesla V100-SXM2-16GB", None),
+    ],
+)
+def test_match_device_kind(kind, name):
+    profile = match_device_kind(kind)
+    assert (profile.name if profile else None) == name
+
+
+def test_pure_modules_do_not_import_jax():
+    code = (
+        "import sys, scaling.estimate, scaling.hardware, scaling.hf_config; "
+        "assert 'jax' not in sys.modules, 'jax imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cpu_calibration_is_positive_and_cached(tmp_path):
+    from scaling.measure import calibrate_matmul_flops, cpu_hardware
+
+    assert calibrate_matmul_flops(n=64, repeats=2) > 0
+    store_cpu_peak(2e11, tmp_path / "c.json")
+    cpu = cpu_hardware(cache_path=tmp_path / "c.json")  # served from the cache, no calibration
+    assert cpu.name == "cpu" and cpu.peak_flops_f32 == 2e11 and cpu.memory_bytes > 0
