@@ -108,7 +108,7 @@ def make_train_step(run: RunConfig, graphdef, tx: optax.GradientTransformation) 
         loss, grads = jax.value_and_grad(loss_of)(state.params, tokens)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "lr": schedule(state.step)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
