@@ -190,7 +190,18 @@ def place_batch(local: np.ndarray, sharding: NamedSharding, global_shape) -> jax
 
 
 def set_cpu_devices(n: int) -> None:
-    """Simulate ``n`` CPU devices. Must run before jax creates its backend."""
+    """Simulate ``n`` CPU devices. Effective only before jax creates its backend; afterwards
+    it is accepted when the CPU backend already has ``n`` devices and refused otherwise."""
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        have = len(jax.devices("cpu"))
+        if have != n:
+            raise ValueError(
+                f"cannot simulate {n} CPU devices: jax already started with {have}; "
+                "set --devices before anything initialises jax"
+            )
+        return
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     flags.append(f"--xla_force_host_platform_device_count={n}")
     os.environ["XLA_FLAGS"] = " ".join(flags)
