@@ -194,6 +194,8 @@ class RunResult:
     entropy_floor_nats: float | None = None
     device_kind: str = ""
     xla: dict[str, float] = field(default_factory=dict)
+    xla_flops_per_step: float = math.nan  # XLA's count for the whole step, all devices
+    diverged: bool = False  # stopped early on a non-finite loss
 
     @property
     def timed_step_times_s(self) -> list[float]:
@@ -242,8 +244,15 @@ def xla_figures(compiled) -> dict[str, float]:
     return out
 
 
-def run(run_cfg: RunConfig, on_step: StepCallback | None = None) -> RunResult:
-    """Train ``run_cfg.model`` for ``run_cfg.steps`` steps and measure it."""
+def run(
+    run_cfg: RunConfig, on_step: StepCallback | None = None, profile_dir: str | None = None
+) -> RunResult:
+    """Train ``run_cfg.model`` for ``run_cfg.steps`` steps and measure it.
+
+    Compilation is timed separately (``compile_s``); each step is timed to completion
+    (``jax.block_until_ready``). A non-finite loss stops the run (``diverged``). With
+    ``profile_dir`` the steps after the timing warm-up are traced with ``jax.profiler``.
+    """
     from scaling import checkpoint  # orbax is slow to import; only runs need it
 
     p = plan(run_cfg)
@@ -274,7 +283,11 @@ def run(run_cfg: RunConfig, on_step: StepCallback | None = None) -> RunResult:
                                              run_cfg.seed),
             device_kind=jax.devices()[0].device_kind, xla=xla_figures(compiled),
         )
+        profiling = False
         for step in range(start, run_cfg.steps):
+            if profile_dir and not profiling and step - start >= run_cfg.timing_warmup_steps:
+                jax.profiler.start_trace(profile_dir)
+                profiling = True
             tokens = parallel.place_batch(np.asarray(next(iterator)), p.batch_sharding,
                                           p.batch_shape)
             t = time.perf_counter()
@@ -288,12 +301,17 @@ def run(run_cfg: RunConfig, on_step: StepCallback | None = None) -> RunResult:
             result.lrs.append(metrics["lr"])
             if on_step is not None:
                 on_step(step, metrics)
+            if not math.isfinite(metrics["loss"]):
+                result.diverged = True
+                break
             done = step + 1
             if manager is not None and (
                 done == run_cfg.steps
                 or (run_cfg.checkpoint_every and done % run_cfg.checkpoint_every == 0)
             ):
                 checkpoint.save(manager, done, state, iterator.get_state(), run_cfg)
+        if profiling:
+            jax.profiler.stop_trace()
         if manager is not None:
             manager.wait_until_finished()
     return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from scaling.cli import data, presets, train
+from scaling.cli import data, presets, sweep, train
 
 app = typer.Typer(
     name="scaling",
@@ -15,4 +15,5 @@ app = typer.Typer(
 )
 app.command("presets")(presets.presets)
 app.command("train")(train.train)
+app.command("sweep")(sweep.sweep)
 app.add_typer(data.app, name="data")

@@ -1,0 +1,148 @@
+"""`scaling sweep`: run a grid of configurations and record them in parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from scaling.cli.common import err_console, out_console, print_json, split_list, user_errors
+
+Opt = typer.Option
+CPU_DEFAULTS = {"batch": 8, "seq": 128, "steps": 6, "warmup_steps": 1}
+
+
+def spec_from_options(modes: str | None, sizes: str | None, mup: str, fixed: dict,
+                      spec_path: str | None):
+    """A SweepSpec from a spec file (options override its fixed settings) or from options."""
+    from scaling.config import MODES, SweepSpec, load_sweep_spec
+
+    mup_axis = {"off": [False], "on": [True], "both": [False, True]}
+    if mup not in mup_axis:
+        raise ValueError(f"bad --mup {mup!r}; valid: off, on, both")
+    if spec_path:
+        spec = load_sweep_spec(spec_path)
+        axes = dict(spec.axes)
+        if modes:
+            axes["mode"] = _modes(modes, MODES)
+        if sizes:
+            axes["size"] = split_list(sizes)
+        if mup != "off":
+            axes["mup"] = mup_axis[mup]
+        return SweepSpec(spec.name, axes, {**spec.fixed, **fixed}, spec.description)
+    if not modes or not sizes:
+        raise ValueError("give MODES and --sizes (e.g. `scaling sweep fsdp_tp --sizes 125m`) "
+                         "or --spec sweeps/NAME.toml")
+    axes = {"size": split_list(sizes), "mode": _modes(modes, MODES), "mup": mup_axis[mup]}
+    return SweepSpec("cli", axes, {**CPU_DEFAULTS, **fixed})
+
+
+def _modes(text: str, valid: tuple[str, ...]) -> list[str]:
+    modes = list(valid) if text == "all" else split_list(text)
+    for mode in modes:
+        if mode not in valid:
+            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(valid)}, all")
+    return modes
+
+
+def sweep(
+    modes: Annotated[str | None, typer.Argument(help="Comma list of none,dp,fsdp,tp,fsdp_tp or "
+                                                     "'all'.")] = None,
+    sizes: Annotated[str | None, Opt(help="Comma list of presets, e.g. 125m,350m.")] = None,
+    mup: Annotated[str, Opt(help="muP: off | on | both.")] = "off",
+    steps: Annotated[int | None, Opt(help="Steps per run.")] = None,
+    warmup_steps: Annotated[int | None, Opt(help="Steps excluded from timing.")] = None,
+    batch: Annotated[int | None, Opt(help="Global batch (sequences).")] = None,
+    seq: Annotated[int | None, Opt(help="Sequence length.")] = None,
+    mesh: Annotated[str | None, Opt(help="Mesh DxT (default: per mode).")] = None,
+    devices: Annotated[int | None, Opt(help="Simulated CPU devices per run.")] = None,
+    dtype: Annotated[str | None, Opt(help="float32 | bfloat16.")] = None,
+    remat: Annotated[str | None, Opt(help="none | full | dots.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
+    data: Annotated[str | None, Opt(help="'synthetic' or a token file.")] = None,
+    timeout: Annotated[float | None, Opt(help="Per-run timeout (s).")] = None,
+    spec: Annotated[str | None, Opt(help="Sweep spec, e.g. sweeps/smoke.toml.")] = None,
+    out: Annotated[Path, Opt(help="Record directory.")] = Path("runs"),
+    shard: Annotated[str, Opt(help="Run every N-th run starting at I: I/N.")] = "0/1",
+    profile: Annotated[bool, Opt(help="Write a jax.profiler trace per run.")] = False,
+    coordinator: Annotated[str | None, Opt(help="Multi-host: coordinator HOST:PORT.")] = None,
+    num_processes: Annotated[int | None, Opt(help="Multi-host: processes.")] = None,
+    process_id: Annotated[int | None, Opt(help="Multi-host: this process.")] = None,
+    local_processes: Annotated[int, Opt(help="Run each run as P local processes.")] = 0,
+    json_: Annotated[bool, Opt("--json", help="Last stdout line: JSON list of runs.")] = False,
+) -> None:
+    """Run MODES × sizes (× muP) on the shared model; record everything under --out."""
+    from scaling import records
+    from scaling.sweep import Distributed, parse_shard, run_sweep
+
+    given = {"steps": steps, "warmup_steps": warmup_steps, "batch": batch, "seq": seq,
+             "mesh": mesh, "devices": devices, "dtype": dtype, "remat": remat, "lr": lr,
+             "data": data, "timeout_s": timeout}
+    with user_errors():
+        grid_spec = spec_from_options(modes, sizes, mup, {k: v for k, v in given.items()
+                                                          if v is not None}, spec)
+        shard_index = parse_shard(shard)
+        for settings in grid_spec.grid():  # validate every run's config before starting
+            from scaling.config import run_config_from_settings
+
+            run_config_from_settings(settings)
+    distributed = Distributed(coordinator, num_processes, process_id, local_processes)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                        console=err_console, disable=json_)
+    with progress:
+        grid = grid_spec.grid()
+        runs_task = progress.add_task(f"sweep {grid_spec.name}", total=None, info="")
+        steps_task = progress.add_task("steps", total=None, info="")
+
+        def on_run_start(run) -> None:
+            s = run.settings
+            progress.update(runs_task, info=f"{s['size']} {s['mode']}"
+                            + (" muP" if s["mup"] else ""))
+            progress.reset(steps_task, total=int(s["steps"]), info="compiling…")
+
+        def on_step(metrics: dict) -> None:
+            progress.update(steps_task, completed=metrics["step"] + 1,
+                            info=f"loss {metrics['loss']:.3f}")
+
+        def on_run_end(run, outcome) -> None:
+            progress.advance(runs_task)
+            if outcome is not None and outcome.record.status != "ok":
+                err_console.print(f"[yellow]{run.settings['size']} {run.settings['mode']}: "
+                                  f"{outcome.record.status}[/] {outcome.record.error}")
+
+        mine = [i for i in range(len(grid)) if i % shard_index[1] == shard_index[0]]
+        progress.update(runs_task, total=len(mine))
+        planned = run_sweep(grid_spec, out, shard=shard_index, distributed=distributed,
+                            profile_dir=str(out / "profiles") if profile else None,
+                            on_run_start=on_run_start, on_step=on_step, on_run_end=on_run_end)
+    if not distributed.is_recorder:
+        return
+    ids = {run.run_id for run in planned}
+    runs = records.load_runs(out)
+    runs = runs[runs["run_id"].isin(ids)]
+    if json_:
+        print_json(runs.to_dict(orient="records"))
+    else:
+        out_console.print(summary_table(runs, grid_spec.name))
+        out_console.print(f"record: {out}/runs, {out}/steps "
+                          f"({sum(r.skip for r in planned)} runs already recorded, skipped)")
+
+
+def summary_table(runs, title: str) -> Table:
+    table = Table(title=f"sweep {title}")
+    for col in ("size", "mode", "mesh", "muP", "status", "step (s)", "tokens/s", "MFU",
+                "final loss"):
+        table.add_column(col, justify="right")
+    for r in runs.sort_values(["size", "mode", "mup"]).itertuples():
+        ok = r.status == "ok"
+        table.add_row(r.size, r.mode, r.mesh, "on" if r.mup else "off",
+                      r.status if ok else f"[red]{r.status}[/]",
+                      f"{r.step_time_s_median:.3f}" if ok else "-",
+                      f"{r.tokens_per_s:,.0f}" if ok else "-",
+                      f"{r.mfu:.1%}" if ok else "-", f"{r.final_loss:.3f}" if ok else "-")
+    return table

@@ -1,0 +1,187 @@
+"""One sweep run, in its own process: ``python -m scaling.worker SETTINGS_JSON RESULT_PATH``.
+
+The process sets its device count before jax starts, optionally joins ``jax.distributed``,
+trains, measures, and writes a ``RunOutcome`` as JSON to RESULT_PATH (atomically). Progress goes
+to stdout as one JSON object per step, for the sweep's progress bar. Failures are classified
+into the record's ``status`` (oom, diverged, error) rather than lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from scaling.records import RunOutcome, RunRecord, StepRecord
+
+OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
+
+
+def default_devices(settings: dict) -> int:
+    """Simulated CPU devices a run needs: its mesh, else 8 for sharded modes, else 1."""
+    if settings.get("devices"):
+        return int(settings["devices"])
+    if settings.get("mesh"):
+        d, t = (int(x) for x in str(settings["mesh"]).lower().split("x"))
+        return d * t
+    return 1 if settings["mode"] == "none" else 8
+
+
+def git_sha() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def base_record(settings: dict, run_id: str) -> RunRecord:
+    return RunRecord(
+        run_id=run_id, sweep=str(settings["sweep"]), size=settings["size"],
+        family=settings["family"], mode=settings["mode"], mesh=str(settings["mesh"] or ""),
+        n_devices=0, n_processes=1, mup=bool(settings["mup"]), batch=int(settings["batch"]),
+        seq=int(settings["seq"]), dtype=settings["dtype"], remat=settings["remat"],
+        steps=int(settings["steps"]), warmup_steps=int(settings["warmup_steps"]),
+        lr=float(settings["lr"]), seed=int(settings["seed"]), data=str(settings["data"]),
+        git_sha=git_sha(), hostname=socket.gethostname(),
+        started_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def classify(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, MemoryError) or any(m in text for m in OOM_MARKERS):
+        return "oom"
+    return "error"
+
+
+def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> RunOutcome:
+    """Train and fill in every measured and predicted column of ``record``."""
+    import flax
+    import jax
+
+    from scaling import estimate, hardware, measure, train
+    from scaling.config import run_config_from_settings
+
+    run_cfg = run_config_from_settings(settings)
+    device = jax.devices()[0]
+    record.device_kind, record.platform = device.device_kind, device.platform
+    record.jax_version, record.flax_version = jax.__version__, flax.__version__
+    record.n_processes = jax.process_count()
+    profile = hardware.match_device_kind(device.device_kind)
+    if profile is None:  # CPU: the peak is a matmul calibration in this very process
+        peak = measure.calibrate_matmul_flops()
+        profile = hardware.cpu_profile(peak, hardware.host_memory_bytes())
+        record.peak_source = (f"cpu matmul calibration (2048² f32, same process): "
+                              f"{peak / 1e9:.1f} GFLOP/s shared by the simulated devices")
+    else:
+        record.peak_source = f"{profile.name}: {profile.source}"
+
+    def on_step(step: int, metrics: dict) -> None:
+        print(json.dumps({"step": step, **metrics}), flush=True)
+
+    result = train.run(run_cfg, on_step=on_step, profile_dir=profile_dir)
+    n = result.n_devices
+    record.n_devices, record.mesh = n, f"{result.mesh[0]}x{result.mesh[1]}"
+    est = estimate.estimate(run_cfg.model, mode=run_cfg.mode, mesh=result.mesh,
+                            batch=run_cfg.batch, seq=run_cfg.seq, hardware=profile)
+    record.peak_flops_per_device = est.peak_flops_per_device
+    record.n_params = result.n_params
+    record.compile_s = result.compile_s
+    timed = result.timed_step_times_s
+    record.step_time_s_median = result.step_time_s_median
+    record.step_time_s_min, record.step_time_s_max = min(timed), max(timed)
+    record.tokens_per_s = result.tokens_per_s
+    record.model_flops_per_step = est.flops.model_per_step
+    record.hardware_flops_per_step = est.flops.hardware_per_step
+    record.attention_convention = est.flops.attention_convention
+    denominator = result.step_time_s_median * n * est.peak_flops_per_device
+    record.mfu = record.model_flops_per_step / denominator
+    record.hfu = record.hardware_flops_per_step / denominator
+    record.est_memory_bytes = est.memory.total
+    record.est_comm_bytes = est.comm.total
+    record.predicted_step_s = est.predicted_step_s
+    record.predicted_step_s_upper = est.predicted_step_s_upper
+    record.predicted_mfu = est.predicted_mfu
+    xla = result.xla
+    for name in ("argument", "output", "temp", "alias"):
+        setattr(record, f"xla_{name}_bytes", xla.get(f"{name}_bytes", math.nan))
+    record.xla_flops_per_step = result.xla_flops_per_step
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        record.peak_memory_bytes = float(stats["peak_bytes_in_use"])
+        record.peak_memory_source = "memory_stats"
+    elif xla:
+        record.peak_memory_bytes = (xla.get("argument_bytes", 0) + xla.get("output_bytes", 0)
+                                    + xla.get("temp_bytes", 0) - xla.get("alias_bytes", 0))
+        record.peak_memory_source = "xla_memory_analysis"
+    record.final_loss = result.final_loss
+    record.entropy_floor_nats = (math.nan if result.entropy_floor_nats is None
+                                 else result.entropy_floor_nats)
+    record.status = "diverged" if result.diverged else "ok"
+    if result.diverged:
+        record.error = f"non-finite loss at step {result.start_step + len(result.losses) - 1}"
+    steps = [
+        StepRecord(record.run_id, result.start_step + i, loss, t, lr, g)
+        for i, (loss, t, lr, g) in enumerate(
+            zip(result.losses, result.step_times_s, result.lrs, result.grad_norms, strict=True))
+    ]
+    return RunOutcome(record, steps)
+
+
+def outcome_to_json(outcome: RunOutcome) -> dict:
+    return {"record": dataclasses.asdict(outcome.record),
+            "steps": [dataclasses.asdict(s) for s in outcome.steps]}
+
+
+def outcome_from_json(data: dict) -> RunOutcome:
+    return RunOutcome(RunRecord(**data["record"]), [StepRecord(**s) for s in data["steps"]])
+
+
+def write_json_atomic(obj: dict, path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, default=float)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    settings, result_path = json.loads(argv[0]), argv[1]
+    run_id = settings.pop("run_id")
+    distributed = settings.pop("distributed", None)
+    profile_dir = settings.pop("profile_dir", None)
+    record = base_record(settings, run_id)
+    start = time.perf_counter()
+    try:
+        from scaling import parallel
+
+        parallel.set_cpu_devices(default_devices(settings))
+        if distributed:
+            parallel.init_distributed(**distributed)
+        outcome = measure_run(settings, record, profile_dir)
+    except Exception as exc:  # the record keeps the failure; the sweep goes on
+        record.status = classify(exc)
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        record.error = f"{type(exc).__name__}: {first_line[:500]}"
+        traceback.print_exc()
+        outcome = RunOutcome(record, [])
+    outcome.record.wall_s = time.perf_counter() - start
+    import jax
+
+    if jax.process_index() == 0:
+        write_json_atomic(outcome_to_json(outcome), result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
