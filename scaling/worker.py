@@ -25,14 +25,22 @@ from scaling.records import RunOutcome, RunRecord, StepRecord
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
 
 
+CPU_DEFAULT_DEVICES = 4
+
+
 def default_devices(settings: dict) -> int:
-    """Simulated CPU devices a run needs: its mesh, else 8 for sharded modes, else 1."""
+    """Simulated CPU devices a run needs: its mesh, else 4 for sharded modes, else 1.
+
+    Four, not eight: simulated devices share one host's RAM and cores, and each holds its own
+    XLA scratch space (measured: 350m fsdp_tp, batch 8 × 128, 8 devices 19.1 GB vs 4 devices
+    13.0 GB of host memory), so fewer devices keep GPT-3-sized presets within a 24 GiB host.
+    Ignored on accelerators, where the mesh spans the real devices."""
     if settings.get("devices"):
         return int(settings["devices"])
     if settings.get("mesh"):
         d, t = (int(x) for x in str(settings["mesh"]).lower().split("x"))
         return d * t
-    return 1 if settings["mode"] == "none" else 8
+    return 1 if settings["mode"] == "none" else CPU_DEFAULT_DEVICES
 
 
 def git_sha() -> str:

@@ -1,0 +1,120 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from scaling.config import SweepSpec, load_sweep_spec
+from scaling.records import RUN_COLUMNS, load_runs, load_steps
+from scaling.sweep import parse_shard, plan_sweep, run_id_of, run_sweep
+
+SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.toml"))
+SMALL = {"steps": 3, "batch": 8, "seq": 32, "warmup_steps": 1}
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_every_sweep_spec_parses_into_valid_run_configs(path):
+    from scaling.config import run_config_from_settings
+
+    spec = load_sweep_spec(str(path))
+    grid = spec.grid()
+    assert grid, path
+    for settings in grid:
+        run_config_from_settings(settings)
+
+
+def test_bad_spec_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[axes]\nsize = ["tiny"]\ncolour = ["red"]\n')
+    with pytest.raises(ValueError, match="unknown sweep axis 'colour'"):
+        load_sweep_spec(str(bad))
+    bad.write_text('name = "x"\n[axes]\nsize = ["huge"]\n')
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        load_sweep_spec(str(bad))
+    with pytest.raises(ValueError, match="not found"):
+        load_sweep_spec(str(tmp_path / "missing.toml"))
+
+
+def test_run_id_is_stable_and_ignores_the_sweep_name():
+    spec = SweepSpec("a", {"size": ["tiny"], "mode": ["dp", "tp"]}, SMALL)
+    ids = [run_id_of(s) for s in spec.grid()]
+    assert len(set(ids)) == 2
+    other = SweepSpec("b", {"size": ["tiny"], "mode": ["dp", "tp"]}, SMALL)
+    assert ids == [run_id_of(s) for s in other.grid()]
+    changed = SweepSpec("a", {"size": ["tiny"], "mode": ["dp", "tp"]}, {**SMALL, "seq": 16})
+    assert not set(ids) & {run_id_of(s) for s in changed.grid()}
+
+
+def test_shards_cover_the_grid_exactly_once(tmp_path):
+    spec = SweepSpec("s", {"size": ["tiny", "10m", "30m"], "mode": ["dp", "fsdp", "tp"]}, SMALL)
+    first = [r.index for r in plan_sweep(spec, tmp_path, parse_shard("0/2"))]
+    second = [r.index for r in plan_sweep(spec, tmp_path, parse_shard("1/2"))]
+    assert sorted(first + second) == list(range(9))
+    assert not set(first) & set(second)
+    for bad in ("2/2", "1", "a/b", "0/0"):
+        with pytest.raises(ValueError, match="bad shard"):
+            parse_shard(bad)
+
+
+def test_smoke_sweep_records_the_schema_and_resumes_without_rerunning(tmp_path):
+    spec = SweepSpec("smoke", {"size": ["tiny", "10m"], "mode": ["dp", "fsdp_tp"]}, SMALL)
+    planned = run_sweep(spec, tmp_path)
+    runs, steps = load_runs(tmp_path), load_steps(tmp_path)
+    assert list(runs.columns) == RUN_COLUMNS
+    assert len(runs) == 4 and set(runs["status"]) == {"ok"}, runs[["status", "error"]]
+    assert ((runs["mfu"] > 0) & (runs["mfu"] <= 1)).all()
+    assert (runs["hfu"] >= runs["mfu"]).all()
+    assert set(runs["mesh"]) == {"4x1", "2x2"}  # 4 simulated devices by default
+    assert (runs["compile_s"] > 0).all() and (runs["step_time_s_median"] > 0).all()
+    assert runs["peak_source"].str.contains("calibration").all()
+    for run_id in runs["run_id"]:
+        losses = steps[steps["run_id"] == run_id].sort_values("step")
+        assert list(losses["step"]) == [0, 1, 2]
+        final = runs.loc[runs["run_id"] == run_id, "final_loss"].item()
+        assert losses["loss"].iloc[-1] == pytest.approx(final)
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+    again = run_sweep(spec, tmp_path)
+    assert all(r.skip for r in again) and len(again) == len(planned)
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+
+
+def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
+    spec = SweepSpec(
+        "fail", {"size": ["tiny"], "mode": ["tp", "fsdp_tp"], "lr": [3e-3, 1e9]},
+        {**SMALL, "mesh": "4x2", "steps": 6, "lr_warmup": 0},
+    )
+    run_sweep(spec, tmp_path)
+    runs = load_runs(tmp_path).set_index(["mode", "lr"])
+    assert runs.loc[("tp", 3e-3), "status"] == "error"
+    assert "mode tp needs data=1" in runs.loc[("tp", 3e-3), "error"]
+    assert runs.loc[("fsdp_tp", 3e-3), "status"] == "ok"
+    assert runs.loc[("fsdp_tp", 1e9), "status"] == "diverged"
+    # a failed run is retried by the next sweep; an ok one is not
+    again = {r.settings["mode"] + str(r.settings["lr"]): r.skip for r in plan_sweep(spec, tmp_path)}
+    assert again == {"tp0.003": False, "tp1000000000.0": False, "fsdp_tp0.003": True,
+                     "fsdp_tp1000000000.0": False}
+
+
+def test_sigkill_mid_sweep_then_rerun_leaves_one_readable_row_per_run(tmp_path):
+    out = tmp_path / "rec"
+    args = [sys.executable, "-m", "scaling", "sweep", "dp,fsdp,tp", "--sizes", "tiny",
+            "--steps", "3", "--seq", "32", "--out", str(out), "--json"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((out / "runs").glob("*.parquet"))) < 1:
+        time.sleep(0.2)
+    time.sleep(2.0)  # the second run is now in flight
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 1 <= len(list((out / "runs").glob("*.parquet"))) < 3
+    subprocess.run(args, check=True, capture_output=True, timeout=300)
+    files = sorted((out / "runs").glob("*.parquet"))  # temporaries never end in .parquet
+    frames = [pd.read_parquet(f) for f in files]
+    runs = pd.concat(frames)
+    assert len(runs) == 3 and runs["run_id"].is_unique
+    assert set(runs["mode"]) == {"dp", "fsdp", "tp"} and set(runs["status"]) == {"ok"}
