@@ -49,6 +49,10 @@ class RunRecord:
     lr: float
     seed: int
     data: str
+    d_model: int = 0
+    n_layers: int = 0
+    n_heads: int = 0
+    settings_json: str = ""  # every setting of the run (sweep.run_id_of hashes these)
     # outcome
     status: str = "error"  # one of STATUSES
     error: str = ""

@@ -54,6 +54,13 @@ def git_sha() -> str:
 
 
 def base_record(settings: dict, run_id: str) -> RunRecord:
+    from scaling.config import run_config_from_settings
+
+    try:
+        model = run_config_from_settings(settings).model
+        dims = {"d_model": model.d_model, "n_layers": model.n_layers, "n_heads": model.n_heads}
+    except ValueError:
+        dims = {}
     return RunRecord(
         run_id=run_id, sweep=str(settings["sweep"]), size=settings["size"],
         family=settings["family"], mode=settings["mode"], mesh=str(settings["mesh"] or ""),
@@ -63,6 +70,7 @@ def base_record(settings: dict, run_id: str) -> RunRecord:
         lr=float(settings["lr"]), seed=int(settings["seed"]), data=str(settings["data"]),
         git_sha=git_sha(), hostname=socket.gethostname(),
         started_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        settings_json=json.dumps(settings, sort_keys=True), **dims,
     )
 
 
