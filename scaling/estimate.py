@@ -171,7 +171,10 @@ class FlopCounts:
     ``model_*``: 6·N_matmul per token + attention, in the stated ``attention_convention``; no
     rematerialisation (the figure MFU is defined on). ``hardware_*``: what the devices execute:
     full (unhalved) attention, since the model computes the masked t×t scores, plus remat
-    recompute. Elementwise ops (norms, softmax, RoPE, activations) are not counted.
+    recompute; matmuls only, the work the matmul peak describes. ``elementwise_per_step``:
+    the elementwise and reduction FLOPs (norms, softmax, RoPE, activations, loss, optimizer)
+    in XLA's counting convention (``elementwise_flops``), one device, scanned layers; XLA's
+    ``cost_analysis()`` reports hardware + elementwise.
     """
 
     model_per_token: float
@@ -180,6 +183,7 @@ class FlopCounts:
     hardware_per_step: float
     attention_convention: str  # "full" or "causal_halved"
     tokens_per_step: int
+    elementwise_per_step: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -214,9 +218,12 @@ def remat_flops_per_token(cfg: ModelConfig, seq: int) -> float:
     """Extra forward FLOPs per token that ``cfg.remat`` recomputes in the backward pass.
 
     - ``none``: 0.
-    - ``full`` (``jax.checkpoint`` on each layer): one more forward of the layers:
-      2·N_layer_matmul + 4·L·t·(h·k). The head and embedding are outside the checkpoint, so the
-      read-out matmul (2·d·V) is not recomputed.
+    - ``full`` (``jax.checkpoint`` on each layer): one more forward of the layers except the
+      FFN's output matmul: 2·(N_layer_matmul − L·f·d) + 4·L·t·(h·k). The backward of a layer
+      never needs w2's output (it only enters the residual add), so jax's partial evaluation
+      drops that matmul from the recomputation (checked on the lowered HLO: the recomputed
+      dots are exactly these). The head and embedding are outside the checkpoint, so the
+      read-out matmul (2·d·V) is not recomputed either.
     - ``dots`` (``dots_with_no_batch_dims_saveable``): the outputs of the q/k/v/o and FFN
       matmuls (dot_generals without batch dimensions) are saved; the two attention einsums have
       batch dimensions (b, h) and are recomputed, both of them, because the weights·v output
@@ -226,7 +233,8 @@ def remat_flops_per_token(cfg: ModelConfig, seq: int) -> float:
     attention_forward = 4.0 * cfg.n_layers * seq * cfg.n_heads * cfg.d_head
     if cfg.remat == "full":
         layer_matmul = param_counts(cfg).matmul - cfg.d_model * cfg.vocab_size
-        return 2.0 * layer_matmul + attention_forward
+        w2 = cfg.n_layers * cfg.d_ff * cfg.d_model
+        return 2.0 * (layer_matmul - w2) + attention_forward
     if cfg.remat == "dots":
         return attention_forward
     return 0.0
@@ -245,12 +253,165 @@ def flop_counts(
     model = flops_per_token(cfg, seq, causal_halving=causal_halving)
     hardware = hardware_flops_per_token(cfg, seq)
     convention = CONVENTION_CAUSAL if causal_halving else CONVENTION_FULL
-    return FlopCounts(model, model * tokens, hardware, hardware * tokens, convention, tokens)
+    elementwise = _elementwise(cfg, batch=batch, seq=seq, mode="none", mesh=None).total
+    return FlopCounts(
+        model, model * tokens, hardware, hardware * tokens, convention, tokens, elementwise
+    )
 
 
 def flops_per_step(cfg: ModelConfig, *, batch: int, seq: int, causal_halving: bool) -> float:
     """Model FLOPs per training step of ``batch`` sequences of ``seq`` tokens (FLOPs)."""
     return flops_per_token(cfg, seq, causal_halving=causal_halving) * batch * seq
+
+
+# ----------------------------------------------------------------------------- XLA's count
+
+# FLOPs that XLA's cost analysis (HloCostAnalysis) counts besides the matmuls: 1 per output
+# element of every elementwise op (add, multiply, divide, compare, select, convert, negate...;
+# exp, log, rsqrt, tanh, logistic count as transcendentals instead), 1 per reduced element
+# (input minus output elements of a reduce), 0 for data movement (gather, transpose, pad...).
+# The per-element counts below are this model's forward + backward ops in that convention,
+# read off its lowered HLO (jax 0.10.2, optax 0.2.8) and pinned by tests/test_xla_check.py.
+# Units: btd = b·t·d_model, bt = b·t, btf = b·t·d_ff, bhtt = b·h·t², rope = b·t·(h + h_kv)·k
+# (the q and k elements RoPE rotates), tt = t² (the causal mask), btv = b·t·V.
+_ELEMENTWISE_LAYER = {  # per layer, float32, remat none
+    # two RMSNorms (f32 mean-square, scale, gain) and two residual adds; SwiGLU (silu = x·σ(x)
+    # and the gate product); RoPE on q and k; softmax (scale, mask select, max-shift, sum,
+    # divide) of the t×t scores
+    "llama": {"btd": 35, "bt": 24, "btf": 13, "bhtt": 14, "rope": 7.5, "tt": 2},
+    # two LayerNorms (mean, centring, variance, scale, gain, bias); GELU (tanh form); softmax
+    "gpt2": {"btd": 48, "bt": 16, "btf": 22, "bhtt": 14, "rope": 0.0, "tt": 2},
+}
+_ELEMENTWISE_REMAT = {  # extra per layer: the recomputed forward
+    ("llama", "full"): {"btd": 9, "bt": 16, "btf": 5, "bhtt": 6, "rope": 3, "tt": 2},
+    ("llama", "dots"): {"btd": 14, "bt": 16, "btf": 7, "bhtt": 6, "rope": 3, "tt": 2},
+    ("gpt2", "full"): {"btd": 15, "bt": 6, "btf": 8, "bhtt": 6, "rope": 0, "tt": 2},
+    ("gpt2", "dots"): {"btd": 20, "bt": 6, "btf": 9, "bhtt": 6, "rope": 0, "tt": 2},
+}
+# bfloat16 compute adds converts: per layer the residual stream into/out of the f32 norms and
+# the scores/weights casts (recomputed under remat), the RoPE cos/sin tables (t·k), every cast
+# weight (see ``elementwise_flops``); outside, the final norm and the f32 logits.
+_BF16_LAYER = {
+    "none": {"btd": 8, "bhtt": 4, "rope_tables": 4},
+    "remat": {"btd": 12, "bhtt": 6, "rope_tables": 8},
+}
+# Outside the layers: the final norm, the embedding gradient (a scatter-add: 1 per btd, one
+# more for gpt2's position table), log-softmax cross-entropy and its gradient on the logits.
+_ELEMENTWISE_OUTSIDE = {
+    "llama": {"btd": 16, "bt": 32, "btv": 5},
+    "gpt2": {"btd": 26, "bt": 40, "btv": 5},
+}
+# Per parameter and step: global-norm clipping (square, sum), the grad-norm metric (square,
+# sum), Adam's moments, bias corrections and update, weight decay, learning rate, apply.
+OPTIMIZER_FLOPS_DECAYED = 21  # matrices, token/position tables, untied head
+OPTIMIZER_FLOPS_NOT_DECAYED = 19  # norm gains and biases (no weight decay)
+
+
+@dataclass(frozen=True)
+class ElementwiseFlops:
+    """Per-device FLOPs of one step that XLA counts besides the matmuls (see the table above)."""
+
+    layers: float  # norms, residual adds, activations, RoPE, softmax (all layers)
+    outside: float  # final norm, embedding gradient, cross-entropy on the logits
+    optimizer: float  # clipping, AdamW, grad-norm metric; plus bf16 weight casts
+    unrolled_stacking: float  # only in an unrolled lowering, see ``elementwise_flops``
+
+    @property
+    def total(self) -> float:
+        return self.layers + self.outside + self.optimizer + self.unrolled_stacking
+
+    def to_dict(self) -> dict[str, float]:
+        return {**asdict(self), "total": self.total}
+
+
+def elementwise_flops(
+    cfg: ModelConfig,
+    *,
+    batch: int,
+    seq: int,
+    mode: str = "none",
+    mesh: tuple[int, int] | None = None,
+    unrolled: bool = False,
+) -> ElementwiseFlops:
+    """Elementwise and reduction FLOPs per device per step, in XLA's counting convention.
+
+    These run on vector units, not the matmul units ``peak_flops`` describes, so the roofline
+    leaves them out; they are what XLA's ``cost_analysis()`` adds to the matmuls (1–3 % at
+    small batch, where the ~21 optimizer FLOPs per parameter weigh most). Per device: the batch
+    is split over data; under tp/fsdp_tp the per-head, FFN and vocabulary terms are split over
+    tensor while the (b, t, d) norms and residual adds are repeated on every tensor shard; the
+    optimizer works on the parameters a device holds (``params_per_device``), so dp repeats it
+    on every device. ``unrolled`` adds what only an unrolled layer loop lowers to: the gradient
+    of each layer's slice of the stacked parameters is padded to the full stack and the L
+    copies summed, (L-1) adds per stacked parameter (a scan writes the slices in place).
+    With bf16 compute every weight cast counts once forward and once for its gradient (layer
+    matrices once more under remat). Against XLA's unrolled lowering on CPU this agrees to
+    better than 0.01 % of the whole step for llama and gpt2, f32 and bf16, remat none, full
+    and dots, grouped-query, tied and untied; it ignores a few O(b·h·t) reduction terms.
+    """
+    _validate(cfg, mode, mesh, batch, seq)
+    return _elementwise(cfg, batch=batch, seq=seq, mode=mode, mesh=mesh, unrolled=unrolled)
+
+
+def _elementwise(
+    cfg: ModelConfig,
+    *,
+    batch: int,
+    seq: int,
+    mode: str,
+    mesh: tuple[int, int] | None,
+    unrolled: bool = False,
+) -> ElementwiseFlops:
+    m = effective_mesh(mode, mesh)
+    data, tensor = m
+    ts = _tensor_split(mode, tensor)
+    bl = math.ceil(batch / data)
+    t, L = seq, cfg.n_layers
+    llama = cfg.family == "llama"
+    remat = cfg.remat != "none"
+    units = {
+        "btd": bl * t * cfg.d_model,
+        "bt": bl * t,
+        "btf": bl * t * cfg.d_ff / ts,
+        "bhtt": bl * cfg.n_heads * t * t / ts,
+        "rope": bl * t * (cfg.n_heads + cfg.kv_heads) * cfg.d_head / ts,
+        "tt": t * t,
+        "btv": bl * t * cfg.vocab_size / ts,
+        "rope_tables": t * cfg.d_head if llama else 0,
+    }
+    per_layer = dict(_ELEMENTWISE_LAYER[cfg.family])
+    if remat:
+        for key, value in _ELEMENTWISE_REMAT[(cfg.family, cfg.remat)].items():
+            per_layer[key] += value
+    outside = dict(_ELEMENTWISE_OUTSIDE[cfg.family])
+    bf16 = cfg.dtype == "bfloat16"
+    if bf16:
+        for key, value in _BF16_LAYER["remat" if remat else "none"].items():
+            per_layer[key] = per_layer.get(key, 0) + value
+        outside["btd"] += 6
+        outside["btv"] += 2
+    layers = L * sum(coeff * units[key] for key, coeff in per_layer.items())
+    # grouped-query attention: the backward of repeating k and v to h heads sums the copies
+    layers += L * 2 * bl * t * (cfg.n_heads - cfg.kv_heads) * cfg.d_head / ts
+    out = sum(coeff * units[key] for key, coeff in outside.items())
+
+    g, div = _param_groups(cfg), _param_divisors(mode, m)
+    held = {name: getattr(g, name) / getattr(div, name) for name in asdict(g)}
+    optimizer = (
+        OPTIMIZER_FLOPS_DECAYED
+        * (held["layer_matrices"] + held["vocab_tables"] + held["positions"])
+        + OPTIMIZER_FLOPS_NOT_DECAYED * held["vectors"]
+    )
+    readout = cfg.d_model * cfg.vocab_size / div.vocab_tables  # tied table or untied head
+    if cfg.tied_embeddings:
+        optimizer += readout  # the table's two gradients (lookup and read-out) are summed
+    if bf16:  # weights cast at use: forward and gradient, layers once more under remat
+        optimizer += (3 if remat else 2) * held["layer_matrices"] + 2 * readout
+    stacking = 0.0
+    if unrolled:
+        layer_vectors = L * 2 * (cfg.d_model if llama else 2 * cfg.d_model)
+        stacking = (L - 1) * (held["layer_matrices"] + layer_vectors)
+    return ElementwiseFlops(layers, out, optimizer, stacking)
 
 
 # ----------------------------------------------------------------------------- memory
@@ -270,8 +431,8 @@ def korthikanti_activation_bytes_per_layer(
 ) -> float:
     """Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
     Models", eq. 1): 34·s·b·h + 5·a·s²·b bytes per layer, for 16-bit activations, a GELU MLP of
-    4h, dropout, no recompute, no sequence/tensor parallelism. Reference baseline only; the
-    estimator adapts it (see ``activation_terms``)."""
+    4h, dropout, no recompute, no sequence/tensor parallelism. A reference only: the estimator
+    counts what jax saves for this model instead (see ``activation_terms``)."""
     return 34.0 * seq * batch * d_model + 5.0 * n_heads * seq * seq * batch
 
 
@@ -280,28 +441,44 @@ def activation_terms(
 ) -> tuple[ActivationTerm, ...]:
     """Activations kept alive for the backward pass, per device, grouped with their dtypes.
 
-    Adapted from Korthikanti et al. 2022 (34·s·b·h + 5·a·s²·b, counting the inputs of every
-    matmul and nonlinearity and assuming elementwise chains are fused): no dropout (its masks
-    and outputs go: 34 → 32·s·b·h, 5 → 2·a·s²·b), our scores are also kept in float32 (+4·a·s²·b
-    in bytes), SwiGLU keeps three f-wide tensors (w1 out, w3 out, their product) where the GELU
-    MLP keeps two (GELU input, w2 input). Per layer, remat ``none``:
+    Remat ``none`` follows what jax saves for this model's backward
+    (``jax.ad_checkpoint.print_saved_residuals`` on the loss), which the scanned step
+    materialises as stacked (L, ...) arrays. Per layer:
 
-    - residual-stream inputs of the two norms and the two norm outputs (matmul inputs): 4·c·btd
-    - q and k after RoPE, k and v repeated to h heads, the attention output: 4·c·bt(h·k)
-    - scores (float32) 4·b·h·t² and softmax weights (compute dtype) c·b·h·t²
-    - FFN hidden: 3·c·btf (SwiGLU) or 2·c·btf (GELU)
+    - the residual stream into the two norms, in float32 (the norms compute in float32 and
+      keep the cast input), and their normalised x·rsqrt(·), float32: 4·4·btd bytes
+    - the two norm outputs (the q/k/v and FFN matmul inputs): 2·c·btd
+    - q and k after RoPE, v, all repeated to h heads, and the attention output: 4·c·bt(h·k)
+    - exp of the masked scores (float32) 4·b·h·t² and the softmax weights c·b·h·t²
+    - FFN: 6·c·btf. SwiGLU keeps w1's output, σ of it, two silu products, w3's output and the
+      gate product; the tanh-GELU keeps its input and five intermediates.
+    - row statistics: rsqrt and mean of the norms (4·bt), softmax sum and its square (2·bht),
+      float32.
 
-    ``full`` keeps each layer's input c·btd and, during the backward, one layer's recomputed
-    set. ``dots`` keeps each layer's input and the outputs of its q/k/v/o/FFN matmuls (no batch
-    dims) and recomputes the attention (batch-dim einsums) and elementwise results one layer at
-    a time. Outside the layers: the final norm's input and output (c·btd each) and the float32
-    logits b·t·V with their float32 gradient. With bf16 compute and remat ``none`` the bf16
-    copies of the layer weights (cast at use) are saved for the backward too.
+    Korthikanti et al. 2022 (34·s·b·h + 5·a·s²·b bytes for 16-bit activations, assuming
+    fused elementwise chains) counts ~17 c-sized (b, t, d) tensors per layer; unfused jax keeps
+    more (SwiGLU's 6·btf alone is 16·c·btd at f = 8/3·d), so that formula underestimates
+    this model (``korthikanti_activation_bytes_per_layer`` is kept as the reference). The
+    scanned step also hoists the causal mask and its fill value, loop invariants, out of the
+    layer loop: b·h·t² bytes (bool) + 4·b·h·t² (float32), once.
+
+    ``full`` keeps each layer's input c·btd and, during the backward, one layer's
+    recomputation; ``dots`` keeps each layer's input and the matmul outputs the backward
+    needs (q, k, v, o, and w1/w3 or w1: dot_generals without batch dims; w2's output is not
+    needed) and recomputes the attention einsums and the elementwise chains. For the
+    recomputed layer XLA fuses the elementwise chains into their consumers, so only the
+    matmul outputs are counted: the norm outputs and mid residual (3·btd), q/k/v and the
+    attention output (4·bt·hk), the FFN matmul outputs (3·btf SwiGLU, 2·btf GELU, ``full``;
+    one btf ``dots``), scores float32 and weights. Outside the layers (every remat): the
+    final norm's float32 input and normalised x and its output, exp of the float32 logits for
+    the log-softmax and the logits gradient. With bf16 compute the bf16 copies of the
+    read-out matrix, and under remat ``none`` of the layer weights, are saved too.
 
     Sharding: the batch is split over data; under tp/fsdp_tp the per-head, FFN-hidden and
     vocabulary (logits, head split on V) activations are split over tensor, the (b, t, d)
-    residual-stream ones are not. Transient buffers (gradient accumulators, XLA workspace,
-    fragmentation) are not counted.
+    residual-stream ones are not. Gradient temporaries of the backward (a layer's score
+    gradients, ~3 % of XLA's temp at seq 256), XLA workspace and fragmentation are not
+    counted; tests/test_xla_check.py compares the total with XLA's ``memory_analysis``.
     """
     _validate(cfg, mode, mesh, batch, seq)
     m = effective_mesh(mode, mesh)
@@ -309,18 +486,20 @@ def activation_terms(
     ts = _tensor_split(mode, tensor)
     c = DTYPE_BYTES[cfg.dtype]
     cd = cfg.dtype
+    f32 = "float32"
     L, t = cfg.n_layers, seq
     bl = math.ceil(batch / data)
     llama = cfg.family == "llama"
 
     resid = bl * t * cfg.d_model  # (b, t, d): not split by tensor
+    rows = bl * t  # (b, t, 1) statistics
     heads = bl * t * _ceil(cfg.n_heads * cfg.d_head / ts)  # (b, h, t, k)
     kv = bl * t * _ceil(cfg.kv_heads * cfg.d_head / ts)  # (b, h_kv, t, k) before the repeat
     ffn = bl * t * _ceil(cfg.d_ff / ts)  # (b, t, f)
     scores = bl * _ceil(cfg.n_heads / ts) * t * t  # (b, h, t, t)
+    score_rows = bl * _ceil(cfg.n_heads / ts) * t  # (b, h, t, 1)
     logits = bl * t * _ceil(cfg.vocab_size / ts)  # (b, t, V)
-    ffn_kept = 3 if llama else 2
-    ffn_name = "w1 out, w3 out, their product" if llama else "GELU input, w2 input"
+    ffn_name = "w1 out, σ, silu, w3 out, products" if llama else "GELU input and intermediates"
 
     terms: list[ActivationTerm] = []
 
@@ -328,36 +507,44 @@ def activation_terms(
         terms.append(ActivationTerm(name, dtype, int(n_bytes)))
 
     if cfg.remat == "none":
-        add("residual stream into the norms (L·2·btd)", cd, L * 2 * resid * c)
+        add("residual stream into the norms, float32 (L·2·btd)", f32, L * 2 * resid * F32_BYTES)
+        add("normalised x of the norms, float32 (L·2·btd)", f32, L * 2 * resid * F32_BYTES)
         add("norm outputs = matmul inputs (L·2·btd)", cd, L * 2 * resid * c)
         add(
-            "q, k (RoPE, repeated), v (repeated), attention output (L·4·bt·hk)",
+            "q, k (RoPE), v repeated to h heads; attention output (L·4·bt·hk)",
             cd,
             L * 4 * heads * c,
         )
-        add("attention scores (L·b·h·t²)", "float32", L * scores * F32_BYTES)
-        add("softmax weights (L·b·h·t²)", cd, L * scores * c)
-        add(f"FFN hidden: {ffn_name} (L·{ffn_kept}·btf)", cd, L * ffn_kept * ffn * c)
+        add("exp of the attention scores (L·b·h·t²)", f32, L * scores * F32_BYTES)
+        add("softmax weights of the scores (L·b·h·t²)", cd, L * scores * c)
+        add(f"FFN: {ffn_name} (L·6·btf)", cd, L * 6 * ffn * c)
+        add("norm and softmax row statistics (L·(4·bt + 2·bht))", f32,
+            L * (4 * rows + 2 * score_rows) * F32_BYTES)  # fmt: skip
+        if cfg.scan_layers:
+            add("causal mask of the scores, hoisted out of the scan (b·h·t²)", "bool", scores)
+            add("mask fill of the scores, hoisted out of the scan (b·h·t²)", f32,
+                scores * F32_BYTES)  # fmt: skip
         if c != F32_BYTES:
             held = _param_groups(cfg).layer_matrices / _param_divisors(mode, m).layer_matrices
             add("layer weights cast to the compute dtype", cd, _ceil(held) * c)
     else:
         add("layer inputs (L·btd)", cd, L * resid * c)
         if cfg.remat == "dots":
-            proj = heads + 2 * kv + 2 * resid + (2 if llama else 1) * ffn
+            proj = heads + 2 * kv + resid + (2 if llama else 1) * ffn
             add("matmul outputs saved by the dots policy: q,k,v,o,FFN (L)", cd, L * proj * c)
-            # Recomputed for one layer at a time in the backward: norm outputs and the mid
-            # residual (3·btd), RoPE'd/repeated q,k,v and attention output, scores, weights,
-            # and the FFN product (SwiGLU) or GELU output.
             transient_c = 3 * resid + 4 * heads + ffn
-        else:  # full: one layer's whole remat-none set, minus its input (already kept)
-            transient_c = 3 * resid + 4 * heads + ffn_kept * ffn
+        else:  # full
+            transient_c = 3 * resid + 4 * heads + (3 if llama else 2) * ffn
         add("one layer recomputed in the backward (compute dtype part)", cd, transient_c * c)
-        add("one layer recomputed: attention scores", "float32", scores * F32_BYTES)
+        add("one layer recomputed: attention scores", f32, scores * F32_BYTES)
         add("one layer recomputed: softmax weights", cd, scores * c)
-    add("final norm input and output (2·btd)", cd, 2 * resid * c)
-    add("logits (b·t·V)", "float32", logits * F32_BYTES)
-    add("logits gradient (b·t·V)", "float32", logits * F32_BYTES)
+    add("final norm input and normalised x, float32 (2·btd)", f32, 2 * resid * F32_BYTES)
+    add("final norm output (btd)", cd, resid * c)
+    add("exp of the logits for the log-softmax (b·t·V)", f32, logits * F32_BYTES)
+    add("logits gradient (b·t·V)", f32, logits * F32_BYTES)
+    if c != F32_BYTES:
+        readout = cfg.d_model * cfg.vocab_size / _param_divisors(mode, m).vocab_tables
+        add("read-out matrix cast to the compute dtype", cd, _ceil(readout) * c)
     return tuple(terms)
 
 
@@ -537,6 +724,7 @@ class Estimate:
     model_flops_per_device: float  # per step
     compute_s: float
     comm_s: float
+    elementwise_flops_per_device: float = 0.0  # per step, XLA's convention, not in compute_s
 
     @property
     def predicted_step_s(self) -> float:
@@ -573,6 +761,9 @@ class Estimate:
             "flops_per_token": self.flops.model_per_token,
             "flops_per_step": self.flops.model_per_step,
             "hardware_flops_per_step": self.flops.hardware_per_step,
+            "hardware_flops_per_device": self.hardware_flops_per_device,
+            "elementwise_flops_per_step": self.flops.elementwise_per_step,
+            "elementwise_flops_per_device": self.elementwise_flops_per_device,
             "attention_convention": self.flops.attention_convention,
             "memory_per_device_bytes": self.memory.to_dict(),
             "memory_capacity_bytes": self.memory.capacity_bytes,
@@ -609,7 +800,9 @@ def estimate(
     ``hardware.interconnect_bandwidth_bytes_per_s``. The step time lies between max(compute,
     comm) (full overlap) and their sum ("How To Scale Your Model", roofline chapter). On a
     shared host (``cpu``) the devices split the one peak. MFU uses model FLOPs in the
-    ``causal_halving`` convention, so halving lowers it.
+    ``causal_halving`` convention, so halving lowers it. The elementwise FLOPs (XLA's
+    convention, ``elementwise_flops``) are reported per device but left out of the compute
+    time: they run on vector units, not at the matmul peak.
     """
     _validate(cfg, mode, mesh, batch, seq)
     m = effective_mesh(mode, mesh)
@@ -641,4 +834,7 @@ def estimate(
         model_flops_per_device=flops.model_per_step / n,
         compute_s=hardware_per_device / peak,
         comm_s=comm_s,
+        elementwise_flops_per_device=elementwise_flops(
+            cfg, batch=batch, seq=seq, mode=mode, mesh=m
+        ).total,
     )
