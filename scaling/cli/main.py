@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from scaling.cli import data, presets, sweep, train
+from scaling.cli import data, estimate, presets, sweep, train
 
 app = typer.Typer(
     name="scaling",
@@ -15,5 +15,6 @@ app = typer.Typer(
 )
 app.command("presets")(presets.presets)
 app.command("train")(train.train)
+app.command("estimate")(estimate.estimate)
 app.command("sweep")(sweep.sweep)
 app.add_typer(data.app, name="data")

@@ -1,0 +1,113 @@
+"""The analytic estimator (scaling.estimate) against XLA's own counts of the real train step.
+
+Tolerances: FLOPs 2 % of XLA's count, memory (argument + temp vs the analytic total) 10 %.
+Measured on CPU, batch 2, seq 128: FLOPs ratio 1.0000 for tiny, 10m and 125m (matmuls alone:
+1.029, 1.026, 1.020, so a matmul-only model fails tiny and 10m); fsdp_tp 4x2 on tiny per
+device 1.011; memory 1.016, 1.021, 1.044. Each cross-check is computed once per module.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import pytest
+
+from scaling.config import build_run
+from scaling.estimate import elementwise_flops, flop_counts
+from scaling.train import plan
+from scaling.xla_check import METHOD_COMPILE, METHOD_LOWERING, unrolled, xla_cross_check
+
+FLOPS_TOLERANCE = 0.02
+MEMORY_TOLERANCE = 0.10
+SHARDED = ("tiny", dict(mode="fsdp_tp", mesh=(4, 2), batch=8, seq=64))
+
+
+@functools.cache
+def check(size: str, **kw) -> dict:
+    kw = {"batch": 2, "seq": 128, **kw}
+    return xla_cross_check(build_run(size, **kw))
+
+
+@pytest.mark.parametrize("size", ["tiny", "10m", "125m"])
+def test_flops_match_xla_on_the_unrolled_step(size):
+    c = check(size)
+    assert c["xla_flops_method"] == METHOD_LOWERING and c["n_devices"] == 1
+    assert c["xla_flops_ratio"] == pytest.approx(1.0, abs=FLOPS_TOLERANCE)
+    # XLA counts more than the matmuls: norms, softmax, RoPE, loss, ~21 per parameter for AdamW.
+    assert c["xla_flops_matmul_ratio"] > 1.0
+    assert c["analytic_elementwise_flops_per_device"] > 0
+
+
+def test_scan_body_is_counted_once():
+    # Why the unrolled variant: XLA counts a scanned layer body once, not once per layer.
+    run = build_run("10m", batch=2, seq=128)
+    counts = {}
+    for name, variant in (("scanned", run), ("unrolled", unrolled(run))):
+        p = plan(variant)
+        with jax.set_mesh(p.mesh):
+            counts[name] = p.step.lower(*p.abstract_inputs()).cost_analysis()["flops"]
+    assert counts["scanned"] < 0.3 * counts["unrolled"]  # 12 layers: ~1/12 of the layer work
+
+
+def test_remat_full_recompute_leaves_out_w2():
+    # jax's partial evaluation drops w2 from a checkpointed layer's recompute (its output only
+    # feeds the residual add); a full extra forward would overshoot XLA's count by ~3 %.
+    run = build_run("tiny", batch=2, seq=128, remat="full")
+    c = xla_cross_check(run, memory=False)
+    assert c["xla_flops_ratio"] == pytest.approx(1.0, abs=0.002)
+    cfg = run.model
+    w2 = 2 * cfg.n_layers * cfg.d_ff * cfg.d_model * run.tokens_per_step
+    with_w2 = c["analytic_flops_per_device"] + w2
+    assert abs(c["xla_flops_per_step"] / with_w2 - 1) > 0.02
+
+
+def test_sharded_flops_are_per_device():
+    size, kw = SHARDED
+    c = check(size, **kw)
+    assert c["xla_flops_method"] == METHOD_COMPILE and c["n_devices"] == 8
+    assert c["mesh"] == [4, 2]
+    # The lowering is still the global program; the compiled one is one device's share.
+    assert c["xla_flops_global_ratio"] == pytest.approx(1.0, abs=FLOPS_TOLERANCE)
+    assert c["xla_flops_ratio"] == pytest.approx(1.0, abs=FLOPS_TOLERANCE)
+    assert 8 * c["xla_flops_per_step"] == pytest.approx(c["xla_flops_global_per_step"], rel=0.05)
+    # Analytic per device: matmuls / 8, activations' elementwise / 8 (batch over data, heads
+    # and FFN over tensor) except the (b, t, d) norms, which only the data axis splits.
+    run = build_run(size, **kw)
+    whole = flop_counts(run.model, batch=run.batch, seq=run.seq).hardware_per_step
+    assert c["analytic_matmul_flops_per_device"] == pytest.approx(whole / 8)
+    one = elementwise_flops(run.model, batch=run.batch, seq=run.seq, unrolled=True)
+    each = elementwise_flops(
+        run.model, batch=run.batch, seq=run.seq, mode="fsdp_tp", mesh=(4, 2), unrolled=True
+    )
+    assert one.total / 8 < each.total < one.total / 4
+
+
+@pytest.mark.parametrize("size", ["tiny", "10m", "125m"])
+def test_memory_matches_xla_memory_analysis(size):
+    c = check(size)
+    xla, analytic = c["xla_memory"], c["analytic_memory_per_device_bytes"]
+    # Arguments are exactly the parameters and the two AdamW moments (12 bytes per parameter).
+    assert xla["argument"] == pytest.approx(analytic["params"] + analytic["optimizer"], rel=0.01)
+    assert 0 < xla["output"] - xla["alias"] < 1024  # the state is donated; metrics are not
+    assert c["xla_memory_ratio"] == pytest.approx(1.0, abs=MEMORY_TOLERANCE)
+
+
+def test_sharded_state_memory_is_sharded():
+    c = check(SHARDED[0], **SHARDED[1])
+    analytic = c["analytic_memory_per_device_bytes"]
+    assert c["xla_memory"]["argument"] == pytest.approx(
+        analytic["params"] + analytic["optimizer"], rel=0.01
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fsdp_tp: GSPMD propagates the parameters' d-over-data sharding into the "
+    "activations and leaves the batch replicated (scores are (L, 8, 4, t, t) per device at "
+    "batch 8), so XLA's temp is ~3x the batch-sharded estimate; needs activation sharding "
+    "constraints in the model/step",
+)
+def test_sharded_activation_memory_matches():
+    c = check(SHARDED[0], **SHARDED[1])
+    assert c["xla_memory_ratio"] == pytest.approx(1.0, abs=MEMORY_TOLERANCE)
