@@ -52,6 +52,7 @@ class ModelConfig:
     mup_base_width: int = 128
     mup_input_multiplier: float = 1.0
     mup_output_multiplier: float = 1.0
+    mup_zero_readout: bool = False  # muP option: zero-initialised untied head
 
     def __post_init__(self) -> None:
         validate_model(self)
@@ -162,6 +163,17 @@ def get_preset(name: str) -> ModelConfig:
     return PRESETS[name]
 
 
+def with_width(cfg: ModelConfig, width: int) -> ModelConfig:
+    """The same depth and head width at another d_model (heads = width / d_head): the width
+    axis of muP studies."""
+    if width <= 0 or width % cfg.d_head:
+        raise ValueError(f"width {width} must be a positive multiple of d_head={cfg.d_head}")
+    d_ff = 4 * width if cfg.family == "gpt2" else swiglu_hidden(width)
+    return dataclasses.replace(cfg, name=f"{cfg.name}@{width}", d_model=width,
+                               n_heads=width // cfg.d_head, n_kv_heads=None, head_dim=None,
+                               d_ff=d_ff)
+
+
 def with_family(cfg: ModelConfig, family: Family) -> ModelConfig:
     """The same widths in the other family (gpt2 uses a 4·d_model GELU MLP)."""
     if family == cfg.family:
@@ -238,10 +250,13 @@ def build_run(
     remat: str | None = None,
     mup: bool = False,
     mesh: str | tuple[int, int] | None = None,
+    width: int | None = None,
     **run_fields,
 ) -> RunConfig:
     """A RunConfig from a preset name plus overrides (what the CLI and sweeps call)."""
     model = get_preset(size)
+    if width is not None:
+        model = with_width(model, width)
     if family is not None:
         if family not in FAMILIES:
             raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
@@ -258,13 +273,15 @@ def build_run(
 # ---------------------------------------------------------------------------------------------
 # Sweeps: a grid of run settings, from CLI options or a TOML spec in sweeps/.
 
-SWEEP_AXES = ("size", "mode", "mup", "family", "dtype", "remat", "lr", "batch", "seq", "seed")
-SWEEP_FIXED = ("steps", "warmup_steps", "lr_warmup", "batch", "seq", "lr", "mesh", "devices",
+SWEEP_AXES = ("size", "mode", "mup", "family", "dtype", "remat", "lr", "batch", "seq", "seed",
+              "width")
+SWEEP_FIXED = ("width", "steps", "warmup_steps", "lr_warmup", "batch", "seq", "lr", "mesh", "devices",
                "dtype", "remat", "family", "data", "seed", "timeout_s", "mup")
 SWEEP_DEFAULTS: dict[str, object] = {
     "mode": "none", "mup": False, "steps": 6, "warmup_steps": 1, "lr_warmup": 2, "batch": 8,
     "seq": 128, "lr": 3e-3, "mesh": None, "devices": None, "dtype": "float32",
     "remat": "none", "family": "llama", "data": "synthetic", "seed": 0, "timeout_s": 1800.0,
+    "width": None,
 }
 
 
@@ -341,6 +358,7 @@ def run_config_from_settings(settings: dict) -> RunConfig:
     return build_run(
         settings["size"], family=settings["family"], dtype=settings["dtype"],
         remat=settings["remat"], mup=bool(settings["mup"]), mesh=settings["mesh"],
+        width=settings.get("width"),
         mode=settings["mode"], steps=settings["steps"], batch=settings["batch"],
         seq=settings["seq"], lr=settings["lr"], warmup_steps=settings["lr_warmup"],
         seed=settings["seed"], data=settings["data"],

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 
 from scaling.config import ModelConfig
@@ -48,6 +49,11 @@ class Linear(nnx.Module):
     def __call__(self, x: Float[Array, "... i"]) -> Float[Array, "... o"]:
         return jnp.einsum("...i,io->...o", x, self.weight[...].astype(x.dtype))
 
+    def logits(self, x: Float[Array, "... i"]) -> Float[Array, "... o"]:
+        """As ``__call__`` but accumulating in float32 (the read-out of the LM head)."""
+        w = self.weight[...].astype(x.dtype)
+        return jnp.einsum("...i,io->...o", x, w, preferred_element_type=jnp.float32)
+
 
 class Embedding(nnx.Module):
     """Token (or position) table ``(n, d)``; ``attend`` is the tied read-out ``x Eᵀ``."""
@@ -59,7 +65,9 @@ class Embedding(nnx.Module):
         return jnp.take(self.weight[...], ids, axis=0)
 
     def attend(self, x: Float[Array, "... d"]) -> Float[Array, "... v"]:
-        return jnp.einsum("...d,vd->...v", x, self.weight[...].astype(x.dtype))
+        """Logits accumulate in float32 whatever the compute dtype."""
+        w = self.weight[...].astype(x.dtype)
+        return jnp.einsum("...d,vd->...v", x, w, preferred_element_type=jnp.float32)
 
 
 class RMSNorm(nnx.Module):
@@ -116,7 +124,7 @@ def scaled_dot_product_attention(
 ) -> Float[Array, "... t k"]:
     """softmax(q kᵀ · scale, masked) v; ``mask`` True means "may attend". Scores are float32."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = jnp.einsum("...tk,...sk->...ts", q, k).astype(jnp.float32) * scale
+    scores = jnp.einsum("...tk,...sk->...ts", q, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     weights = softmax(scores, axis=-1).astype(v.dtype)
@@ -237,6 +245,19 @@ class TransformerBlock(nnx.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
+def shard_over_batch(x: Array) -> Array:
+    """Keep activations split by batch over the mesh's ``data`` axis.
+
+    Without this, GSPMD may carry the parameters' fsdp split (model width over ``data``) into
+    the activations and leave the batch replicated, so every device would hold the whole
+    batch's activations. A no-op outside a mesh context or without a ``data`` axis.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or "data" not in mesh.axis_names or mesh.shape["data"] == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, P("data", *([None] * (x.ndim - 1))))
+
+
 def _remat(fn, remat: str):
     if remat == "full":
         return jax.checkpoint(fn, prevent_cse=False)
@@ -289,11 +310,11 @@ class TransformerLM(nnx.Module):
             x = x + self.pos_embed(positions)
         if cfg.mup:
             x = x * cfg.mup_input_multiplier
-        x = x.astype(compute_dtype(cfg))
+        x = shard_over_batch(x.astype(compute_dtype(cfg)))
         embed_rms = rms(x)
         x, block_rms = self._run_blocks(x, positions)
         x = self.final_norm(x)
-        logits = self.embed.attend(x) if self.head is None else self.head(x)
+        logits = self.embed.attend(x) if self.head is None else self.head.logits(x)
         logits = logits.astype(jnp.float32) * logit_multiplier(cfg)
         return logits, {"embed": embed_rms, "blocks": block_rms, "logits": rms(logits)}
 
@@ -301,7 +322,7 @@ class TransformerLM(nnx.Module):
         graphdef, stacked = nnx.split(self.blocks)
 
         def body(h, layer_state):
-            h = nnx.merge(graphdef, layer_state)(h, positions)
+            h = shard_over_batch(nnx.merge(graphdef, layer_state)(h, positions))
             return h, rms(h)
 
         body = _remat(body, self.cfg.remat)
@@ -326,9 +347,11 @@ def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> TransformerBlock:
 
 
 def head_init_std(cfg: ModelConfig) -> float:
-    """Untied head: σ² = 2/(d+v) under SP; a width-independent ``init_std`` under muP, where
-    the 1/m of the readout lives in the forward multiplier instead."""
-    return cfg.init_std if cfg.mup else math.sqrt(2.0 / (cfg.d_model + cfg.vocab_size))
+    """Untied head: σ² = 2/(d+v) under SP; under muP a width-independent ``init_std`` (the 1/m
+    of the readout lives in the forward multiplier instead), or 0 with ``mup_zero_readout``."""
+    if cfg.mup:
+        return 0.0 if cfg.mup_zero_readout else cfg.init_std
+    return math.sqrt(2.0 / (cfg.d_model + cfg.vocab_size))
 
 
 def logit_multiplier(cfg: ModelConfig) -> float:

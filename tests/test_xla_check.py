@@ -101,13 +101,6 @@ def test_sharded_state_memory_is_sharded():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fsdp_tp: GSPMD propagates the parameters' d-over-data sharding into the "
-    "activations and leaves the batch replicated (scores are (L, 8, 4, t, t) per device at "
-    "batch 8), so XLA's temp is ~3x the batch-sharded estimate; needs activation sharding "
-    "constraints in the model/step",
-)
 def test_sharded_activation_memory_matches():
     c = check(SHARDED[0], **SHARDED[1])
     assert c["xla_memory_ratio"] == pytest.approx(1.0, abs=MEMORY_TOLERANCE)
