@@ -275,7 +275,7 @@ def build_run(
 
 SWEEP_AXES = ("size", "mode", "mup", "family", "dtype", "remat", "lr", "batch", "seq", "seed",
               "width")
-SWEEP_FIXED = ("width", "steps", "warmup_steps", "lr_warmup", "batch", "seq", "lr", "mesh", "devices",
+SWEEP_FIXED = ("mode", "width", "steps", "warmup_steps", "lr_warmup", "batch", "seq", "lr", "mesh", "devices",
                "dtype", "remat", "family", "data", "seed", "timeout_s", "mup")
 SWEEP_DEFAULTS: dict[str, object] = {
     "mode": "none", "mup": False, "steps": 6, "warmup_steps": 1, "lr_warmup": 2, "batch": 8,

@@ -120,7 +120,8 @@ RUN_COLUMNS = [f.name for f in dataclasses.fields(RunRecord)]
 STEP_COLUMNS = [f.name for f in dataclasses.fields(StepRecord)]
 
 
-def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
+def write_frame_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     frame.to_parquet(tmp, index=False)
@@ -134,9 +135,9 @@ def write_outcome(out_dir: str | Path, outcome: RunOutcome) -> None:
     out_dir = Path(out_dir)
     run_id = outcome.record.run_id
     steps = pd.DataFrame([dataclasses.asdict(s) for s in outcome.steps], columns=STEP_COLUMNS)
-    _write_atomic(steps.astype({"step": "int64"}), out_dir / "steps" / f"{run_id}.parquet")
+    write_frame_atomic(steps.astype({"step": "int64"}), out_dir / "steps" / f"{run_id}.parquet")
     run = pd.DataFrame([dataclasses.asdict(outcome.record)], columns=RUN_COLUMNS)
-    _write_atomic(run, out_dir / "runs" / f"{run_id}.parquet")
+    write_frame_atomic(run, out_dir / "runs" / f"{run_id}.parquet")
 
 
 def recorded_status(out_dir: str | Path, run_id: str) -> str | None:
@@ -165,6 +166,15 @@ def load_runs(*dirs: str | Path) -> pd.DataFrame:
     if runs.empty:
         raise ValueError(f"no runs recorded in {', '.join(map(str, dirs))}")
     return runs
+
+
+COORD_CHECK_FILE = "coord_check.parquet"  # columns: mup, width, step, site, rms
+
+
+def write_coord_check(out_dir: str | Path, rows: list[dict]) -> Path:
+    path = Path(out_dir) / COORD_CHECK_FILE
+    write_frame_atomic(pd.DataFrame(rows, columns=["mup", "width", "step", "site", "rms"]), path)
+    return path
 
 
 def load_steps(*dirs: str | Path) -> pd.DataFrame:
