@@ -72,7 +72,7 @@ class RunRecord:
     peak_memory_source: str = ""  # "memory_stats" or "xla_memory_analysis"
     est_memory_bytes: float = math.nan  # analytic, per device
     est_comm_bytes: float = math.nan  # analytic, per device per step
-    xla_flops_per_step: float = math.nan  # XLA cost_analysis, per device × devices
+    xla_flops_per_step: float = math.nan  # XLA cost_analysis of the unrolled step, all devices
     xla_argument_bytes: float = math.nan  # XLA memory_analysis of the step, per device
     xla_output_bytes: float = math.nan
     xla_temp_bytes: float = math.nan

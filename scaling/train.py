@@ -194,7 +194,6 @@ class RunResult:
     entropy_floor_nats: float | None = None
     device_kind: str = ""
     xla: dict[str, float] = field(default_factory=dict)
-    xla_flops_per_step: float = math.nan  # XLA's count for the whole step, all devices
     diverged: bool = False  # stopped early on a non-finite loss
 
     @property

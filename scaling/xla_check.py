@@ -38,10 +38,11 @@ grads + optimizer + activations). What remains different:
   one-layer recompute is an approximation (tiny, seq 256: full 1.02, dots 0.87).
 - bfloat16 on CPU: XLA's CPU backend computes bf16 elementwise ops in float32, so temp does
   not halve (tiny, seq 256: 1.39); the estimator models an accelerator with native bf16.
-- sharded modes: per-device temp includes collective buffers and whatever GSPMD's sharding
-  propagation leaves unsharded. Under fsdp_tp the activations come out with the batch
-  replicated and the model width split over data (the parameters' sharding propagates into
-  the activations): 2.7-3.0× on tiny (batch 8); fsdp 1.27, dp 1.06, tp 1.09 (seq 128).
+- sharded modes: per-device temp also holds collective buffers and the gathered weights of
+  the layer in use. Measured on tiny (batch 8, seq 128, 8 devices), (argument + temp) /
+  analytic: dp 1.06, fsdp 1.12, tp 1.09, fsdp_tp 1.04; FLOPs per device 1.002-1.007. (Before
+  the model constrained its residual stream to batch-over-data, fsdp_tp came out at 2.7-3.0×:
+  GSPMD had carried the parameters' width-over-data split into the activations.)
 
 jax is imported on first use, so importing this module (and ``scaling estimate`` without
 ``--compile``) stays fast.
