@@ -88,9 +88,7 @@ def validate_model(cfg: ModelConfig) -> None:
             "choose n_heads dividing d_model"
         )
     if cfg.n_heads % cfg.kv_heads:
-        raise ValueError(
-            f"n_heads={cfg.n_heads} is not divisible by n_kv_heads={cfg.kv_heads}"
-        )
+        raise ValueError(f"n_heads={cfg.n_heads} is not divisible by n_kv_heads={cfg.kv_heads}")
     if cfg.family == "llama" and cfg.d_head % 2:
         raise ValueError(f"RoPE needs an even head dimension, got d_head={cfg.d_head}")
     if cfg.mup and cfg.tied_embeddings:
@@ -169,9 +167,15 @@ def with_width(cfg: ModelConfig, width: int) -> ModelConfig:
     if width <= 0 or width % cfg.d_head:
         raise ValueError(f"width {width} must be a positive multiple of d_head={cfg.d_head}")
     d_ff = 4 * width if cfg.family == "gpt2" else swiglu_hidden(width)
-    return dataclasses.replace(cfg, name=f"{cfg.name}@{width}", d_model=width,
-                               n_heads=width // cfg.d_head, n_kv_heads=None, head_dim=None,
-                               d_ff=d_ff)
+    return dataclasses.replace(
+        cfg,
+        name=f"{cfg.name}@{width}",
+        d_model=width,
+        n_heads=width // cfg.d_head,
+        n_kv_heads=None,
+        head_dim=None,
+        d_ff=d_ff,
+    )
 
 
 def with_family(cfg: ModelConfig, family: Family) -> ModelConfig:
@@ -251,6 +255,7 @@ def build_run(
     mup: bool = False,
     mesh: str | tuple[int, int] | None = None,
     width: int | None = None,
+    tied: bool | None = None,
     **run_fields,
 ) -> RunConfig:
     """A RunConfig from a preset name plus overrides (what the CLI and sweeps call)."""
@@ -262,7 +267,11 @@ def build_run(
             raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
         model = with_family(model, family)
     overrides = {k: v for k, v in (("dtype", dtype), ("remat", remat)) if v is not None}
+    if tied is not None:
+        overrides["tied_embeddings"] = bool(tied)
     if mup:
+        if tied:
+            raise ValueError("muP needs an untied head; drop tied=true or use mup=false")
         overrides.update(mup=True, tied_embeddings=False)
     model = dataclasses.replace(model, **overrides)
     if isinstance(mesh, str):
@@ -273,15 +282,59 @@ def build_run(
 # ---------------------------------------------------------------------------------------------
 # Sweeps: a grid of run settings, from CLI options or a TOML spec in sweeps/.
 
-SWEEP_AXES = ("size", "mode", "mup", "family", "dtype", "remat", "lr", "batch", "seq", "seed",
-              "width")
-SWEEP_FIXED = ("mode", "width", "steps", "warmup_steps", "lr_warmup", "batch", "seq", "lr", "mesh", "devices",
-               "dtype", "remat", "family", "data", "seed", "timeout_s", "mup")
+SWEEP_AXES = (
+    "size",
+    "mode",
+    "mup",
+    "family",
+    "dtype",
+    "remat",
+    "lr",
+    "batch",
+    "seq",
+    "seed",
+    "width",
+    "tied",
+)
+SWEEP_FIXED = (
+    "mode",
+    "width",
+    "tied",
+    "steps",
+    "warmup_steps",
+    "lr_warmup",
+    "batch",
+    "seq",
+    "lr",
+    "mesh",
+    "devices",
+    "dtype",
+    "remat",
+    "family",
+    "data",
+    "seed",
+    "timeout_s",
+    "mup",
+)
 SWEEP_DEFAULTS: dict[str, object] = {
-    "mode": "none", "mup": False, "steps": 6, "warmup_steps": 1, "lr_warmup": 2, "batch": 8,
-    "seq": 128, "lr": 3e-3, "mesh": None, "devices": None, "dtype": "float32",
-    "remat": "none", "family": "llama", "data": "synthetic", "seed": 0, "timeout_s": 1800.0,
+    "mode": "none",
+    "mup": False,
+    "steps": 6,
+    "warmup_steps": 1,
+    "lr_warmup": 2,
+    "batch": 8,
+    "seq": 128,
+    "lr": 3e-3,
+    "mesh": None,
+    "devices": None,
+    "dtype": "float32",
+    "remat": "none",
+    "family": "llama",
+    "data": "synthetic",
+    "seed": 0,
+    "timeout_s": 1800.0,
     "width": None,
+    "tied": None,
 }
 
 
@@ -347,20 +400,36 @@ def load_sweep_spec(path: str) -> SweepSpec:
         raise ValueError(f"sweep spec {path!r} is not valid TOML: {exc}") from None
     unknown = set(data) - {"name", "description", "axes", "fixed"}
     if unknown:
-        raise ValueError(f"sweep spec {path!r}: unknown keys {sorted(unknown)}; "
-                         "valid: name, description, axes, fixed")
-    return SweepSpec(name=data.get("name", p.stem), axes=data.get("axes", {}),
-                     fixed=data.get("fixed", {}), description=data.get("description", ""))
+        raise ValueError(
+            f"sweep spec {path!r}: unknown keys {sorted(unknown)}; "
+            "valid: name, description, axes, fixed"
+        )
+    return SweepSpec(
+        name=data.get("name", p.stem),
+        axes=data.get("axes", {}),
+        fixed=data.get("fixed", {}),
+        description=data.get("description", ""),
+    )
 
 
 def run_config_from_settings(settings: dict) -> RunConfig:
     """The RunConfig of one sweep run's settings."""
     return build_run(
-        settings["size"], family=settings["family"], dtype=settings["dtype"],
-        remat=settings["remat"], mup=bool(settings["mup"]), mesh=settings["mesh"],
+        settings["size"],
+        family=settings["family"],
+        dtype=settings["dtype"],
+        remat=settings["remat"],
+        mup=bool(settings["mup"]),
+        mesh=settings["mesh"],
         width=settings.get("width"),
-        mode=settings["mode"], steps=settings["steps"], batch=settings["batch"],
-        seq=settings["seq"], lr=settings["lr"], warmup_steps=settings["lr_warmup"],
-        seed=settings["seed"], data=settings["data"],
+        tied=settings.get("tied"),
+        mode=settings["mode"],
+        steps=settings["steps"],
+        batch=settings["batch"],
+        seq=settings["seq"],
+        lr=settings["lr"],
+        warmup_steps=settings["lr_warmup"],
+        seed=settings["seed"],
+        data=settings["data"],
         timing_warmup_steps=settings["warmup_steps"],
     )

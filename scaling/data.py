@@ -15,7 +15,7 @@ from pathlib import Path
 import grain
 import numpy as np
 
-SYNTHETIC_VOCAB = 64  # states of the Markov chain (capped at the model vocabulary); small enough to learn fast
+SYNTHETIC_VOCAB = 64  # Markov states (capped at the model vocabulary); small enough to learn fast
 SYNTHETIC_BRANCHING = 4  # successors per state
 SYNTHETIC_ZIPF = 1.0  # transition probabilities ∝ rank^-ZIPF
 TOKEN_FILE_SUFFIXES = (".bin", ".npy")
@@ -48,8 +48,11 @@ class MarkovChain:
         probs = np.arange(1, branching + 1, dtype=np.float64) ** -zipf
         probs /= probs.sum()
         transition = np.zeros((vocab, vocab))
-        np.add.at(transition, (np.repeat(np.arange(vocab), branching), successors.ravel()),
-                  np.tile(probs, vocab))
+        np.add.at(
+            transition,
+            (np.repeat(np.arange(vocab), branching), successors.ravel()),
+            np.tile(probs, vocab),
+        )
         stationary = _stationary_distribution(transition)
         return cls(successors, probs, stationary)
 
@@ -173,5 +176,3 @@ def text_to_tokens(text_path: str | Path, out_path: str | Path) -> int:
     tokens.tofile(tmp)
     tmp.replace(out_path)
     return len(tokens)
-
-

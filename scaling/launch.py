@@ -25,9 +25,19 @@ def spawn_local(args: list[str], n_processes: int, timeout_s: float) -> int:
     port = free_port()
     procs, logs = [], []
     for rank in range(n_processes):
-        cmd = [sys.executable, "-m", "scaling", *args, "--coordinator", f"127.0.0.1:{port}",
-               "--num-processes", str(n_processes), "--process-id", str(rank)]
-        log = None if rank == 0 else tempfile.TemporaryFile()
+        cmd = [
+            sys.executable,
+            "-m",
+            "scaling",
+            *args,
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--num-processes",
+            str(n_processes),
+            "--process-id",
+            str(rank),
+        ]
+        log = None if rank == 0 else tempfile.TemporaryFile()  # noqa: SIM115 (outlives loop)
         logs.append(log)
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=log))
     try:

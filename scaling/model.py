@@ -61,7 +61,7 @@ class Embedding(nnx.Module):
     def __init__(self, n: int, d: int, *, rngs: nnx.Rngs, std: float = 0.02):
         self.weight = nnx.Param(truncated_normal(rngs.params(), (n, d), std))
 
-    def __call__(self, ids: Int[Array, "..."]) -> Float[Array, "... d"]:
+    def __call__(self, ids: Int[Array, ...]) -> Float[Array, "... d"]:
         return jnp.take(self.weight[...], ids, axis=0)
 
     def attend(self, x: Float[Array, "... d"]) -> Float[Array, "... v"]:
@@ -108,7 +108,7 @@ def gelu(x: Array) -> Array:
     return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def softmax(x: Float[Array, "..."], axis: int = -1) -> Float[Array, "..."]:
+def softmax(x: Float[Array, ...], axis: int = -1) -> Float[Array, ...]:
     """Softmax that subtracts the max first, so large inputs do not overflow."""
     shifted = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     e = jnp.exp(shifted)

@@ -61,17 +61,31 @@ def coord_check(
     rows: list[dict] = []
     for mup in parametrizations:
         for width in widths:
-            run = build_run(base, width=width, mup=mup, steps=steps, batch=batch, seq=seq,
-                            lr=lr, warmup_steps=0, seed=seed, weight_decay=0.0)
+            run = build_run(
+                base,
+                width=width,
+                mup=mup,
+                steps=steps,
+                batch=batch,
+                seq=seq,
+                lr=lr,
+                warmup_steps=0,
+                seed=seed,
+                weight_decay=0.0,
+            )
             run = dataclasses.replace(
-                run, model=dataclasses.replace(run.model, n_layers=n_layers,
-                                               tied_embeddings=False))
+                run, model=dataclasses.replace(run.model, n_layers=n_layers, tied_embeddings=False)
+            )
             p = train.plan(run)
-            data = batch_dataset(run.data, vocab_size=run.model.vocab_size, batch=batch,
-                                 seq=seq, seed=seed)
+            data = batch_dataset(
+                run.data, vocab_size=run.model.vocab_size, batch=batch, seq=seq, seed=seed
+            )
             probe = np.asarray(data[0])
-            measure = jax.jit(lambda params, tokens, graphdef=p.graphdef:
-                              nnx.merge(graphdef, params).forward_with_rms(tokens[:, :-1])[1])
+            measure = jax.jit(
+                lambda params, tokens, graphdef=p.graphdef: nnx.merge(
+                    graphdef, params
+                ).forward_with_rms(tokens[:, :-1])[1]
+            )
             state = p.init()
             for step in range(steps + 1):
                 if step:
@@ -79,6 +93,8 @@ def coord_check(
                 sizes = jax.device_get(measure(state.params, probe))
                 sites = {"embed": sizes["embed"], "logits": sizes["logits"]}
                 sites.update({f"block_{i}": v for i, v in enumerate(sizes["blocks"])})
-                rows += [{"mup": mup, "width": width, "step": step, "site": site,
-                          "rms": float(value)} for site, value in sites.items()]
+                rows += [
+                    {"mup": mup, "width": width, "step": step, "site": site, "rms": float(value)}
+                    for site, value in sites.items()
+                ]
     return rows

@@ -130,7 +130,9 @@ def validate(
     if mode == "none" and data * tensor != 1:
         raise ValueError(f"mode none runs on one device; got mesh {data}x{tensor}, use 1x1")
     if mode in ("dp", "fsdp") and tensor != 1:
-        raise ValueError(f"mode {mode} needs tensor=1; got mesh {data}x{tensor}, use {data * tensor}x1")
+        raise ValueError(
+            f"mode {mode} needs tensor=1; got mesh {data}x{tensor}, use {data * tensor}x1"
+        )
     if mode == "tp" and data != 1:
         raise ValueError(f"mode tp needs data=1; got mesh {data}x{tensor}, use 1x{data * tensor}")
     if mode == "fsdp_tp" and (data == 1 or tensor == 1):
@@ -143,8 +145,12 @@ def validate(
             f"mesh {data}x{tensor} needs {needed} devices but {n_devices} are available; "
             f"choose D·T = {n_devices}"
         )
-    for name, value in (("n_heads", cfg.n_heads), ("n_kv_heads", cfg.kv_heads),
-                        ("d_ff", cfg.d_ff), ("vocab_size", cfg.vocab_size)):
+    for name, value in (
+        ("n_heads", cfg.n_heads),
+        ("n_kv_heads", cfg.kv_heads),
+        ("d_ff", cfg.d_ff),
+        ("vocab_size", cfg.vocab_size),
+    ):
         if value % tensor:
             raise ValueError(
                 f"{name}={value} of {cfg.name} is not divisible by tensor={tensor}; "
@@ -166,8 +172,11 @@ def make_mesh(mesh_shape: tuple[int, int], devices=None) -> Mesh:
 
 
 def shardings(tree, mode: str, mesh: Mesh):
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), state_specs(tree, mode),
-                        is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(
+        lambda spec: NamedSharding(mesh, spec),
+        state_specs(tree, mode),
+        is_leaf=lambda x: isinstance(x, P),
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -208,14 +217,16 @@ def set_cpu_devices(n: int) -> None:
     jax.config.update("jax_num_cpu_devices", n)
 
 
-def init_distributed(coordinator: str | None, num_processes: int | None,
-                     process_id: int | None, timeout_s: int = 120) -> None:
+def init_distributed(
+    coordinator: str | None, num_processes: int | None, process_id: int | None, timeout_s: int = 120
+) -> None:
     """Join a multi-process job through ``jax.distributed`` (flags, or auto-detected by jax on
     SLURM / Open MPI / Cloud TPU when no flags are given)."""
     kwargs = {"initialization_timeout": timeout_s}
     if coordinator is not None:
-        kwargs.update(coordinator_address=coordinator, num_processes=num_processes,
-                      process_id=process_id)
+        kwargs.update(
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+        )
         if coordinator.startswith("127.0.0.1:") and process_id == 0:
             kwargs["coordinator_bind_address"] = coordinator
     jax.distributed.initialize(**kwargs)

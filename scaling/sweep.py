@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -79,8 +80,9 @@ def plan_sweep(spec: SweepSpec, out_dir: str | Path, shard: tuple[int, int] = (0
         if index % shard[1] != shard[0]:
             continue
         run_id = run_id_of(settings)
-        planned.append(PlannedRun(index, run_id, settings,
-                                  recorded_status(out_dir, run_id) == "ok"))
+        planned.append(
+            PlannedRun(index, run_id, settings, recorded_status(out_dir, run_id) == "ok")
+        )
     return planned
 
 
@@ -91,21 +93,36 @@ def _worker_cmd(payload: dict, result_path: str) -> list[str]:
     return [sys.executable, "-m", "scaling.worker", json.dumps(payload), result_path]
 
 
-def execute_run(run: PlannedRun, *, distributed: Distributed = Distributed(),
-                profile_dir: str | None = None, on_step: StepHook | None = None) -> RunOutcome:
+def execute_run(
+    run: PlannedRun,
+    *,
+    distributed: Distributed = Distributed(),
+    profile_dir: str | None = None,
+    on_step: StepHook | None = None,
+) -> RunOutcome:
     """Run one configuration in subprocess(es) and return its outcome, whatever happens."""
     timeout = float(run.settings["timeout_s"])
     with tempfile.TemporaryDirectory(prefix="scaling-run-") as tmp:
         result_path = os.path.join(tmp, "result.json")
-        payload = {**run.settings, "run_id": run.run_id,
-                   "profile_dir": profile_dir and str(Path(profile_dir) / run.run_id)}
+        payload = {
+            **run.settings,
+            "run_id": run.run_id,
+            "profile_dir": profile_dir and str(Path(profile_dir) / run.run_id),
+        }
         payloads = _payloads(payload, run.index, distributed)
         stderr_path = os.path.join(tmp, "stderr.txt")
         procs = []
         for rank, p in enumerate(payloads):
             err = open(stderr_path if rank == 0 else os.devnull, "w")  # noqa: SIM115
-            procs.append(subprocess.Popen(_worker_cmd(p, result_path), stdout=subprocess.PIPE,
-                                          stderr=err, text=True, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    _worker_cmd(p, result_path),
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    text=True,
+                    start_new_session=True,
+                )
+            )
         reader = threading.Thread(target=_read_progress, args=(procs[0], on_step), daemon=True)
         reader.start()
         status, message = _wait(procs, timeout)
@@ -122,17 +139,26 @@ def execute_run(run: PlannedRun, *, distributed: Distributed = Distributed(),
 def _payloads(payload: dict, index: int, distributed: Distributed) -> list[dict]:
     if distributed.local_processes:
         port = free_port()
-        return [{**payload, "distributed": {"coordinator": f"127.0.0.1:{port}",
-                                            "num_processes": distributed.local_processes,
-                                            "process_id": rank}}
-                for rank in range(distributed.local_processes)]
+        return [
+            {
+                **payload,
+                "distributed": {
+                    "coordinator": f"127.0.0.1:{port}",
+                    "num_processes": distributed.local_processes,
+                    "process_id": rank,
+                },
+            }
+            for rank in range(distributed.local_processes)
+        ]
     if distributed.coordinator or distributed.num_processes:
         info: dict = {"coordinator": None, "num_processes": None, "process_id": None}
         if distributed.coordinator:
             host, port = distributed.coordinator.rsplit(":", 1)
-            info = {"coordinator": f"{host}:{int(port) + index}",
-                    "num_processes": distributed.num_processes,
-                    "process_id": distributed.process_id}
+            info = {
+                "coordinator": f"{host}:{int(port) + index}",
+                "num_processes": distributed.num_processes,
+                "process_id": distributed.process_id,
+            }
         return [{**payload, "distributed": info}]
     return [payload]
 
@@ -140,10 +166,8 @@ def _payloads(payload: dict, index: int, distributed: Distributed) -> list[dict]
 def _read_progress(proc: subprocess.Popen, on_step: StepHook | None) -> None:
     for line in proc.stdout:
         if on_step is not None and line.startswith("{"):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 on_step(json.loads(line))
-            except json.JSONDecodeError:
-                pass
 
 
 def _wait(procs: list[subprocess.Popen], timeout: float) -> tuple[str | None, str]:
@@ -167,10 +191,8 @@ def _wait(procs: list[subprocess.Popen], timeout: float) -> tuple[str | None, st
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 
@@ -203,8 +225,9 @@ def run_sweep(
             continue
         if on_run_start is not None:
             on_run_start(run)
-        outcome = execute_run(run, distributed=distributed, profile_dir=profile_dir,
-                              on_step=on_step)
+        outcome = execute_run(
+            run, distributed=distributed, profile_dir=profile_dir, on_step=on_step
+        )
         if distributed.is_recorder:
             write_outcome(out_dir, outcome)
         if on_run_end is not None:

@@ -48,7 +48,10 @@ def cosine_lr(step, *, max_lr: float, min_lr: float, warmup: int, total: int):
 
 def make_schedule(run: RunConfig) -> optax.Schedule:
     return lambda step: cosine_lr(
-        step, max_lr=run.lr, min_lr=run.lr * run.min_lr_ratio, warmup=run.warmup_steps,
+        step,
+        max_lr=run.lr,
+        min_lr=run.lr * run.min_lr_ratio,
+        warmup=run.warmup_steps,
         total=max(run.steps, 1),
     )
 
@@ -108,8 +111,7 @@ def make_train_step(run: RunConfig, graphdef, tx: optax.GradientTransformation) 
         loss, grads = jax.value_and_grad(loss_of)(state.params, tokens)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                   "lr": schedule(state.step)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return train_step
@@ -141,7 +143,8 @@ class Plan:
         """Shapes, dtypes and shardings of the step's inputs; allocates nothing."""
         state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            self.abstract_state, self.state_shardings,
+            self.abstract_state,
+            self.state_shardings,
         )
         return state, self.abstract_batch()
 
@@ -168,8 +171,7 @@ def plan(run: RunConfig, devices=None) -> Plan:
         out_shardings=(state_sh, None),
         donate_argnums=0,
     )
-    return Plan(run, mesh, mesh_shape, graphdef, tx, abstract_state, state_sh, batch_sh,
-                init, step)
+    return Plan(run, mesh, mesh_shape, graphdef, tx, abstract_state, state_sh, batch_sh, init, step)
 
 
 @dataclass
@@ -215,14 +217,25 @@ class RunResult:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "size": self.size, "mode": self.mode, "mesh": f"{self.mesh[0]}x{self.mesh[1]}",
-            "n_devices": self.n_devices, "n_processes": self.n_processes,
-            "n_params": self.n_params, "steps": self.steps, "start_step": self.start_step,
-            "losses": self.losses, "grad_norms": self.grad_norms, "lrs": self.lrs,
-            "step_times_s": self.step_times_s, "final_loss": self.final_loss,
-            "compile_s": self.compile_s, "step_time_s_median": self.step_time_s_median,
-            "tokens_per_s": self.tokens_per_s, "entropy_floor_nats": self.entropy_floor_nats,
-            "device_kind": self.device_kind, "xla": self.xla,
+            "size": self.size,
+            "mode": self.mode,
+            "mesh": f"{self.mesh[0]}x{self.mesh[1]}",
+            "n_devices": self.n_devices,
+            "n_processes": self.n_processes,
+            "n_params": self.n_params,
+            "steps": self.steps,
+            "start_step": self.start_step,
+            "losses": self.losses,
+            "grad_norms": self.grad_norms,
+            "lrs": self.lrs,
+            "step_times_s": self.step_times_s,
+            "final_loss": self.final_loss,
+            "compile_s": self.compile_s,
+            "step_time_s_median": self.step_time_s_median,
+            "tokens_per_s": self.tokens_per_s,
+            "entropy_floor_nats": self.entropy_floor_nats,
+            "device_kind": self.device_kind,
+            "xla": self.xla,
         }
 
 
@@ -256,8 +269,11 @@ def run(
 
     p = plan(run_cfg)
     data = batch_dataset(
-        run_cfg.data, vocab_size=run_cfg.model.vocab_size, batch=run_cfg.batch,
-        seq=run_cfg.seq, seed=run_cfg.seed,
+        run_cfg.data,
+        vocab_size=run_cfg.model.vocab_size,
+        batch=run_cfg.batch,
+        seq=run_cfg.seq,
+        seed=run_cfg.seed,
         rows=parallel.local_rows(p.batch_sharding, p.batch_shape),
     )
     iterator = iter(data.to_iter_dataset())
@@ -273,22 +289,29 @@ def run(
         compiled = p.step.lower(*p.abstract_inputs()).compile()
         compile_s = time.perf_counter() - t0
         result = RunResult(
-            size=run_cfg.model.name, mode=run_cfg.mode, mesh=p.mesh_shape,
-            n_devices=p.mesh.size, n_processes=jax.process_count(),
-            n_params=param_counts(run_cfg.model).total, steps=run_cfg.steps, start_step=start,
-            tokens_per_step=run_cfg.tokens_per_step, compile_s=compile_s,
+            size=run_cfg.model.name,
+            mode=run_cfg.mode,
+            mesh=p.mesh_shape,
+            n_devices=p.mesh.size,
+            n_processes=jax.process_count(),
+            n_params=param_counts(run_cfg.model).total,
+            steps=run_cfg.steps,
+            start_step=start,
+            tokens_per_step=run_cfg.tokens_per_step,
+            compile_s=compile_s,
             timing_warmup_steps=run_cfg.timing_warmup_steps,
-            entropy_floor_nats=entropy_floor(run_cfg.data, run_cfg.model.vocab_size,
-                                             run_cfg.seed),
-            device_kind=jax.devices()[0].device_kind, xla=xla_figures(compiled),
+            entropy_floor_nats=entropy_floor(run_cfg.data, run_cfg.model.vocab_size, run_cfg.seed),
+            device_kind=jax.devices()[0].device_kind,
+            xla=xla_figures(compiled),
         )
         profiling = False
         for step in range(start, run_cfg.steps):
             if profile_dir and not profiling and step - start >= run_cfg.timing_warmup_steps:
                 jax.profiler.start_trace(profile_dir)
                 profiling = True
-            tokens = parallel.place_batch(np.asarray(next(iterator)), p.batch_sharding,
-                                          p.batch_shape)
+            tokens = parallel.place_batch(
+                np.asarray(next(iterator)), p.batch_sharding, p.batch_shape
+            )
             t = time.perf_counter()
             state, metrics = compiled(state, tokens)
             jax.block_until_ready((state, metrics))

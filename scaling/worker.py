@@ -46,8 +46,12 @@ def default_devices(settings: dict) -> int:
 def git_sha() -> str:
     try:
         root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -62,15 +66,29 @@ def base_record(settings: dict, run_id: str) -> RunRecord:
     except ValueError:
         dims = {}
     return RunRecord(
-        run_id=run_id, sweep=str(settings["sweep"]), size=settings["size"],
-        family=settings["family"], mode=settings["mode"], mesh=str(settings["mesh"] or ""),
-        n_devices=0, n_processes=1, mup=bool(settings["mup"]), batch=int(settings["batch"]),
-        seq=int(settings["seq"]), dtype=settings["dtype"], remat=settings["remat"],
-        steps=int(settings["steps"]), warmup_steps=int(settings["warmup_steps"]),
-        lr=float(settings["lr"]), seed=int(settings["seed"]), data=str(settings["data"]),
-        git_sha=git_sha(), hostname=socket.gethostname(),
+        run_id=run_id,
+        sweep=str(settings["sweep"]),
+        size=settings["size"],
+        family=settings["family"],
+        mode=settings["mode"],
+        mesh=str(settings["mesh"] or ""),
+        n_devices=0,
+        n_processes=1,
+        mup=bool(settings["mup"]),
+        batch=int(settings["batch"]),
+        seq=int(settings["seq"]),
+        dtype=settings["dtype"],
+        remat=settings["remat"],
+        steps=int(settings["steps"]),
+        warmup_steps=int(settings["warmup_steps"]),
+        lr=float(settings["lr"]),
+        seed=int(settings["seed"]),
+        data=str(settings["data"]),
+        git_sha=git_sha(),
+        hostname=socket.gethostname(),
         started_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        settings_json=json.dumps(settings, sort_keys=True), **dims,
+        settings_json=json.dumps(settings, sort_keys=True),
+        **dims,
     )
 
 
@@ -98,8 +116,10 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
     if profile is None:  # CPU: the peak is a matmul calibration in this very process
         peak = measure.calibrate_matmul_flops()
         profile = hardware.cpu_profile(peak, hardware.host_memory_bytes())
-        record.peak_source = (f"cpu matmul calibration (2048² f32, same process): "
-                              f"{peak / 1e9:.1f} GFLOP/s shared by the simulated devices")
+        record.peak_source = (
+            f"cpu matmul calibration (2048² f32, same process): "
+            f"{peak / 1e9:.1f} GFLOP/s shared by the simulated devices"
+        )
     else:
         record.peak_source = f"{profile.name}: {profile.source}"
 
@@ -109,8 +129,14 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
     result = train.run(run_cfg, on_step=on_step, profile_dir=profile_dir)
     n = result.n_devices
     record.n_devices, record.mesh = n, f"{result.mesh[0]}x{result.mesh[1]}"
-    est = estimate.estimate(run_cfg.model, mode=run_cfg.mode, mesh=result.mesh,
-                            batch=run_cfg.batch, seq=run_cfg.seq, hardware=profile)
+    est = estimate.estimate(
+        run_cfg.model,
+        mode=run_cfg.mode,
+        mesh=result.mesh,
+        batch=run_cfg.batch,
+        seq=run_cfg.seq,
+        hardware=profile,
+    )
     record.peak_flops_per_device = est.peak_flops_per_device
     record.n_params = result.n_params
     record.compile_s = result.compile_s
@@ -138,19 +164,25 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
         record.peak_memory_bytes = float(stats["peak_bytes_in_use"])
         record.peak_memory_source = "memory_stats"
     elif xla:
-        record.peak_memory_bytes = (xla.get("argument_bytes", 0) + xla.get("output_bytes", 0)
-                                    + xla.get("temp_bytes", 0) - xla.get("alias_bytes", 0))
+        record.peak_memory_bytes = (
+            xla.get("argument_bytes", 0)
+            + xla.get("output_bytes", 0)
+            + xla.get("temp_bytes", 0)
+            - xla.get("alias_bytes", 0)
+        )
         record.peak_memory_source = "xla_memory_analysis"
     record.final_loss = result.final_loss
-    record.entropy_floor_nats = (math.nan if result.entropy_floor_nats is None
-                                 else result.entropy_floor_nats)
+    record.entropy_floor_nats = (
+        math.nan if result.entropy_floor_nats is None else result.entropy_floor_nats
+    )
     record.status = "diverged" if result.diverged else "ok"
     if result.diverged:
         record.error = f"non-finite loss at step {result.start_step + len(result.losses) - 1}"
     steps = [
         StepRecord(record.run_id, result.start_step + i, loss, t, lr, g)
         for i, (loss, t, lr, g) in enumerate(
-            zip(result.losses, result.step_times_s, result.lrs, result.grad_norms, strict=True))
+            zip(result.losses, result.step_times_s, result.lrs, result.grad_norms, strict=True)
+        )
     ]
     return RunOutcome(record, steps)
 
@@ -170,8 +202,10 @@ def xla_global_flops(run_cfg) -> float:
 
 
 def outcome_to_json(outcome: RunOutcome) -> dict:
-    return {"record": dataclasses.asdict(outcome.record),
-            "steps": [dataclasses.asdict(s) for s in outcome.steps]}
+    return {
+        "record": dataclasses.asdict(outcome.record),
+        "steps": [dataclasses.asdict(s) for s in outcome.steps],
+    }
 
 
 def outcome_from_json(data: dict) -> RunOutcome:

@@ -19,12 +19,23 @@ def test_presets_json_lists_every_preset_with_counts():
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in _last_json(result.stdout)}
     assert set(rows) == set(PRESETS)
-    keys = {"name", "family", "n_layers", "d_model", "n_heads", "d_ff", "vocab_size",
-            "max_seq_len", "n_params", "n_params_non_embedding"}
+    keys = {
+        "name",
+        "family",
+        "n_layers",
+        "d_model",
+        "n_heads",
+        "d_ff",
+        "vocab_size",
+        "max_seq_len",
+        "n_params",
+        "n_params_non_embedding",
+    }
     assert keys <= set(rows["125m"])
     # 125m with tied embeddings: 12·(4·768² + 3·768·2048 + 2·768) + 50304·768 + 768
     assert rows["125m"]["n_params"] == 12 * (4 * 768**2 + 3 * 768 * 2048 + 2 * 768) + (
-        50304 * 768 + 768)
+        50304 * 768 + 768
+    )
     assert rows["125m"]["n_params_non_embedding"] == rows["125m"]["n_params"] - 50304 * 768
 
 
@@ -34,8 +45,9 @@ def test_presets_table():
 
 
 def test_train_json_reports_losses_per_step():
-    result = runner.invoke(app, ["train", "--size", "tiny", "--steps", "6", "--seq", "32",
-                                 "--json"])
+    result = runner.invoke(
+        app, ["train", "--size", "tiny", "--steps", "6", "--seq", "32", "--json"]
+    )
     assert result.exit_code == 0, result.output
     out = _last_json(result.stdout)
     assert out["size"] == "tiny" and out["steps"] == 6 and len(out["losses"]) == 6
@@ -83,15 +95,30 @@ def test_data_from_text_then_train_on_it(tmp_path):
     result = runner.invoke(app, ["data", "from-text", str(text), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.stat().st_size == 2 * len(text.read_bytes())
-    result = runner.invoke(app, ["train", "--data", str(out), "--steps", "3", "--seq", "32",
-                                 "--json"])
+    result = runner.invoke(
+        app, ["train", "--data", str(out), "--steps", "3", "--seq", "32", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert len(_last_json(result.stdout)["losses"]) == 3
 
 
 def test_sweep_cli_json(tmp_path):
-    result = runner.invoke(app, ["sweep", "none", "--sizes", "tiny", "--steps", "2", "--seq",
-                                 "16", "--out", str(tmp_path), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            "none",
+            "--sizes",
+            "tiny",
+            "--steps",
+            "2",
+            "--seq",
+            "16",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = _last_json(result.stdout)
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["mesh"] == "1x1"

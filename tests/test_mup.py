@@ -50,7 +50,11 @@ def test_lr_multiplier_tree_is_one_over_m_on_hidden_matrices_only():
         expected = 0.25 if names[-2] in HIDDEN else 1.0
         assert value == expected, names
     assert {n[0] for n in (tuple(getattr(k, "key", k) for k in p) for p, _ in flat)} >= {
-        "embed", "head", "final_norm", "blocks"}
+        "embed",
+        "head",
+        "final_norm",
+        "blocks",
+    }
 
 
 def _hand_adamw(params, grads_seq, *, lr, b1, b2, eps, wd, clip, multipliers, decay):
@@ -74,22 +78,40 @@ def _hand_adamw(params, grads_seq, *, lr, b1, b2, eps, wd, clip, multipliers, de
 
 
 def test_optax_chain_with_multipliers_equals_hand_written_per_group_adamw():
-    run = build_run("tiny", width=512, mup=True, lr=1e-2, warmup_steps=2, steps=10,
-                    weight_decay=0.1, grad_clip=0.7)
-    params = {"blocks": {"attn": {"q": {"weight": jnp.full((2, 3, 4), 0.3)}},
-                         "attn_norm": {"weight": jnp.ones((2, 3))}},
-              "embed": {"weight": jnp.full((5, 3), 0.5)},
-              "head": {"weight": jnp.full((3, 5), -0.2)}}
+    run = build_run(
+        "tiny",
+        width=512,
+        mup=True,
+        lr=1e-2,
+        warmup_steps=2,
+        steps=10,
+        weight_decay=0.1,
+        grad_clip=0.7,
+    )
+    params = {
+        "blocks": {
+            "attn": {"q": {"weight": jnp.full((2, 3, 4), 0.3)}},
+            "attn_norm": {"weight": jnp.ones((2, 3))},
+        },
+        "embed": {"weight": jnp.full((5, 3), 0.5)},
+        "head": {"weight": jnp.full((3, 5), -0.2)},
+    }
     rng = np.random.default_rng(0)
-    grads_seq = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32),
-                              params) for _ in range(4)]
+    grads_seq = [
+        jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+        for _ in range(4)
+    ]
     tx = make_optimizer(run, params)
     state, p = tx.init(params), params
     for g in grads_seq:
         updates, state = tx.update(g, state, p)
         p = optax.apply_updates(p, updates)
-    keys = {"q": ("blocks", "attn", "q", "weight"), "norm": ("blocks", "attn_norm", "weight"),
-            "embed": ("embed", "weight"), "head": ("head", "weight")}
+    keys = {
+        "q": ("blocks", "attn", "q", "weight"),
+        "norm": ("blocks", "attn_norm", "weight"),
+        "embed": ("embed", "weight"),
+        "head": ("head", "weight"),
+    }
 
     def get(tree, path):
         for name in path:
@@ -100,10 +122,13 @@ def test_optax_chain_with_multipliers_equals_hand_written_per_group_adamw():
 
     hand = _hand_adamw(
         {k: get(params, path) for k, path in keys.items()},
-        [{k: np.asarray(get(g, path), np.float64) for k, path in keys.items()}
-         for g in grads_seq],
+        [{k: np.asarray(get(g, path), np.float64) for k, path in keys.items()} for g in grads_seq],
         lr=lambda t: float(cosine_lr(t, max_lr=1e-2, min_lr=1e-3, warmup=2, total=10)),
-        b1=0.9, b2=0.95, eps=1e-8, wd=0.1, clip=0.7,
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        wd=0.1,
+        clip=0.7,
         multipliers={"q": 0.25, "norm": 1.0, "embed": 1.0, "head": 1.0},
         decay={"q": True, "norm": False, "embed": True, "head": True},
     )

@@ -16,12 +16,27 @@ MESH = {"none": (1, 1), "dp": (8, 1), "fsdp": (8, 1), "tp": (1, 8), "fsdp_tp": (
 EXPECTED = {
     "none": {"w1": P(), "w2": P(), "q": P(), "embed": P(), "norm": P()},
     "dp": {"w1": P(), "w2": P(), "q": P(), "embed": P(), "norm": P()},
-    "fsdp": {"w1": P(None, "data", None), "w2": P(None, "data", None),
-             "q": P(None, "data", None), "embed": P("data", None), "norm": P()},
-    "tp": {"w1": P(None, None, "tensor"), "w2": P(None, "tensor", None),
-           "q": P(None, None, "tensor"), "embed": P("tensor", None), "norm": P()},
-    "fsdp_tp": {"w1": P(None, "data", "tensor"), "w2": P(None, "tensor", "data"),
-                "q": P(None, "data", "tensor"), "embed": P("tensor", "data"), "norm": P()},
+    "fsdp": {
+        "w1": P(None, "data", None),
+        "w2": P(None, "data", None),
+        "q": P(None, "data", None),
+        "embed": P("data", None),
+        "norm": P(),
+    },
+    "tp": {
+        "w1": P(None, None, "tensor"),
+        "w2": P(None, "tensor", None),
+        "q": P(None, None, "tensor"),
+        "embed": P("tensor", None),
+        "norm": P(),
+    },
+    "fsdp_tp": {
+        "w1": P(None, "data", "tensor"),
+        "w2": P(None, "tensor", "data"),
+        "q": P(None, "data", "tensor"),
+        "embed": P("tensor", "data"),
+        "norm": P(),
+    },
 }
 
 
@@ -55,10 +70,10 @@ def test_params_moments_and_batch_have_the_table_specs_and_shard_shapes(mode):
             assert array.sharding.spec == expected, (mode, kind)
             shard = array.addressable_shards[0].data.shape
             assert shard == _shard_shape(array.shape, expected, MESH[mode]), (mode, kind)
-    assert len(state.params["embed"]["weight"].sharding.device_set) == (
-        1 if mode == "none" else 8)
-    tokens = parallel.place_batch(np.zeros(p.batch_shape, np.int32), p.batch_sharding,
-                                  p.batch_shape)
+    assert len(state.params["embed"]["weight"].sharding.device_set) == (1 if mode == "none" else 8)
+    tokens = parallel.place_batch(
+        np.zeros(p.batch_shape, np.int32), p.batch_sharding, p.batch_shape
+    )
     assert tokens.sharding.spec == P("data")
     assert tokens.addressable_shards[0].data.shape == (8 // MESH[mode][0], 17)
 
@@ -120,14 +135,30 @@ def test_losses_are_equal_across_modes():
 
 
 def _cli_json(args, timeout=300):
-    out = subprocess.run([sys.executable, "-m", "scaling", *args, "--json"], capture_output=True,
-                         text=True, timeout=timeout, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "scaling", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_two_processes_equal_one_process():
-    common = ["train", "--size", "tiny", "--steps", "4", "--seq", "32", "--mode", "fsdp_tp",
-              "--devices", "8"]
+    common = [
+        "train",
+        "--size",
+        "tiny",
+        "--steps",
+        "4",
+        "--seq",
+        "32",
+        "--mode",
+        "fsdp_tp",
+        "--devices",
+        "8",
+    ]
     two = _cli_json([*common, "--local-processes", "2", "--timeout", "240"])
     one = _cli_json(common)
     assert (two["n_processes"], one["n_processes"]) == (2, 1)

@@ -87,7 +87,8 @@ def test_smoke_sweep_records_the_schema_and_resumes_without_rerunning(tmp_path):
 
 def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
     spec = SweepSpec(
-        "fail", {"size": ["tiny"], "mode": ["tp", "fsdp_tp"], "lr": [3e-3, 1e9]},
+        "fail",
+        {"size": ["tiny"], "mode": ["tp", "fsdp_tp"], "lr": [3e-3, 1e9]},
         {**SMALL, "mesh": "4x2", "steps": 6, "lr_warmup": 0},
     )
     run_sweep(spec, tmp_path)
@@ -98,16 +99,35 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert runs.loc[("fsdp_tp", 1e9), "status"] == "diverged"
     # a failed run is retried by the next sweep; an ok one is not
     again = {r.settings["mode"] + str(r.settings["lr"]): r.skip for r in plan_sweep(spec, tmp_path)}
-    assert again == {"tp0.003": False, "tp1000000000.0": False, "fsdp_tp0.003": True,
-                     "fsdp_tp1000000000.0": False}
+    assert again == {
+        "tp0.003": False,
+        "tp1000000000.0": False,
+        "fsdp_tp0.003": True,
+        "fsdp_tp1000000000.0": False,
+    }
 
 
 def test_sigkill_mid_sweep_then_rerun_leaves_one_readable_row_per_run(tmp_path):
     out = tmp_path / "rec"
-    args = [sys.executable, "-m", "scaling", "sweep", "dp,fsdp,tp", "--sizes", "tiny",
-            "--steps", "3", "--seq", "32", "--out", str(out), "--json"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "scaling",
+        "sweep",
+        "dp,fsdp,tp",
+        "--sizes",
+        "tiny",
+        "--steps",
+        "3",
+        "--seq",
+        "32",
+        "--out",
+        str(out),
+        "--json",
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 240
     while time.time() < deadline and len(list((out / "runs").glob("*.parquet"))) < 1:
         time.sleep(0.2)

@@ -36,16 +36,22 @@ def test_cosine_schedule_hand_values():
 
 def test_optimizer_equals_clipped_optax_adamw_under_sp():
     run = build_run("tiny", lr=1e-2, warmup_steps=2, steps=10, weight_decay=0.1, grad_clip=0.5)
-    params = {"blocks": {"attn": {"q": {"weight": jnp.ones((2, 3, 4))}},
-                         "attn_norm": {"weight": jnp.ones((2, 3))}},
-              "embed": {"weight": jnp.full((5, 3), 0.5)}}
-    grads = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size, dtype=jnp.float32)).reshape(p.shape),
-                         params)
+    params = {
+        "blocks": {
+            "attn": {"q": {"weight": jnp.ones((2, 3, 4))}},
+            "attn_norm": {"weight": jnp.ones((2, 3))},
+        },
+        "embed": {"weight": jnp.full((5, 3), 0.5)},
+    }
+    grads = jax.tree.map(
+        lambda p: jnp.sin(jnp.arange(p.size, dtype=jnp.float32)).reshape(p.shape), params
+    )
     ours = make_optimizer(run, params)
     schedule = lambda t: cosine_lr(t, max_lr=1e-2, min_lr=1e-3, warmup=2, total=10)  # noqa: E731
-    ref = optax.chain(optax.clip_by_global_norm(0.5),
-                      optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=0.1,
-                                  mask=decay_mask(params)))
+    ref = optax.chain(
+        optax.clip_by_global_norm(0.5),
+        optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=0.1, mask=decay_mask(params)),
+    )
     s1, s2, p1, p2 = ours.init(params), ref.init(params), params, params
     for _ in range(4):
         u1, s1 = ours.update(grads, s1, p1)

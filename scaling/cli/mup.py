@@ -10,8 +10,9 @@ from rich.table import Table
 
 from scaling.cli.common import out_console, print_json, split_list, user_errors
 
-app = typer.Typer(help="muP: coord check (LR transfer runs through `scaling sweep`).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="muP: coord check (LR transfer runs through `scaling sweep`).", no_args_is_help=True
+)
 Opt = typer.Option
 
 
@@ -23,7 +24,8 @@ def coord_check(
     n_layers: Annotated[int, Opt(help="Layers of the probe model.")] = 2,
     seed: Annotated[int, Opt(help="Seed for init and data.")] = 0,
     out: Annotated[Path, Opt(help="Directory for coord_check.parquet and the plot.")] = Path(
-        "runs/coord-check"),
+        "runs/coord-check"
+    ),
     json_: Annotated[bool, Opt("--json", help="Last stdout line: JSON rows.")] = False,
 ) -> None:
     """Activation RMS vs width under SP and muP: flat under muP, growing under SP."""
@@ -64,10 +66,15 @@ def logits_table(rows: list[dict], step: int) -> Table:
     for w in widths:
         table.add_column(str(w), justify="right")
     for mup in (False, True):
-        values = {r["width"]: r["rms"] for r in rows
-                  if r["mup"] == mup and r["step"] == step and r["site"] == "logits"}
+        values = {
+            r["width"]: r["rms"]
+            for r in rows
+            if r["mup"] == mup and r["step"] == step and r["site"] == "logits"
+        }
         if values:
             base = values[widths[0]]
-            table.add_row("muP" if mup else "SP",
-                          *[f"{values[w]:.3g} ({values[w] / base:.2f}×)" for w in widths])
+            table.add_row(
+                "muP" if mup else "SP",
+                *[f"{values[w]:.3g} ({values[w] / base:.2f}×)" for w in widths],
+            )
     return table

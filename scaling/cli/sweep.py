@@ -15,8 +15,9 @@ Opt = typer.Option
 CPU_DEFAULTS = {"batch": 8, "seq": 128, "steps": 6, "warmup_steps": 1}
 
 
-def spec_from_options(modes: str | None, sizes: str | None, mup: str, fixed: dict,
-                      spec_path: str | None):
+def spec_from_options(
+    modes: str | None, sizes: str | None, mup: str, fixed: dict, spec_path: str | None
+):
     """A SweepSpec from a spec file (options override its fixed settings) or from options."""
     from scaling.config import MODES, SweepSpec, load_sweep_spec
 
@@ -34,8 +35,10 @@ def spec_from_options(modes: str | None, sizes: str | None, mup: str, fixed: dic
             axes["mup"] = mup_axis[mup]
         return SweepSpec(spec.name, axes, {**spec.fixed, **fixed}, spec.description)
     if not modes or not sizes:
-        raise ValueError("give MODES and --sizes (e.g. `scaling sweep fsdp_tp --sizes 125m`) "
-                         "or --spec sweeps/NAME.toml")
+        raise ValueError(
+            "give MODES and --sizes (e.g. `scaling sweep fsdp_tp --sizes 125m`) "
+            "or --spec sweeps/NAME.toml"
+        )
     axes = {"size": split_list(sizes), "mode": _modes(modes, MODES), "mup": mup_axis[mup]}
     return SweepSpec("cli", axes, {**CPU_DEFAULTS, **fixed})
 
@@ -49,8 +52,9 @@ def _modes(text: str, valid: tuple[str, ...]) -> list[str]:
 
 
 def sweep(
-    modes: Annotated[str | None, typer.Argument(help="Comma list of none,dp,fsdp,tp,fsdp_tp or "
-                                                     "'all'.")] = None,
+    modes: Annotated[
+        str | None, typer.Argument(help="Comma list of none,dp,fsdp,tp,fsdp_tp or 'all'.")
+    ] = None,
     sizes: Annotated[str | None, Opt(help="Comma list of presets, e.g. 125m,350m.")] = None,
     mup: Annotated[str, Opt(help="muP: off | on | both.")] = "off",
     steps: Annotated[int | None, Opt(help="Steps per run.")] = None,
@@ -78,22 +82,38 @@ def sweep(
     from scaling import records
     from scaling.sweep import Distributed, parse_shard, run_sweep
 
-    given = {"steps": steps, "warmup_steps": warmup_steps, "batch": batch, "seq": seq,
-             "mesh": mesh, "devices": devices, "dtype": dtype, "remat": remat, "lr": lr,
-             "data": data, "timeout_s": timeout}
+    given = {
+        "steps": steps,
+        "warmup_steps": warmup_steps,
+        "batch": batch,
+        "seq": seq,
+        "mesh": mesh,
+        "devices": devices,
+        "dtype": dtype,
+        "remat": remat,
+        "lr": lr,
+        "data": data,
+        "timeout_s": timeout,
+    }
     with user_errors():
-        grid_spec = spec_from_options(modes, sizes, mup, {k: v for k, v in given.items()
-                                                          if v is not None}, spec)
+        grid_spec = spec_from_options(
+            modes, sizes, mup, {k: v for k, v in given.items() if v is not None}, spec
+        )
         shard_index = parse_shard(shard)
         for settings in grid_spec.grid():  # validate every run's config before starting
             from scaling.config import run_config_from_settings
 
             run_config_from_settings(settings)
     distributed = Distributed(coordinator, num_processes, process_id, local_processes)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                        console=err_console, disable=json_)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=json_,
+    )
     with progress:
         grid = grid_spec.grid()
         runs_task = progress.add_task(f"sweep {grid_spec.name}", total=None, info="")
@@ -101,25 +121,36 @@ def sweep(
 
         def on_run_start(run) -> None:
             s = run.settings
-            progress.update(runs_task, info=f"{s['size']} {s['mode']}"
-                            + (" muP" if s["mup"] else ""))
+            progress.update(
+                runs_task, info=f"{s['size']} {s['mode']}" + (" muP" if s["mup"] else "")
+            )
             progress.reset(steps_task, total=int(s["steps"]), info="compiling…")
 
         def on_step(metrics: dict) -> None:
-            progress.update(steps_task, completed=metrics["step"] + 1,
-                            info=f"loss {metrics['loss']:.3f}")
+            progress.update(
+                steps_task, completed=metrics["step"] + 1, info=f"loss {metrics['loss']:.3f}"
+            )
 
         def on_run_end(run, outcome) -> None:
             progress.advance(runs_task)
             if outcome is not None and outcome.record.status != "ok":
-                err_console.print(f"[yellow]{run.settings['size']} {run.settings['mode']}: "
-                                  f"{outcome.record.status}[/] {outcome.record.error}")
+                err_console.print(
+                    f"[yellow]{run.settings['size']} {run.settings['mode']}: "
+                    f"{outcome.record.status}[/] {outcome.record.error}"
+                )
 
         mine = [i for i in range(len(grid)) if i % shard_index[1] == shard_index[0]]
         progress.update(runs_task, total=len(mine))
-        planned = run_sweep(grid_spec, out, shard=shard_index, distributed=distributed,
-                            profile_dir=str(out / "profiles") if profile else None,
-                            on_run_start=on_run_start, on_step=on_step, on_run_end=on_run_end)
+        planned = run_sweep(
+            grid_spec,
+            out,
+            shard=shard_index,
+            distributed=distributed,
+            profile_dir=str(out / "profiles") if profile else None,
+            on_run_start=on_run_start,
+            on_step=on_step,
+            on_run_end=on_run_end,
+        )
     if not distributed.is_recorder:
         return
     ids = {run.run_id for run in planned}
@@ -129,20 +160,37 @@ def sweep(
         print_json(runs.to_dict(orient="records"))
     else:
         out_console.print(summary_table(runs, grid_spec.name))
-        out_console.print(f"record: {out}/runs, {out}/steps "
-                          f"({sum(r.skip for r in planned)} runs already recorded, skipped)")
+        out_console.print(
+            f"record: {out}/runs, {out}/steps "
+            f"({sum(r.skip for r in planned)} runs already recorded, skipped)"
+        )
 
 
 def summary_table(runs, title: str) -> Table:
     table = Table(title=f"sweep {title}")
-    for col in ("size", "mode", "mesh", "muP", "status", "step (s)", "tokens/s", "MFU",
-                "final loss"):
+    for col in (
+        "size",
+        "mode",
+        "mesh",
+        "muP",
+        "status",
+        "step (s)",
+        "tokens/s",
+        "MFU",
+        "final loss",
+    ):
         table.add_column(col, justify="right")
     for r in runs.sort_values(["size", "mode", "mup"]).itertuples():
         ok = r.status == "ok"
-        table.add_row(r.size, r.mode, r.mesh, "on" if r.mup else "off",
-                      r.status if ok else f"[red]{r.status}[/]",
-                      f"{r.step_time_s_median:.3f}" if ok else "-",
-                      f"{r.tokens_per_s:,.0f}" if ok else "-",
-                      f"{r.mfu:.1%}" if ok else "-", f"{r.final_loss:.3f}" if ok else "-")
+        table.add_row(
+            r.size,
+            r.mode,
+            r.mesh,
+            "on" if r.mup else "off",
+            r.status if ok else f"[red]{r.status}[/]",
+            f"{r.step_time_s_median:.3f}" if ok else "-",
+            f"{r.tokens_per_s:,.0f}" if ok else "-",
+            f"{r.mfu:.1%}" if ok else "-",
+            f"{r.final_loss:.3f}" if ok else "-",
+        )
     return table

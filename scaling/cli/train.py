@@ -70,9 +70,23 @@ def train(
 
     with user_errors():
         run_cfg = build_run(
-            size, family=family, dtype=dtype, remat=remat, mup=mup, mesh=mesh, steps=steps,
-            batch=batch, seq=seq, lr=lr, warmup_steps=warmup, seed=seed, data=data, mode=mode,
-            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+            size,
+            family=family,
+            dtype=dtype,
+            remat=remat,
+            mup=mup,
+            mesh=mesh,
+            steps=steps,
+            batch=batch,
+            seq=seq,
+            lr=lr,
+            warmup_steps=warmup,
+            seed=seed,
+            data=data,
+            mode=mode,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
         )
         if devices is not None:
             if devices <= 0:
@@ -104,9 +118,13 @@ def _train_with_progress(run_cfg, show: bool):
 
     show = show and jax.process_index() == 0
     tokens = run_cfg.tokens_per_step
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    )
     progress = Progress(*columns, console=err_console, disable=not show)
     task = progress.add_task(f"train {run_cfg.model.name}", total=run_cfg.steps, info="")
 
