@@ -256,6 +256,7 @@ def build_run(
     mesh: str | tuple[int, int] | None = None,
     width: int | None = None,
     tied: bool | None = None,
+    layers: int | None = None,
     **run_fields,
 ) -> RunConfig:
     """A RunConfig from a preset name plus overrides (what the CLI and sweeps call)."""
@@ -269,6 +270,8 @@ def build_run(
     overrides = {k: v for k, v in (("dtype", dtype), ("remat", remat)) if v is not None}
     if tied is not None:
         overrides["tied_embeddings"] = bool(tied)
+    if layers is not None:
+        overrides.update(n_layers=layers, name=f"{model.name}-L{layers}")
     if mup:
         if tied:
             raise ValueError("muP needs an untied head; drop tied=true or use mup=false")
