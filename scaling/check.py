@@ -1,0 +1,436 @@
+"""Throughput regression check: a current sweep record against a baseline. Never imports jax.
+
+Runs are matched by configuration (``CONFIG_KEYS``: size, family, d_model, tied, mode, mesh,
+muP, batch, seq, dtype, remat), never by run id or row order, and only ``status == "ok"`` rows
+are compared; several rows of one configuration on a side (repeated sweeps) compare by their
+median. Each matched configuration gets a verdict:
+
+* ``ok``          the metric is within ``tolerance`` of the baseline;
+* ``REGRESSED``   worse by more than ``tolerance`` (exit 1);
+* ``improved``    better by more than ``tolerance`` (exit 0, with a hint to refresh the baseline);
+* ``FAILED``      ok in the baseline but recorded with another status now (exit 1).
+
+With ``rerun`` a REGRESSED or FAILED configuration is re-measured once before the verdict (its
+settings rebuilt from ``settings_json``, run in a subprocess by ``sweep.execute_run``); the
+re-measurement decides. Configurations present on one side only are listed (``missing in
+current`` / ``missing in baseline``), never dropped silently, and do not change the exit code;
+nothing to compare at all is bad input (exit 2).
+
+Metric: ``mfu`` by default. On CPU its peak is a matmul calibration measured in the same worker
+process, so a machine whose cores are uniformly faster or slower moves numerator and
+denominator together; ``tokens_per_s`` and ``step_time_s_median`` (lower is better) are raw
+wall-clock numbers, comparable on one machine only. Each value is already the median of the
+run's timed steps.
+
+Tolerance: ``DEFAULT_TOLERANCE = 0.20``, from the run-to-run spread of ``sweeps/ci.toml`` on a
+2-core CPU host shared with other engineers' jax jobs (10 sweeps, 5 configurations each):
+
+* quiet host (5 sweeps, ~46 s each): per-configuration MFU max/min 1.19-1.34; leave-one-out
+  ratios to the median of the others 0.77-1.18, 4 % of them below 0.80. With the one
+  re-measurement that is ~0.2 % false alarms per configuration, ~1 % per CI run.
+* host loaded by others (5 sweeps, 63-77 s; 3 more at 8 steps, up to 120 s): max/min up to
+  2.8 (3.2 at 8 steps). The calibration matmul flips between ~90 and ~200 GFLOP/s with a
+  neighbour on one core, the tiny model's steps by less and not always in the same second,
+  so MFU mostly reads high (1.1-1.6× the quiet median) but sometimes low (0.55×): 14 % of the
+  comparisons fall below 0.80. This check is meant for an otherwise idle runner.
+
+0.20 stays clear of the quiet spread while a 30 % slowdown (ratio 0.70) still fails with 10
+points to spare. ``sweeps/baselines/ci-cpu.parquet`` holds the five quiet sweeps (the check
+uses their per-configuration median).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from scaling import records
+
+DEFAULT_TOLERANCE = 0.20
+DEFAULT_METRIC = "mfu"
+METRICS: dict[str, bool] = {  # metric → higher is better
+    "mfu": True,
+    "tokens_per_s": True,
+    "step_time_s_median": False,
+}
+CONFIG_KEYS = (
+    "size",
+    "family",
+    "d_model",
+    "tied",
+    "mode",
+    "mesh",
+    "mup",
+    "batch",
+    "seq",
+    "dtype",
+    "remat",
+)  # d_model tells widths of one preset apart; tied from settings_json
+
+Remeasure = Callable[[str], "records.RunRecord"]  # settings_json → the re-measured record
+
+
+@dataclass
+class Comparison:
+    """One configuration: its values on both sides (``None`` where absent) and the verdict."""
+
+    config: dict
+    label: str
+    verdict: str  # ok | REGRESSED | improved | FAILED | missing in current | missing in baseline
+    baseline: float | None = None
+    current: float | None = None
+    ratio: float | None = None  # current / baseline
+    remeasured: bool = False
+    first_current: float | None = None  # the value before the re-measurement
+    note: str = ""
+    settings_json: str = ""  # of the current run (what a re-measurement rebuilds)
+
+
+@dataclass
+class CheckResult:
+    metric: str
+    tolerance: float
+    rows: list[Comparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return METRICS[self.metric]
+
+    def with_verdict(self, *verdicts: str) -> list[Comparison]:
+        return [r for r in self.rows if r.verdict in verdicts]
+
+    @property
+    def passed(self) -> bool:
+        return not self.with_verdict("REGRESSED", "FAILED")
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def to_dict(self) -> dict:
+        return {
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "tolerance": self.tolerance,
+            "passed": self.passed,
+            "rows": [
+                {k: v for k, v in dataclasses.asdict(r).items() if k != "settings_json"}
+                for r in self.rows
+            ],
+            "notes": self.notes,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_baseline(path: str | Path) -> pd.DataFrame:
+    """Run rows from a baseline parquet file or a sweep record directory."""
+    path = Path(path)
+    if path.is_dir():
+        return _validated(records.load_runs(path), path)
+    if not path.is_file():
+        raise ValueError(
+            f"baseline {str(path)!r} not found (expected a parquet file or a "
+            "sweep record directory)"
+        )
+    try:
+        runs = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a file that is not parquet
+        raise ValueError(
+            f"baseline {str(path)!r} is not a readable parquet file: {type(exc).__name__}"
+        ) from None
+    return _validated(runs, path)
+
+
+def load_current(*paths: str | Path) -> pd.DataFrame:
+    """Run rows of one or more sweep record directories (repeated sweeps of one grid: each
+    configuration is then compared by its median)."""
+    if not paths:
+        raise ValueError("no current record given")
+    for path in paths:
+        if not Path(path).exists():
+            raise ValueError(
+                f"current record {str(path)!r} not found (expected a sweep record "
+                "directory, e.g. runs/)"
+            )
+    return _validated(records.load_runs(*paths), Path(paths[0]))
+
+
+def _validated(runs: pd.DataFrame, path: Path) -> pd.DataFrame:
+    needed = {*CONFIG_KEYS, "status", *METRICS} - {"d_model", "tied"}
+    missing = sorted(needed - set(runs.columns))
+    if missing:
+        raise ValueError(f"{str(path)!r} is not a run record: missing columns {missing}")
+    if runs.empty:
+        raise ValueError(f"{str(path)!r} holds no runs")
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching and verdicts
+
+
+def config_of(row) -> dict:
+    """The matching key of one run row, normalised (parquet may give numpy scalars)."""
+    try:
+        tied = json.loads(row.get("settings_json") or "{}").get("tied")
+    except (json.JSONDecodeError, AttributeError):
+        tied = None
+    return {
+        "size": str(row["size"]),
+        "family": str(row["family"]),
+        "d_model": int(row.get("d_model", 0) or 0),
+        "tied": None if tied is None else bool(tied),
+        "mode": str(row["mode"]),
+        "mesh": str(row["mesh"] or ""),
+        "mup": bool(row["mup"]),
+        "batch": int(row["batch"]),
+        "seq": int(row["seq"]),
+        "dtype": str(row["dtype"]),
+        "remat": str(row["remat"]),
+    }
+
+
+def label_of(config: dict) -> str:
+    """Compact text for a configuration: defaults (llama, float32, remat none, SP) left out."""
+    parts = [config["size"], config["mode"], config["mesh"] or "?"]
+    if config["family"] != "llama":
+        parts.append(config["family"])
+    if config["mup"]:
+        parts.append("muP")
+    if config["tied"] is not None:
+        parts.append("tied" if config["tied"] else "untied")
+    parts.append(f"{config['batch']}×{config['seq']}")
+    if config["dtype"] != "float32":
+        parts.append(config["dtype"])
+    if config["remat"] != "none":
+        parts.append(f"remat={config['remat']}")
+    return " ".join(parts)
+
+
+def _key(config: dict) -> tuple:
+    return tuple(config[k] for k in CONFIG_KEYS)
+
+
+def _group(runs: pd.DataFrame, metric: str) -> tuple[dict, dict]:
+    """(ok, other): per configuration key, the ok rows' median metric and a representative row;
+    and the non-ok statuses of configurations without any ok row."""
+    ok: dict[tuple, dict] = {}
+    other: dict[tuple, dict] = {}
+    for _, row in runs.iterrows():
+        config = config_of(row)
+        key = _key(config)
+        value = float(row[metric])
+        if row["status"] == "ok" and math.isfinite(value):
+            entry = ok.setdefault(key, {"config": config, "values": [], "row": row})
+            entry["values"].append(value)
+        else:
+            entry = other.setdefault(key, {"config": config, "row": row, "statuses": set()})
+            entry["statuses"].add(str(row["status"]))
+    for entry in ok.values():
+        entry["value"] = float(pd.Series(entry["values"]).median())
+    return ok, {k: v for k, v in other.items() if k not in ok}
+
+
+def verdict_of(ratio: float, tolerance: float, higher_is_better: bool) -> str:
+    """``ratio`` is current / baseline."""
+    better = ratio if higher_is_better else 1.0 / ratio  # > 1 means faster
+    if better < 1.0 - tolerance:
+        return "REGRESSED"
+    if better > 1.0 + tolerance:
+        return "improved"
+    return "ok"
+
+
+def _validate_options(metric: str, tolerance: float) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    if not 0.0 < tolerance < 1.0:
+        raise ValueError(f"tolerance must be between 0 and 1 (a fraction), got {tolerance}")
+
+
+def compare(
+    baseline: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    metric: str = DEFAULT_METRIC,
+    tolerance: float = DEFAULT_TOLERANCE,
+    remeasure: Remeasure | None = None,
+    on_remeasure: Callable[[Comparison], None] | None = None,
+) -> CheckResult:
+    """Compare two run tables by configuration; ``remeasure`` (if given) re-runs each
+    regressed configuration once and the re-measurement decides its verdict."""
+    _validate_options(metric, tolerance)
+    higher = METRICS[metric]
+    base_ok, base_other = _group(baseline, metric)
+    cur_ok, cur_other = _group(current, metric)
+    result = CheckResult(metric, tolerance)
+    for key, base in base_ok.items():
+        config = base["config"]
+        row = Comparison(config, label_of(config), "", baseline=base["value"])
+        if key in cur_ok:
+            cur = cur_ok[key]
+            row.current, row.settings_json = cur["value"], str(cur["row"].get("settings_json", ""))
+            row.ratio = row.current / row.baseline
+            row.verdict = verdict_of(row.ratio, tolerance, higher)
+            if len(cur["values"]) > 1:
+                row.note = f"median of {len(cur['values'])} current runs"
+        else:
+            failed = cur_other.pop(key, None) or _pop_meshless(cur_other, config)
+            if failed is not None:
+                row.verdict = "FAILED"
+                row.settings_json = str(failed["row"].get("settings_json", ""))
+                status = "/".join(sorted(failed["statuses"]))
+                row.note = f"status {status}: {str(failed['row'].get('error', ''))[:120]}"
+            else:
+                row.verdict = "missing in current"
+        result.rows.append(row)
+    for key, cur in cur_ok.items():
+        if key not in base_ok:
+            config = cur["config"]
+            note = (
+                "not ok in baseline: " + "/".join(sorted(base_other[key]["statuses"]))
+                if key in base_other
+                else ""
+            )
+            result.rows.append(
+                Comparison(
+                    config, label_of(config), "missing in baseline", current=cur["value"], note=note
+                )
+            )
+    for entry in cur_other.values():  # not ok now, and not in the baseline either
+        config = entry["config"]
+        result.rows.append(
+            Comparison(
+                config,
+                label_of(config),
+                "missing in baseline",
+                note="status " + "/".join(sorted(entry["statuses"])),
+            )
+        )
+    if not any(r.verdict not in ("missing in current", "missing in baseline") for r in result.rows):
+        raise ValueError(
+            f"no matching runs: the baseline has {len(base_ok)} ok configuration(s), the current "
+            f"record {len(cur_ok)}, none in common (matched on {', '.join(CONFIG_KEYS)})"
+        )
+    result.notes += _environment_notes(baseline, current)
+    if remeasure is not None:
+        for row in result.with_verdict("REGRESSED", "FAILED"):
+            if on_remeasure is not None:
+                on_remeasure(row)
+            _remeasure_row(row, remeasure, metric, tolerance, higher)
+    order = {"FAILED": 0, "REGRESSED": 1, "improved": 2, "ok": 3}
+    result.rows.sort(key=lambda r: (order.get(r.verdict, 4), r.label))
+    return result
+
+
+def _pop_meshless(other: dict, config: dict) -> dict | None:
+    """A failed run records the mesh it was asked for ('' for the mode's default), not the
+    mesh it would have had: match it on everything else."""
+    for key, entry in other.items():
+        if entry["config"]["mesh"] == "" and all(
+            entry["config"][k] == config[k] for k in CONFIG_KEYS if k != "mesh"
+        ):
+            return other.pop(key)
+    return None
+
+
+def _remeasure_row(
+    row: Comparison, remeasure: Remeasure, metric: str, tolerance: float, higher: bool
+) -> None:
+    if not row.settings_json:
+        row.note = "cannot re-measure: the record has no settings_json"
+        return
+    record = remeasure(row.settings_json)
+    row.remeasured = True
+    value = float(getattr(record, metric))
+    if record.status != "ok" or not math.isfinite(value):
+        row.note = f"re-measurement {record.status}: {record.error[:120]}"
+        return
+    row.first_current, row.current = row.current, value
+    row.ratio = value / row.baseline
+    row.verdict = verdict_of(row.ratio, tolerance, higher)
+
+
+def _environment_notes(baseline: pd.DataFrame, current: pd.DataFrame) -> list[str]:
+    notes = []
+    for column in ("device_kind", "platform"):
+        if column in baseline.columns and column in current.columns:
+            b = sorted(set(baseline.loc[baseline["status"] == "ok", column].astype(str)))
+            c = sorted(set(current.loc[current["status"] == "ok", column].astype(str)))
+            if b and c and b != c:
+                notes.append(f"{column} differs: baseline {', '.join(b)}, current {', '.join(c)}")
+                break
+    return notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-measuring, the whole check, and refreshing the baseline
+
+
+def remeasure_run(settings_json: str) -> records.RunRecord:
+    """Run one recorded configuration again, in a subprocess (``sweep.execute_run``)."""
+    from scaling.sweep import PlannedRun, execute_run, run_id_of
+
+    settings = json.loads(settings_json)
+    run = PlannedRun(index=0, run_id=run_id_of(settings), settings=settings, skip=False)
+    return execute_run(run).record
+
+
+def check(
+    baseline: str | Path,
+    current: str | Path | list[str | Path],
+    *,
+    metric: str = DEFAULT_METRIC,
+    tolerance: float = DEFAULT_TOLERANCE,
+    rerun: bool = True,
+    on_remeasure: Callable[[Comparison], None] | None = None,
+) -> CheckResult:
+    """Load both sides and compare them (re-measuring regressions once when ``rerun``)."""
+    _validate_options(metric, tolerance)
+    base = load_baseline(baseline)
+    cur = load_current(*(current if isinstance(current, list | tuple) else [current]))
+    return compare(
+        base,
+        cur,
+        metric=metric,
+        tolerance=tolerance,
+        remeasure=remeasure_run if rerun else None,
+        on_remeasure=on_remeasure,
+    )
+
+
+def update_baseline(baseline: str | Path, *current: str | Path) -> int:
+    """Write the ok runs of the current record(s) to the parquet file ``baseline`` atomically
+    (temporary file in the same directory, then rename); return how many rows. Several
+    records of the same grid make a baseline of per-configuration medians."""
+    baseline = Path(baseline)
+    if baseline.is_dir():
+        raise ValueError(
+            f"--update-baseline writes a parquet file, but {str(baseline)!r} is a directory"
+        )
+    runs = load_current(*current)
+    ok = runs[runs["status"] == "ok"].reset_index(drop=True)
+    if ok.empty:
+        raise ValueError(f"{', '.join(map(str, current))} holds no ok runs to make a baseline of")
+    baseline.parent.mkdir(parents=True, exist_ok=True)
+    tmp = baseline.with_name(f".{baseline.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        ok.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, baseline)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(ok)

@@ -1,0 +1,369 @@
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from scaling import check
+from scaling.cli.main import app
+from scaling.config import SweepSpec, load_sweep_spec
+from scaling.records import RUN_COLUMNS, RunOutcome, RunRecord, load_runs, write_outcome
+
+runner = CliRunner()
+MODES = {"none": "1x1", "dp": "4x1", "fsdp": "4x1", "tp": "1x4", "fsdp_tp": "2x2"}
+ROOT = Path(__file__).parent.parent
+
+
+def _record(
+    mode: str,
+    mfu: float,
+    *,
+    run_id: str | None = None,
+    status: str = "ok",
+    batch: int = 8,
+    tokens_per_s: float = 10_000.0,
+) -> RunRecord:
+    step = 512 / tokens_per_s
+    settings = {"sweep": "t", "size": "tiny", "mode": mode, "batch": batch, "seq": 64}
+    return RunRecord(
+        run_id=run_id or f"{mode}-{batch}",
+        sweep="t",
+        size="tiny",
+        family="llama",
+        mode=mode,
+        mesh=MODES[mode] if status == "ok" else "",
+        n_devices=4,
+        n_processes=1,
+        mup=False,
+        batch=batch,
+        seq=64,
+        dtype="float32",
+        remat="none",
+        steps=8,
+        warmup_steps=2,
+        lr=3e-3,
+        seed=0,
+        data="synthetic",
+        settings_json=json.dumps(settings),
+        status=status,
+        error="" if status == "ok" else "RuntimeError: boom",
+        mfu=mfu,
+        tokens_per_s=tokens_per_s,
+        step_time_s_median=step,
+        platform="cpu",
+        device_kind="cpu",
+    )
+
+
+def _write(path: Path, rows: list[RunRecord]) -> Path:
+    for row in rows:
+        write_outcome(path, RunOutcome(row, []))
+    return path
+
+
+def _sweep(path: Path, scale: dict | None = None, **kw) -> Path:
+    """A fake five-mode record; ``scale`` multiplies one mode's mfu and throughput."""
+    scale = scale or {}
+    rows = []
+    for i, mode in enumerate(MODES):
+        f = scale.get(mode, 1.0)
+        rows.append(_record(mode, 0.05 * (1 + i / 10) * f, tokens_per_s=20_000 * (1 + i) * f, **kw))
+    return _write(path, rows)
+
+
+def _check(base: Path, cur: Path, *args: str):
+    return runner.invoke(
+        app, ["check", "--baseline", str(base), "--current", str(cur), "--no-rerun", *args]
+    )
+
+
+def _json(result) -> dict:
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _verdicts(result) -> dict[str, str]:
+    return {r["config"]["mode"]: r["verdict"] for r in _json(result)["rows"]}
+
+
+def test_identical_records_pass(tmp_path):
+    base = _sweep(tmp_path / "base")
+    result = _check(base, base)
+    assert result.exit_code == 0, result.output
+    assert "REGRESSED" not in result.stdout and "5 ok" in result.stdout
+    result = _check(base, base, "--json")
+    assert set(_verdicts(result).values()) == {"ok"}
+    assert all(r["ratio"] == pytest.approx(1.0) for r in _json(result)["rows"])
+
+
+@pytest.mark.parametrize("metric", ["mfu", "tokens_per_s", "step_time_s_median"])
+def test_thirty_percent_slower_run_fails_naming_it(tmp_path, metric):
+    base = _sweep(tmp_path / "base")
+    cur = _sweep(tmp_path / "cur", scale={"tp": 0.7})
+    result = _check(base, cur, "--metric", metric)
+    assert result.exit_code == 1, result.output
+    assert "REGRESSED" in result.stdout and "tiny tp 1x4" in result.stdout
+    verdicts = _verdicts(_check(base, cur, "--metric", metric, "--json"))
+    assert verdicts == {"none": "ok", "dp": "ok", "fsdp": "ok", "tp": "REGRESSED", "fsdp_tp": "ok"}
+
+
+def test_five_percent_slower_passes_at_ten_percent_tolerance(tmp_path):
+    base = _sweep(tmp_path / "base")
+    cur = _sweep(tmp_path / "cur", scale={"fsdp": 0.95, "dp": 1.05})
+    assert _check(base, cur, "--tolerance", "0.10").exit_code == 0
+    assert _check(base, cur, "--tolerance", "0.04").exit_code == 1
+    # lower is better for step time: 5 % slower is a 1.05× longer step
+    step = _check(base, cur, "--tolerance", "0.10", "--metric", "step_time_s_median", "--json")
+    assert step.exit_code == 0
+    ratio = {r["config"]["mode"]: r["ratio"] for r in _json(step)["rows"]}
+    assert ratio["fsdp"] == pytest.approx(1 / 0.95)
+
+
+def test_improvement_is_reported_with_a_hint_to_refresh_the_baseline(tmp_path):
+    base = _sweep(tmp_path / "base")
+    cur = _sweep(tmp_path / "cur", scale={"dp": 1.5})
+    result = _check(base, cur)
+    assert result.exit_code == 0, result.output
+    assert "improved" in result.stdout and "--update-baseline" in result.stdout
+    slower_steps = _check(base, cur, "--metric", "step_time_s_median", "--json")
+    assert _verdicts(slower_steps)["dp"] == "improved"
+
+
+def test_missing_runs_are_listed_on_either_side(tmp_path):
+    base = _sweep(tmp_path / "base")
+    cur = tmp_path / "cur"
+    _write(cur, [_record(m, 0.05 * (1 + i / 10)) for i, m in enumerate(MODES) if m != "tp"])
+    _write(cur, [_record("dp", 0.05, batch=16)])  # a configuration the baseline lacks
+    result = _check(base, cur, "--json")
+    assert result.exit_code == 0, result.output
+    rows = {
+        (r["config"]["mode"], r["config"]["batch"]): r["verdict"] for r in _json(result)["rows"]
+    }
+    assert rows[("tp", 8)] == "missing in current"
+    assert rows[("dp", 16)] == "missing in baseline"
+    table = _check(base, cur)
+    assert "missing in current" in table.stdout and "missing in baseline" in table.stdout
+
+
+def test_a_run_that_now_fails_is_a_failure_not_a_missing_run(tmp_path):
+    base = _sweep(tmp_path / "base")
+    cur = _sweep(tmp_path / "cur")
+    _write(cur, [_record("fsdp", 0.0, status="error")])  # same run id: overwrites the ok row
+    result = _check(base, cur, "--json")
+    assert result.exit_code == 1
+    assert _verdicts(result)["fsdp"] == "FAILED"
+
+
+def test_matching_ignores_run_ids_and_row_order(tmp_path):
+    base = _sweep(tmp_path / "base")
+    cur = tmp_path / "cur"
+    modes = list(MODES)[::-1]
+    _write(
+        cur,
+        [
+            _record(m, 0.05 * (1 + list(MODES).index(m) / 10), run_id=f"zz{i}")
+            for i, m in enumerate(modes)
+        ],
+    )
+    result = _check(base, cur, "--json")
+    assert result.exit_code == 0, result.output
+    assert set(_verdicts(result).values()) == {"ok"} and len(_verdicts(result)) == 5
+    # a baseline parquet file with shuffled rows matches the same way
+    shuffled = tmp_path / "b.parquet"
+    load_runs(base).sample(frac=1, random_state=1).to_parquet(shuffled)
+    assert _check(shuffled, cur).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("which", "extra", "message"),
+    [
+        ("missing-baseline", [], "not found"),
+        ("missing-current", [], "not found"),
+        ("ok", ["--metric", "flops"], "unknown metric 'flops'"),
+        ("ok", ["--tolerance", "1.5"], "tolerance must be between 0 and 1"),
+        ("no-match", [], "no matching runs"),
+        ("not-parquet", [], "not a readable parquet file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, which, extra, message):
+    base = _sweep(tmp_path / "base")
+    cur = base
+    if which == "missing-baseline":
+        base = tmp_path / "nope.parquet"
+    elif which == "missing-current":
+        cur = tmp_path / "nope"
+    elif which == "no-match":
+        cur = _write(tmp_path / "cur", [_record("dp", 0.05, batch=32)])
+    elif which == "not-parquet":
+        base = tmp_path / "x.parquet"
+        base.write_text("not parquet")
+    result = _check(base, cur, *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_update_baseline_writes_a_readable_parquet_of_the_ok_runs(tmp_path):
+    cur = _sweep(tmp_path / "cur")
+    _write(cur, [_record("dp", 0.0, batch=4, status="error")])
+    path = tmp_path / "baselines" / "b.parquet"
+    result = runner.invoke(
+        app, ["check", "--baseline", str(path), "--current", str(cur), "--update-baseline"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(path)
+    assert len(rows) == 5 and set(rows["status"]) == {"ok"}
+    assert list(rows.columns) == RUN_COLUMNS
+    assert [p.name for p in path.parent.iterdir()] == ["b.parquet"]  # no temporary left
+    assert _check(path, cur).exit_code == 0
+    # refreshing replaces the file
+    _write(cur, [_record("dp", 0.05, batch=4)])
+    runner.invoke(
+        app, ["check", "--baseline", str(path), "--current", str(cur), "--update-baseline"]
+    )
+    assert len(pd.read_parquet(path)) == 6
+
+
+def test_a_regression_is_remeasured_once_and_the_remeasurement_decides(tmp_path):
+    base = check.load_current(_sweep(tmp_path / "base"))
+    cur = check.load_current(_sweep(tmp_path / "cur", scale={"tp": 0.5, "dp": 0.6}))
+    calls = []
+
+    def remeasure(settings_json):  # tp recovers, dp is still slow
+        settings = json.loads(settings_json)
+        calls.append(settings["mode"])
+        base_mfu = base.loc[base["mode"] == settings["mode"], "mfu"].item()
+        return _record(settings["mode"], base_mfu * (0.98 if settings["mode"] == "tp" else 0.6))
+
+    result = check.compare(base, cur, remeasure=remeasure)
+    assert sorted(calls) == ["dp", "tp"]
+    rows = {r.config["mode"]: r for r in result.rows}
+    assert rows["tp"].verdict == "ok" and rows["tp"].remeasured
+    assert rows["tp"].first_current == pytest.approx(rows["tp"].baseline * 0.5)
+    assert rows["dp"].verdict == "REGRESSED" and rows["dp"].remeasured
+    assert not rows["none"].remeasured and result.exit_code == 1
+
+
+def test_a_failed_run_is_remeasured_too(tmp_path):
+    base = check.load_current(_sweep(tmp_path / "base"))
+    cur_dir = _sweep(tmp_path / "cur")
+    _write(cur_dir, [_record("fsdp", 0.0, status="error")])
+    cur = check.load_current(cur_dir)
+    fsdp = base.loc[base["mode"] == "fsdp", "mfu"].item()
+    result = check.compare(base, cur, remeasure=lambda settings: _record("fsdp", fsdp))
+    row = next(r for r in result.rows if r.config["mode"] == "fsdp")
+    assert row.verdict == "ok" and row.remeasured and result.exit_code == 0
+
+
+def test_repeated_current_records_compare_by_their_median(tmp_path):
+    base = _sweep(tmp_path / "base")
+    reps = [_sweep(tmp_path / f"r{i}", scale={"tp": f}) for i, f in enumerate((0.5, 0.98, 1.01))]
+    args = [a for rep in reps for a in ("--current", str(rep))]
+    result = runner.invoke(app, ["check", "--baseline", str(base), *args, "--no-rerun", "--json"])
+    assert result.exit_code == 0, result.output
+    (tp,) = [r for r in _json(result)["rows"] if r["config"]["mode"] == "tp"]
+    assert tp["ratio"] == pytest.approx(0.98)
+    assert _check(base, reps[0]).exit_code == 1  # the slow one alone fails
+    # a baseline from repeated sweeps holds every ok row; the check uses their median
+    path = tmp_path / "b.parquet"
+    update = ["check", "--baseline", str(path), *args, "--update-baseline"]
+    assert runner.invoke(app, update).exit_code == 0
+    assert len(pd.read_parquet(path)) == 15
+    assert _check(path, base).exit_code == 0
+
+
+def test_check_module_does_not_import_jax():
+    code = (
+        "import sys, scaling.check, scaling.cli.check; "
+        "assert 'jax' not in sys.modules, 'jax imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_ci_sweep_covers_every_mode_on_the_tiny_model():
+    spec = load_sweep_spec(str(ROOT / "sweeps" / "ci.toml"))
+    assert {s["mode"] for s in spec.grid()} == set(MODES)
+    assert {s["size"] for s in spec.grid()} == {"tiny"}
+    baseline = check.load_baseline(ROOT / "sweeps" / "baselines" / "ci-cpu.parquet")
+    assert set(baseline["mode"]) == set(MODES) and set(baseline["status"]) == {"ok"}
+
+
+SLOW_STEP = """
+    # Test build: every forward pass of TransformerLM does extra matmuls on its logits.
+    import importlib.abc
+    import importlib.machinery
+    import sys
+
+
+    def _slow_down(module):
+        import jax.numpy as jnp
+
+        cls = module.TransformerLM
+        original = cls.__call__
+
+        def slow_call(self, tokens, positions=None):
+            logits = original(self, tokens, positions)
+            v = logits.shape[-1]
+            extra = logits @ jnp.full((v, v), 1.0 / v, logits.dtype)
+            extra = extra @ jnp.full((v, v), 1.0 / v, logits.dtype)
+            return logits + 1e-6 * extra
+
+        cls.__call__ = slow_call
+
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "scaling.model":
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                _slow_down(module)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+
+    sys.meta_path.insert(0, _Finder())
+"""
+
+
+def test_a_deliberately_slowed_train_step_is_caught(tmp_path, monkeypatch):
+    """A real sweep, then the same sweep with a 'test build' whose forward pass does extra
+    matmuls (sitecustomize on the worker's PYTHONPATH): check exits 1, also after the
+    re-measurement (which runs with the same build)."""
+    from scaling.sweep import run_sweep
+
+    spec = SweepSpec(
+        "slow",
+        {"size": ["tiny"], "mode": ["none"]},
+        {"steps": 6, "warmup_steps": 2, "batch": 8, "seq": 64},
+    )
+    run_sweep(spec, tmp_path / "base")
+    build = tmp_path / "slow_build"
+    build.mkdir()
+    (build / "sitecustomize.py").write_text(textwrap.dedent(SLOW_STEP))
+    monkeypatch.setenv("PYTHONPATH", str(build))
+    run_sweep(spec, tmp_path / "slow")
+    base, slow = load_runs(tmp_path / "base"), load_runs(tmp_path / "slow")
+    assert set(base["status"]) == set(slow["status"]) == {"ok"}
+    result = runner.invoke(
+        app,
+        [
+            "check",
+            "--baseline",
+            str(tmp_path / "base"),
+            "--current",
+            str(tmp_path / "slow"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    (row,) = _json(result)["rows"]
+    assert row["verdict"] == "REGRESSED" and row["remeasured"], row
+    assert row["ratio"] < 0.7 and row["first_current"] < 0.7 * row["baseline"]
