@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from scaling.cli import check, data, estimate, presets, report, sweep, train
+from scaling.cli import check, data, estimate, mup, presets, report, sweep, train
 
 app = typer.Typer(
     name="scaling",
@@ -20,3 +20,4 @@ app.command("sweep")(sweep.sweep)
 app.command("report")(report.report)
 app.command("check")(check.check)
 app.add_typer(data.app, name="data")
+app.add_typer(mup.app, name="mup")
