@@ -22,27 +22,47 @@ from scaling.hardware import (
 )
 
 
-def calibrate_matmul_flops(n: int = 2048, dtype: str = "float32", repeats: int = 10) -> float:
-    """Median FLOP/s of a jitted ``(n, n) @ (n, n)`` matmul in ``dtype`` on the default device.
+class MatmulProbe:
+    """Times one jitted ``(n, n) @ (n, n)`` matmul in ``dtype`` on demand (2·n³ FLOPs a call).
 
-    2·n³ FLOPs per call; compiled and run twice as warm-up, then each of ``repeats`` calls is
-    timed to completion with ``jax.block_until_ready``.
+    Sampling it right next to each timed training step, rather than once before them, lets the
+    CPU "peak" follow the load the steps themselves saw (other processes on a shared host).
     """
-    if n <= 0 or repeats <= 0:
-        raise ValueError(f"n and repeats must be positive, got n={n}, repeats={repeats}")
-    jdtype = jnp.dtype(dtype)
-    key_a, key_b = jax.random.split(jax.random.key(0))
-    a = jax.random.normal(key_a, (n, n), jnp.float32).astype(jdtype)
-    b = jax.random.normal(key_b, (n, n), jnp.float32).astype(jdtype)
-    matmul = jax.jit(jnp.matmul)
-    for _ in range(2):
-        jax.block_until_ready(matmul(a, b))
-    times = []
-    for _ in range(repeats):
+
+    def __init__(self, n: int = 2048, dtype: str = "float32"):
+        if n <= 0:
+            raise ValueError(f"n must be positive, got n={n}")
+        self.n = n
+        key_a, key_b = jax.random.split(jax.random.key(0))
+        jdtype = jnp.dtype(dtype)
+        self._a = jax.random.normal(key_a, (n, n), jnp.float32).astype(jdtype)
+        self._b = jax.random.normal(key_b, (n, n), jnp.float32).astype(jdtype)
+        self._matmul = jax.jit(jnp.matmul)
+        for _ in range(2):  # compile, then one warm call
+            jax.block_until_ready(self._matmul(self._a, self._b))
+        self.samples: list[float] = []
+
+    def sample(self) -> float:
+        """FLOP/s of one call, timed to completion with ``jax.block_until_ready``."""
         start = time.perf_counter()
-        jax.block_until_ready(matmul(a, b))
-        times.append(time.perf_counter() - start)
-    return 2.0 * n**3 / statistics.median(times)
+        jax.block_until_ready(self._matmul(self._a, self._b))
+        flops = 2.0 * self.n**3 / (time.perf_counter() - start)
+        self.samples.append(flops)
+        return flops
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+def calibrate_matmul_flops(n: int = 2048, dtype: str = "float32", repeats: int = 10) -> float:
+    """Median FLOP/s of ``repeats`` timed calls of a jitted ``(n, n)`` matmul (after warm-up)."""
+    if repeats <= 0:
+        raise ValueError(f"repeats must be positive, got repeats={repeats}")
+    probe = MatmulProbe(n, dtype)
+    for _ in range(repeats):
+        probe.sample()
+    return probe.median
 
 
 def cpu_hardware(

@@ -113,20 +113,27 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
     record.jax_version, record.flax_version = jax.__version__, flax.__version__
     record.n_processes = jax.process_count()
     profile = hardware.match_device_kind(device.device_kind)
-    if profile is None:  # CPU: the peak is a matmul calibration in this very process
-        peak = measure.calibrate_matmul_flops()
-        profile = hardware.cpu_profile(peak, hardware.host_memory_bytes())
-        record.peak_source = (
-            f"cpu matmul calibration (2048² f32, same process): "
-            f"{peak / 1e9:.1f} GFLOP/s shared by the simulated devices"
-        )
-    else:
-        record.peak_source = f"{profile.name}: {profile.source}"
+    probe = None
+    if profile is None:  # CPU: the peak is a matmul probe sampled next to every timed step
+        probe = measure.MatmulProbe()
+        for _ in range(3):
+            probe.sample()
+    timed_from = run_cfg.timing_warmup_steps
 
     def on_step(step: int, metrics: dict) -> None:
         print(json.dumps({"step": step, **metrics}), flush=True)
+        if probe is not None and step >= timed_from:
+            probe.sample()  # outside the step's timed window
 
     result = train.run(run_cfg, on_step=on_step, profile_dir=profile_dir)
+    if probe is not None:
+        profile = hardware.cpu_profile(probe.median, hardware.host_memory_bytes())
+        record.peak_source = (
+            f"cpu matmul probe (2048² f32) sampled after each timed step, same process: median "
+            f"{probe.median / 1e9:.1f} GFLOP/s of {len(probe.samples)}, shared by the devices"
+        )
+    else:
+        record.peak_source = f"{profile.name}: {profile.source}"
     n = result.n_devices
     record.n_devices, record.mesh = n, f"{result.mesh[0]}x{result.mesh[1]}"
     est = estimate.estimate(
