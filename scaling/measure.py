@@ -12,6 +12,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scaling.hardware import (
     HardwareProfile,
@@ -37,18 +38,26 @@ class MatmulProbe:
         jdtype = jnp.dtype(dtype)
         self._a = jax.random.normal(key_a, (n, n), jnp.float32).astype(jdtype)
         self._b = jax.random.normal(key_b, (n, n), jnp.float32).astype(jdtype)
+        # A one-device mesh of its own: under the training loop's mesh (``jax.set_mesh``) a
+        # plain jit would replicate the matmul over every device of that mesh (4 devices: 4×
+        # the work, a quarter of the apparent FLOP/s).
+        self._mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("probe",))
         self._matmul = jax.jit(jnp.matmul)
         for _ in range(2):  # compile, then one warm call
-            jax.block_until_ready(self._matmul(self._a, self._b))
+            self._call()
         self.samples: list[float] = []
 
     def sample(self) -> float:
         """FLOP/s of one call, timed to completion with ``jax.block_until_ready``."""
         start = time.perf_counter()
-        jax.block_until_ready(self._matmul(self._a, self._b))
+        self._call()
         flops = 2.0 * self.n**3 / (time.perf_counter() - start)
         self.samples.append(flops)
         return flops
+
+    def _call(self) -> jax.Array:
+        with jax.set_mesh(self._mesh):
+            return jax.block_until_ready(self._matmul(self._a, self._b))
 
     @property
     def median(self) -> float:

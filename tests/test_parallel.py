@@ -164,3 +164,16 @@ def test_two_processes_equal_one_process():
     assert (two["n_processes"], one["n_processes"]) == (2, 1)
     assert two["n_devices"] == one["n_devices"] == 8
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+
+
+def test_matmul_probe_runs_on_one_device_even_under_the_training_mesh():
+    """The CPU peak probe is sampled inside train.run's mesh context; replicated over the
+    mesh it would do the work once per device and under-read the peak (MFU > 100 %)."""
+    from scaling.measure import MatmulProbe
+
+    probe = MatmulProbe(n=64)
+    with jax.set_mesh(parallel.make_mesh((4, 2))):
+        out = probe._call()
+        probe.sample()
+    assert len(out.sharding.device_set) == 1
+    assert len(probe.samples) == 1 and probe.median > 0

@@ -141,3 +141,25 @@ def test_sigkill_mid_sweep_then_rerun_leaves_one_readable_row_per_run(tmp_path):
     runs = pd.concat(frames)
     assert len(runs) == 3 and runs["run_id"].is_unique
     assert set(runs["mode"]) == {"dp", "fsdp", "tp"} and set(runs["status"]) == {"ok"}
+
+
+def test_sweep_with_two_local_processes_records_one_row_like_one_process(tmp_path):
+    """Each run spans 2 processes × 4 CPU devices (jax.distributed on 127.0.0.1); only
+    process 0 records, and the losses equal a single 4-device process's."""
+    from scaling.sweep import Distributed
+
+    spec = SweepSpec(
+        "mp", {"size": ["tiny"], "mode": ["fsdp_tp"]}, {**SMALL, "devices": 4, "timeout_s": 240}
+    )
+    run_sweep(spec, tmp_path / "two", distributed=Distributed(local_processes=2))
+    run_sweep(spec, tmp_path / "one")
+    two, one = load_runs(tmp_path / "two"), load_runs(tmp_path / "one")
+    assert len(two) == 1 and two["status"].item() == "ok", two[["status", "error"]]
+    assert (two["n_processes"].item(), two["n_devices"].item()) == (2, 8)
+    assert (one["n_processes"].item(), one["n_devices"].item()) == (1, 4)
+    steps_two = load_steps(tmp_path / "two").sort_values("step")["loss"].to_numpy()
+    steps_one = load_steps(tmp_path / "one").sort_values("step")["loss"].to_numpy()
+    assert len(steps_two) == 3
+    import numpy as np
+
+    np.testing.assert_allclose(steps_two, steps_one, rtol=1e-5)
