@@ -16,8 +16,9 @@ re-measurement decides. Configurations present on one side only are listed (``mi
 current`` / ``missing in baseline``), never dropped silently, and do not change the exit code;
 nothing to compare at all is bad input (exit 2).
 
-Metric: ``mfu`` by default. On CPU its peak is a matmul calibration measured in the same worker
-process, so a machine whose cores are uniformly faster or slower moves numerator and
+Metric: ``mfu`` by default. On CPU its peak is a matmul probe timed after every timed step in
+the same worker process (median; since the probe replaced a one-off calibration, three quiet
+sweeps show per-configuration max/min 1.04-1.16 and the baseline is their median), so a machine whose cores are uniformly faster or slower moves numerator and
 denominator together; ``tokens_per_s`` and ``step_time_s_median`` (lower is better) are raw
 wall-clock numbers, comparable on one machine only. Each value is already the median of the
 run's timed steps.
