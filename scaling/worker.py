@@ -22,6 +22,7 @@ from pathlib import Path
 
 from scaling.records import RunOutcome, RunRecord, StepRecord
 
+PROBE_SAMPLES = 8  # CPU peak probes per run, spread over the timed steps (~0.2 s each)
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
 
 
@@ -119,10 +120,11 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
         for _ in range(3):
             probe.sample()
     timed_from = run_cfg.timing_warmup_steps
+    every = max(1, (run_cfg.steps - timed_from) // PROBE_SAMPLES)
 
     def on_step(step: int, metrics: dict) -> None:
         print(json.dumps({"step": step, **metrics}), flush=True)
-        if probe is not None and step >= timed_from:
+        if probe is not None and step >= timed_from and (step - timed_from) % every == 0:
             probe.sample()  # outside the step's timed window
 
     result = train.run(run_cfg, on_step=on_step, profile_dir=profile_dir)
