@@ -18,10 +18,10 @@ nothing to compare at all is bad input (exit 2).
 
 Metric: ``mfu`` by default. On CPU its peak is a matmul probe timed after every timed step in
 the same worker process (median; since the probe replaced a one-off calibration, three quiet
-sweeps show per-configuration max/min 1.04-1.16 and the baseline is their median), so a machine whose cores are uniformly faster or slower moves numerator and
-denominator together; ``tokens_per_s`` and ``step_time_s_median`` (lower is better) are raw
-wall-clock numbers, comparable on one machine only. Each value is already the median of the
-run's timed steps.
+sweeps show per-configuration max/min 1.04-1.16 and the baseline is their median), so a
+machine whose cores are uniformly faster or slower moves numerator and denominator together;
+``tokens_per_s`` and ``step_time_s_median`` (lower is better) are raw wall-clock numbers,
+comparable on one machine only. Each value is already the median of the run's timed steps.
 
 Tolerance: ``DEFAULT_TOLERANCE = 0.20``, from the run-to-run spread of ``sweeps/ci.toml`` on a
 2-core CPU host shared with other engineers' jax jobs (10 sweeps, 5 configurations each):
