@@ -41,7 +41,7 @@ class MatmulProbe:
         # A one-device mesh of its own: under the training loop's mesh (``jax.set_mesh``) a
         # plain jit would replicate the matmul over every device of that mesh (4 devices: 4×
         # the work, a quarter of the apparent FLOP/s).
-        self._mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("probe",))
+        self._mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), ("probe",))
         self._matmul = jax.jit(jnp.matmul)
         for _ in range(2):  # compile, then one warm call
             self._call()

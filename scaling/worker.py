@@ -109,7 +109,7 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
     from scaling.config import run_config_from_settings
 
     run_cfg = run_config_from_settings(settings)
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     record.device_kind, record.platform = device.device_kind, device.platform
     record.jax_version, record.flax_version = jax.__version__, flax.__version__
     record.n_processes = jax.process_count()
