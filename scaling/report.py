@@ -173,6 +173,9 @@ class Style:
         return wide.where(count <= 4, 0.3)
 
 
+RUN_ID_COLUMNS = ["source", "run_id", "label", "size", "mode", "mup"]  # who a row is
+
+
 def _mode_rank(mode: str) -> tuple[int, str]:
     return (MODES.index(mode) if mode in MODES else len(MODES), mode)
 
@@ -800,12 +803,7 @@ def fig_step_time_vs_roofline(rec: Record, style: Style) -> FigureResult | None:
         return None
     data = runs[
         [
-            "source",
-            "run_id",
-            "label",
-            "size",
-            "mode",
-            "mup",
+            *RUN_ID_COLUMNS,
             "predicted_step_s",
             "predicted_step_s_upper",
             "step_time_s_median",
@@ -843,12 +841,7 @@ def fig_memory_vs_estimate(rec: Record, style: Style) -> FigureResult | None:
         return None
     data = runs[
         [
-            "source",
-            "run_id",
-            "label",
-            "size",
-            "mode",
-            "mup",
+            *RUN_ID_COLUMNS,
             "est_memory_bytes",
             "peak_memory_bytes",
             "peak_memory_source",
