@@ -110,27 +110,15 @@ GPT3_CONTEXT = 2048
 CPU_VOCAB = 2048
 
 
-def _cpu(name: str, n_layers: int, d_model: int, n_heads: int) -> ModelConfig:
+def _preset(name: str, n_layers: int, d_model: int, n_heads: int, *, gpt3: bool) -> ModelConfig:
     return ModelConfig(
         name=name,
         n_layers=n_layers,
         d_model=d_model,
         n_heads=n_heads,
         d_ff=swiglu_hidden(d_model),
-        vocab_size=CPU_VOCAB,
-        max_seq_len=512,
-    )
-
-
-def _gpt3(name: str, n_layers: int, d_model: int, n_heads: int) -> ModelConfig:
-    return ModelConfig(
-        name=name,
-        n_layers=n_layers,
-        d_model=d_model,
-        n_heads=n_heads,
-        d_ff=swiglu_hidden(d_model),
-        vocab_size=GPT3_VOCAB,
-        max_seq_len=GPT3_CONTEXT,
+        vocab_size=GPT3_VOCAB if gpt3 else CPU_VOCAB,
+        max_seq_len=GPT3_CONTEXT if gpt3 else 512,
     )
 
 
@@ -140,17 +128,17 @@ def _gpt3(name: str, n_layers: int, d_model: int, n_heads: int) -> ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     p.name: p
     for p in (
-        _cpu("tiny", 4, 128, 8),
-        _cpu("10m", 12, 256, 8),
-        _cpu("30m", 16, 384, 8),
-        _gpt3("125m", 12, 768, 12),
-        _gpt3("350m", 24, 1024, 16),
-        _gpt3("760m", 24, 1536, 16),
-        _gpt3("1.3b", 24, 2048, 16),
-        _gpt3("2.7b", 32, 2560, 32),
-        _gpt3("6.7b", 32, 4096, 32),
-        _gpt3("13b", 40, 5120, 40),
-        _gpt3("175b", 96, 12288, 96),
+        _preset("tiny", 4, 128, 8, gpt3=False),
+        _preset("10m", 12, 256, 8, gpt3=False),
+        _preset("30m", 16, 384, 8, gpt3=False),
+        _preset("125m", 12, 768, 12, gpt3=True),
+        _preset("350m", 24, 1024, 16, gpt3=True),
+        _preset("760m", 24, 1536, 16, gpt3=True),
+        _preset("1.3b", 24, 2048, 16, gpt3=True),
+        _preset("2.7b", 32, 2560, 32, gpt3=True),
+        _preset("6.7b", 32, 4096, 32, gpt3=True),
+        _preset("13b", 40, 5120, 40, gpt3=True),
+        _preset("175b", 96, 12288, 96, gpt3=True),
     )
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 
 from scaling.config import ModelConfig
-from scaling.parallel import _key_names, param_kind
+from scaling.parallel import key_names, param_kind
 
 HIDDEN_KINDS = ("column", "row")
 
@@ -20,12 +20,9 @@ def lr_multipliers(params, cfg: ModelConfig):
     m = cfg.mup_width_multiplier
 
     def multiplier(key_path, _leaf) -> float:
-        return 1.0 / m if param_kind(_key_names(key_path)) in HIDDEN_KINDS else 1.0
+        return 1.0 / m if param_kind(key_names(key_path)) in HIDDEN_KINDS else 1.0
 
     return jax.tree_util.tree_map_with_path(multiplier, params)
-
-
-COORD_SITES_DOC = "embed, block_0 … block_{L-1}, logits"
 
 
 def coord_check(

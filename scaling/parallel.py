@@ -27,7 +27,6 @@ replicated.
 
 from __future__ import annotations
 
-import math
 import os
 
 import jax
@@ -86,7 +85,7 @@ def param_spec(path: tuple[str, ...], mode: str) -> P:
     return SPEC_TABLE[mode].get(param_kind(path), P())
 
 
-def _key_names(key_path) -> tuple[str, ...]:
+def key_names(key_path) -> tuple[str, ...]:
     return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in key_path)
 
 
@@ -96,7 +95,7 @@ def state_specs(tree, mode: str):
     Leaves outside parameter paths (Adam's step count) are replicated."""
 
     def spec(key_path, leaf) -> P:
-        names = _key_names(key_path)
+        names = key_names(key_path)
         roots = [i for i, name in enumerate(names) if name in PARAM_ROOTS]
         if not roots:
             return P()
@@ -230,8 +229,3 @@ def init_distributed(
         if coordinator.startswith("127.0.0.1:") and process_id == 0:
             kwargs["coordinator_bind_address"] = coordinator
     jax.distributed.initialize(**kwargs)
-
-
-def n_shards(spec: P, mesh_shape: tuple[int, int]) -> int:
-    sizes = {DATA: mesh_shape[0], TENSOR: mesh_shape[1]}
-    return math.prod(sizes[a] for a in spec if a is not None)

@@ -80,6 +80,7 @@ def sweep(
 ) -> None:
     """Run MODES × sizes (× muP) on the shared model; record everything under --out."""
     from scaling import records
+    from scaling.config import run_config_from_settings
     from scaling.sweep import Distributed, parse_shard, run_sweep
 
     given = {
@@ -101,8 +102,6 @@ def sweep(
         )
         shard_index = parse_shard(shard)
         for settings in grid_spec.grid():  # validate every run's config before starting
-            from scaling.config import run_config_from_settings
-
             run_config_from_settings(settings)
     distributed = Distributed(coordinator, num_processes, process_id, local_processes)
     progress = Progress(
