@@ -1,18 +1,19 @@
 """Throughput regression check: a current sweep record against a baseline. Never imports jax.
 
-Runs are matched by configuration (``CONFIG_KEYS``: size, family, d_model, tied, mode, mesh,
-muP, batch, seq, dtype, remat), never by run id or row order, and only ``status == "ok"`` rows
-are compared; several rows of one configuration on a side (repeated sweeps) compare by their
-median. Each matched configuration gets a verdict:
+Runs are matched by configuration (``records.CONFIG_KEYS``: size, family, d_model, n_layers,
+tied, mode, mesh, muP, batch, seq, dtype, remat), never by run id or row order, and only
+``status == "ok"`` rows are compared; several rows of one configuration on a side (repeated
+sweeps) compare by their median. Each matched configuration gets a verdict:
 
 * ``ok``          the metric is within ``tolerance`` of the baseline;
 * ``REGRESSED``   worse by more than ``tolerance`` (exit 1);
 * ``improved``    better by more than ``tolerance`` (exit 0, with a hint to refresh the baseline);
 * ``FAILED``      ok in the baseline but recorded with another status now (exit 1).
 
-With ``rerun`` a REGRESSED or FAILED configuration is re-measured once before the verdict (its
-settings rebuilt from ``settings_json``, run in a subprocess by ``sweep.execute_run``); the
-re-measurement decides. Configurations present on one side only are listed (``missing in
+Given a ``remeasure`` function (the CLI passes ``scaling.sweep.remeasure``), a REGRESSED or FAILED
+configuration is re-measured once before the verdict (its settings rebuilt from
+``settings_json``); the re-measurement decides. The comparison itself is a pure function of
+two records. Configurations present on one side only are listed (``missing in
 current`` / ``missing in baseline``), never dropped silently, and do not change the exit code;
 nothing to compare at all is bad input (exit 2).
 
@@ -43,10 +44,7 @@ uses their per-configuration median).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +52,7 @@ from pathlib import Path
 import pandas as pd
 
 from scaling import records
+from scaling.records import CONFIG_KEYS, config_of
 
 DEFAULT_TOLERANCE = 0.20
 DEFAULT_METRIC = "mfu"
@@ -62,20 +61,6 @@ METRICS: dict[str, bool] = {  # metric → higher is better
     "tokens_per_s": True,
     "step_time_s_median": False,
 }
-CONFIG_KEYS = (
-    "size",
-    "family",
-    "d_model",
-    "tied",
-    "mode",
-    "mesh",
-    "mup",
-    "batch",
-    "seq",
-    "dtype",
-    "remat",
-)  # d_model tells widths of one preset apart; tied from settings_json
-
 Remeasure = Callable[[str], "records.RunRecord"]  # settings_json → the re-measured record
 
 
@@ -169,7 +154,7 @@ def load_current(*paths: str | Path) -> pd.DataFrame:
 
 
 def _validated(runs: pd.DataFrame, path: Path) -> pd.DataFrame:
-    needed = {*CONFIG_KEYS, "status", *METRICS} - {"d_model", "tied"}
+    needed = {*CONFIG_KEYS, "status", *METRICS} - {"d_model", "n_layers", "tied", "family"}
     missing = sorted(needed - set(runs.columns))
     if missing:
         raise ValueError(f"{str(path)!r} is not a run record: missing columns {missing}")
@@ -180,27 +165,6 @@ def _validated(runs: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------
 # Matching and verdicts
-
-
-def config_of(row) -> dict:
-    """The matching key of one run row, normalised (parquet may give numpy scalars)."""
-    try:
-        tied = json.loads(row.get("settings_json") or "{}").get("tied")
-    except (json.JSONDecodeError, AttributeError):
-        tied = None
-    return {
-        "size": str(row["size"]),
-        "family": str(row["family"]),
-        "d_model": int(row.get("d_model", 0) or 0),
-        "tied": None if tied is None else bool(tied),
-        "mode": str(row["mode"]),
-        "mesh": str(row["mesh"] or ""),
-        "mup": bool(row["mup"]),
-        "batch": int(row["batch"]),
-        "seq": int(row["seq"]),
-        "dtype": str(row["dtype"]),
-        "remat": str(row["remat"]),
-    }
 
 
 def label_of(config: dict) -> str:
@@ -220,10 +184,6 @@ def label_of(config: dict) -> str:
     return " ".join(parts)
 
 
-def _key(config: dict) -> tuple:
-    return tuple(config[k] for k in CONFIG_KEYS)
-
-
 def _group(runs: pd.DataFrame, metric: str) -> tuple[dict, dict]:
     """(ok, other): per configuration key, the ok rows' median metric and a representative row;
     and the non-ok statuses of configurations without any ok row."""
@@ -231,7 +191,7 @@ def _group(runs: pd.DataFrame, metric: str) -> tuple[dict, dict]:
     other: dict[tuple, dict] = {}
     for _, row in runs.iterrows():
         config = config_of(row)
-        key = _key(config)
+        key = tuple(config[k] for k in CONFIG_KEYS)
         value = float(row[metric])
         if row["status"] == "ok" and math.isfinite(value):
             entry = ok.setdefault(key, {"config": config, "values": [], "row": row})
@@ -380,25 +340,17 @@ def _environment_notes(baseline: pd.DataFrame, current: pd.DataFrame) -> list[st
 # Re-measuring, the whole check, and refreshing the baseline
 
 
-def remeasure_run(settings_json: str) -> records.RunRecord:
-    """Run one recorded configuration again, in a subprocess (``sweep.execute_run``)."""
-    from scaling.sweep import PlannedRun, execute_run, run_id_of
-
-    settings = json.loads(settings_json)
-    run = PlannedRun(index=0, run_id=run_id_of(settings), settings=settings, skip=False)
-    return execute_run(run).record
-
-
 def check(
     baseline: str | Path,
     current: str | Path | list[str | Path],
     *,
     metric: str = DEFAULT_METRIC,
     tolerance: float = DEFAULT_TOLERANCE,
-    rerun: bool = True,
+    remeasure: Remeasure | None = None,
     on_remeasure: Callable[[Comparison], None] | None = None,
 ) -> CheckResult:
-    """Load both sides and compare them (re-measuring regressions once when ``rerun``)."""
+    """Load both sides and compare them; ``remeasure`` (e.g. ``scaling.sweep.remeasure``)
+    re-runs each regressed configuration once."""
     _validate_options(metric, tolerance)
     base = load_baseline(baseline)
     cur = load_current(*(current if isinstance(current, list | tuple) else [current]))
@@ -407,7 +359,7 @@ def check(
         cur,
         metric=metric,
         tolerance=tolerance,
-        remeasure=remeasure_run if rerun else None,
+        remeasure=remeasure,
         on_remeasure=on_remeasure,
     )
 
@@ -425,13 +377,5 @@ def update_baseline(baseline: str | Path, *current: str | Path) -> int:
     ok = runs[runs["status"] == "ok"].reset_index(drop=True)
     if ok.empty:
         raise ValueError(f"{', '.join(map(str, current))} holds no ok runs to make a baseline of")
-    baseline.parent.mkdir(parents=True, exist_ok=True)
-    tmp = baseline.with_name(f".{baseline.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        ok.to_parquet(tmp, index=False)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, baseline)
-    finally:
-        tmp.unlink(missing_ok=True)
+    records.write_frame_atomic(ok, baseline)
     return len(ok)

@@ -1,32 +1,47 @@
-"""Measurements that need jax: the matmul calibration that serves as the CPU's "peak".
+"""Everything that turns a run into measured figures: the timed loop stages, the CPU peak probe
+and its schedule, XLA's cost and memory figures (one normaliser), the peak a device is measured
+against, MFU/HFU and peak memory.
 
-A CPU has no datasheet peak that XLA reaches, so the roofline and MFU on CPU use the median
-throughput of a jitted square matmul measured in the same process kind (FACTS.md: f32 2048²
-~140–190 GFLOP/s on the 2-core development machines).
+Timing rules (nanoGPT's ``bench.py`` separates the same stages): compilation is timed on its
+own (``compile_s``); the first ``timing_warmup_steps`` steps are burn-in and excluded from the
+statistics; every step is timed to completion (``jax.block_until_ready``) and recorded; the
+statistic is the median of the measured steps.
+
+A CPU has no datasheet peak that XLA reaches, so on CPU the peak is a jitted 2048² matmul timed
+in the same process right after measured steps (``MatmulProbe``, FACTS.md: f32 2048² ~140–290
+GFLOP/s on the 2-core development machines), so MFU follows the load the steps saw.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaling.hardware import (
+from scaling.estimate.hardware import (
     HardwareProfile,
     cached_cpu_peak,
     cpu_profile,
     host_memory_bytes,
+    match_device_kind,
     store_cpu_peak,
 )
+
+PROBE_SAMPLES = 8  # at most this many probe samples per run (~0.2 s each on CPU)
+MIN_PROBE_SAMPLES = 3  # runs with fewer measured steps take the rest after the last step
 
 
 class MatmulProbe:
     """Times one jitted ``(n, n) @ (n, n)`` matmul in ``dtype`` on demand (2·n³ FLOPs a call).
 
-    Sampling it right next to each timed training step, rather than once before them, lets the
+    Sampling it right next to the timed training steps, rather than once before them, lets the
     CPU "peak" follow the load the steps themselves saw (other processes on a shared host).
     """
 
@@ -67,6 +82,150 @@ class MatmulProbe:
     @property
     def median(self) -> float:
         return statistics.median(self.samples)
+
+
+def probe_schedule(measured_steps: int, samples: int = PROBE_SAMPLES) -> set[int]:
+    """Indices of the measured steps (0-based) after which the probe is sampled: at most
+    ``samples`` of them, spread evenly over the measured steps."""
+    if measured_steps <= 0:
+        return set()
+    every = max(1, measured_steps // samples)
+    return {i for i in range(0, measured_steps, every)}
+
+
+@dataclass
+class StepClock:
+    """The stages of a measured training loop: ``timing_warmup_steps`` burn-in steps, then
+    measured steps. ``time`` runs one step to completion and records its wall time; after each
+    step ``after_step`` samples the probe (on its schedule, outside any step's timed window) and
+    starts the profiler at the first measured step. ``finish`` stops the profiler and tops the
+    probe up to ``MIN_PROBE_SAMPLES`` after the last step."""
+
+    timing_warmup_steps: int
+    measured_steps: int
+    probe: MatmulProbe | None = None
+    profile_dir: str | None = None
+    step_times_s: list[float] = field(default_factory=list)
+    _profiling: bool = False
+
+    def __post_init__(self) -> None:
+        self._schedule = probe_schedule(self.measured_steps)
+
+    def time(self, fn: Callable, *args) -> Any:
+        if self.profile_dir and not self._profiling and self._measured_index() >= 0:
+            jax.profiler.start_trace(self.profile_dir)
+            self._profiling = True
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        self.step_times_s.append(time.perf_counter() - start)
+        return out
+
+    def after_step(self) -> None:
+        index = self._measured_index() - 1  # the step just timed
+        if self.probe is not None and index in self._schedule:
+            self.probe.sample()
+
+    def finish(self) -> None:
+        if self._profiling:
+            jax.profiler.stop_trace()
+            self._profiling = False
+        while self.probe is not None and len(self.probe.samples) < MIN_PROBE_SAMPLES:
+            self.probe.sample()
+
+    def _measured_index(self) -> int:
+        """Index of the next step among the measured ones (negative during burn-in)."""
+        return len(self.step_times_s) - self.timing_warmup_steps
+
+    @property
+    def measured_times_s(self) -> list[float]:
+        """The measured steps' times; all steps when the run was shorter than its burn-in."""
+        return self.step_times_s[self.timing_warmup_steps :] or self.step_times_s
+
+
+def median_s(times: list[float]) -> float:
+    return statistics.median(times) if times else math.nan
+
+
+# ----------------------------------------------------------------------------- XLA's figures
+
+
+def cost_figures(stage) -> dict[str, float]:
+    """XLA's ``cost_analysis()`` of a lowered or compiled step as ``{"flops", "transcendentals",
+    "bytes_accessed"}`` (those it reports). A scanned layer body is counted once, and GPU
+    custom calls report -1 (dropped here): see ``scaling.estimate.xla_check``."""
+    cost = stage.cost_analysis()
+    if isinstance(cost, list | tuple):  # older jax: a one-element list
+        cost = cost[0] if cost else {}
+    out = {}
+    for key, name in (
+        ("flops", "flops"),
+        ("transcendentals", "transcendentals"),
+        ("bytes accessed", "bytes_accessed"),
+    ):
+        value = (cost or {}).get(key)
+        if value is not None and value >= 0:
+            out[name] = float(value)
+    return out
+
+
+def memory_figures(compiled) -> dict[str, float]:
+    """``memory_analysis()`` of a compiled step, per device: ``argument_bytes``,
+    ``output_bytes``, ``temp_bytes``, ``alias_bytes``; {} where the backend reports none."""
+    memory = compiled.memory_analysis()
+    if memory is None:
+        return {}
+    return {
+        f"{name}_bytes": float(getattr(memory, f"{name}_size_in_bytes", 0))
+        for name in ("argument", "output", "temp", "alias")
+    }
+
+
+# ----------------------------------------------------------------------------- peaks, MFU, memory
+
+
+def device_peak(device, probe: MatmulProbe | None) -> tuple[HardwareProfile, str]:
+    """The profile a device is measured against and where its peak comes from: the datasheet
+    of a known accelerator, else (CPU) this process's probe, shared by the simulated devices."""
+    profile = match_device_kind(device.device_kind)
+    if profile is not None:
+        return profile, f"{profile.name}: {profile.source}"
+    if probe is None or not probe.samples:
+        raise ValueError(f"no peak for device kind {device.device_kind!r} and no probe samples")
+    source = (
+        f"cpu matmul probe (2048² f32) sampled after measured steps, same process: median "
+        f"{probe.median / 1e9:.1f} GFLOP/s of {len(probe.samples)}, shared by the devices"
+    )
+    return cpu_profile(probe.median, host_memory_bytes()), source
+
+
+def needs_probe(device) -> bool:
+    """Whether this device's peak must be measured (no datasheet profile matches it)."""
+    return match_device_kind(device.device_kind) is None
+
+
+def utilisation(flops_per_step: float, step_s: float, n_devices: int, peak: float) -> float:
+    """FLOPs per step ÷ (step time · devices · peak per device): MFU for model FLOPs, HFU for
+    hardware FLOPs (dimensionless)."""
+    denominator = step_s * n_devices * peak
+    return flops_per_step / denominator if denominator > 0 else math.nan
+
+
+def peak_memory(device, xla: dict[str, float]) -> tuple[float, str]:
+    """Peak bytes per device and their source: the allocator's ``peak_bytes_in_use`` where the
+    backend reports it (GPU/TPU), else XLA's memory analysis of the step (argument + output +
+    temp − alias)."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        return float(stats["peak_bytes_in_use"]), "memory_stats"
+    if xla:
+        total = (
+            xla.get("argument_bytes", 0)
+            + xla.get("output_bytes", 0)
+            + xla.get("temp_bytes", 0)
+            - xla.get("alias_bytes", 0)
+        )
+        return total, "xla_memory_analysis"
+    return math.nan, ""
 
 
 def calibrate_matmul_flops(n: int = 2048, dtype: str = "float32", repeats: int = 10) -> float:

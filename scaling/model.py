@@ -1,8 +1,12 @@
-"""The shared decoder-only language model (Flax NNX), in two families selected by config.
+"""The shared decoder-only language model (Flax NNX); the architecture is read from derived
+config properties (``cfg.norm``, ``cfg.positions``, ``cfg.ffn``), never from a family name.
 
-``llama``: RMSNorm, rotary positions, SwiGLU FFN. ``gpt2``: LayerNorm, learned positions, GELU
-MLP. Both are pre-norm with a final norm before the (tied or untied) head. Layers are created
-stacked (``nnx.vmap``) and run with ``jax.lax.scan`` so compile time does not grow with depth.
+Pre-norm blocks (RMSNorm or LayerNorm; rotary or learned positions; SwiGLU or GELU MLP) with a
+final norm before the (tied or untied) head. Layers are created stacked (``nnx.vmap``) and run
+with ``jax.lax.scan`` so compile time does not grow with depth. The parameters it creates are
+exactly ``scaling.roles.parameters(cfg)``; the muP rules come from ``scaling.mup``. Every
+sub-layer runs under a ``jax.named_scope`` (embed, block, attention, ffn, norm, head), so
+profiles read by name.
 
 Parameters are float32; ``cfg.dtype`` is the compute dtype (weights are cast at use).
 Shapes use these letters: b batch, t/s query/key positions, d model width, f FFN width,
@@ -21,6 +25,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 
+from scaling import mup
 from scaling.config import ModelConfig
 
 TRUNCATION = 3.0  # truncated-normal inits are cut at ±3σ
@@ -77,6 +82,7 @@ class RMSNorm(nnx.Module):
         self.eps = eps
         self.weight = nnx.Param(jnp.ones((d,), jnp.float32))
 
+    @jax.named_scope("norm")
     def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
         x32 = x.astype(jnp.float32)
         inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
@@ -91,6 +97,7 @@ class LayerNorm(nnx.Module):
         self.weight = nnx.Param(jnp.ones((d,), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((d,), jnp.float32))
 
+    @jax.named_scope("norm")
     def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
         x32 = x.astype(jnp.float32)
         centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
@@ -169,6 +176,7 @@ class SwiGLU(nnx.Module):
         self.w3 = Linear(cfg.d_model, cfg.d_ff, rngs=rngs)
         self.w2 = Linear(cfg.d_ff, cfg.d_model, rngs=rngs)
 
+    @jax.named_scope("ffn")
     def __call__(self, x: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
         return self.w2(silu(self.w1(x)) * self.w3(x))
 
@@ -180,13 +188,9 @@ class GeluMLP(nnx.Module):
         self.w1 = Linear(cfg.d_model, cfg.d_ff, rngs=rngs)
         self.w2 = Linear(cfg.d_ff, cfg.d_model, rngs=rngs)
 
+    @jax.named_scope("ffn")
     def __call__(self, x: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
         return self.w2(gelu(self.w1(x)))
-
-
-def attention_scale(cfg: ModelConfig) -> float:
-    """1/√d_head (standard) or 1/d_head (muP, Tensor Programs V)."""
-    return 1.0 / cfg.d_head if cfg.mup else 1.0 / math.sqrt(cfg.d_head)
 
 
 class CausalSelfAttention(nnx.Module):
@@ -194,14 +198,14 @@ class CausalSelfAttention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.n_heads, self.kv_heads, self.d_head = cfg.n_heads, cfg.kv_heads, cfg.d_head
-        self.scale = attention_scale(cfg)
+        self.scale = mup.attention_scale(cfg)
         self.q = Linear(cfg.d_model, cfg.n_heads * cfg.d_head, rngs=rngs)
         self.k = Linear(cfg.d_model, cfg.kv_heads * cfg.d_head, rngs=rngs)
         self.v = Linear(cfg.d_model, cfg.kv_heads * cfg.d_head, rngs=rngs)
         self.o = Linear(cfg.n_heads * cfg.d_head, cfg.d_model, rngs=rngs)
         self.rope = (
             RotaryPositionalEmbedding(cfg.d_head, cfg.rope_theta, cfg.max_seq_len)
-            if cfg.family == "llama"
+            if cfg.positions == "rope"
             else None
         )
 
@@ -209,6 +213,7 @@ class CausalSelfAttention(nnx.Module):
         b, t, _ = x.shape
         return x.reshape(b, t, n, self.d_head).transpose(0, 2, 1, 3)
 
+    @jax.named_scope("attention")
     def __call__(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"]) -> Array:
         q = self._heads(self.q(x), self.n_heads)
         k = self._heads(self.k(x), self.kv_heads)
@@ -227,7 +232,7 @@ class CausalSelfAttention(nnx.Module):
 
 
 def make_norm(cfg: ModelConfig) -> RMSNorm | LayerNorm:
-    norm = RMSNorm if cfg.family == "llama" else LayerNorm
+    norm = RMSNorm if cfg.norm == "rms" else LayerNorm
     return norm(cfg.d_model, eps=cfg.norm_eps)
 
 
@@ -238,8 +243,9 @@ class TransformerBlock(nnx.Module):
         self.attn_norm = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg, rngs=rngs)
         self.ffn_norm = make_norm(cfg)
-        self.ffn = SwiGLU(cfg, rngs=rngs) if cfg.family == "llama" else GeluMLP(cfg, rngs=rngs)
+        self.ffn = SwiGLU(cfg, rngs=rngs) if cfg.ffn == "swiglu" else GeluMLP(cfg, rngs=rngs)
 
+    @jax.named_scope("block")
     def __call__(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"]) -> Array:
         x = x + self.attn(self.attn_norm(x), positions)
         return x + self.ffn(self.ffn_norm(x))
@@ -281,7 +287,7 @@ class TransformerLM(nnx.Module):
         self.embed = Embedding(cfg.vocab_size, cfg.d_model, rngs=rngs, std=cfg.init_std)
         self.pos_embed = (
             Embedding(cfg.max_seq_len, cfg.d_model, rngs=rngs, std=cfg.init_std)
-            if cfg.family == "gpt2"
+            if cfg.positions == "learned"
             else None
         )
         self.blocks = _stacked_blocks(cfg, rngs)
@@ -289,7 +295,7 @@ class TransformerLM(nnx.Module):
         self.head = (
             None
             if cfg.tied_embeddings
-            else Linear(cfg.d_model, cfg.vocab_size, rngs=rngs, std=head_init_std(cfg))
+            else Linear(cfg.d_model, cfg.vocab_size, rngs=rngs, std=mup.head_init_std(cfg))
         )
 
     def __call__(
@@ -305,17 +311,17 @@ class TransformerLM(nnx.Module):
         cfg = self.cfg
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        x = self.embed(tokens)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(positions)
-        if cfg.mup:
-            x = x * cfg.mup_input_multiplier
-        x = shard_over_batch(x.astype(compute_dtype(cfg)))
+        with jax.named_scope("embed"):
+            x = self.embed(tokens)
+            if self.pos_embed is not None:
+                x = x + self.pos_embed(positions)
+            x = shard_over_batch((x * mup.input_multiplier(cfg)).astype(compute_dtype(cfg)))
         embed_rms = rms(x)
         x, block_rms = self._run_blocks(x, positions)
-        x = self.final_norm(x)
-        logits = self.embed.attend(x) if self.head is None else self.head.logits(x)
-        logits = logits.astype(jnp.float32) * logit_multiplier(cfg)
+        with jax.named_scope("head"):
+            x = self.final_norm(x)
+            logits = self.embed.attend(x) if self.head is None else self.head.logits(x)
+            logits = logits.astype(jnp.float32) * mup.logit_multiplier(cfg)
         return logits, {"embed": embed_rms, "blocks": block_rms, "logits": rms(logits)}
 
     def _run_blocks(self, x: Array, positions: Array) -> tuple[Array, Float[Array, " l"]]:
@@ -344,19 +350,6 @@ def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> TransformerBlock:
         return TransformerBlock(cfg, rngs=layer_rngs)
 
     return make(rngs)
-
-
-def head_init_std(cfg: ModelConfig) -> float:
-    """Untied head: σ² = 2/(d+v) under SP; under muP a width-independent ``init_std`` (the 1/m
-    of the readout lives in the forward multiplier instead), or 0 with ``mup_zero_readout``."""
-    if cfg.mup:
-        return 0.0 if cfg.mup_zero_readout else cfg.init_std
-    return math.sqrt(2.0 / (cfg.d_model + cfg.vocab_size))
-
-
-def logit_multiplier(cfg: ModelConfig) -> float:
-    """α_out / m under muP (Tensor Programs V), 1 under SP."""
-    return cfg.mup_output_multiplier / cfg.mup_width_multiplier if cfg.mup else 1.0
 
 
 def build_model(cfg: ModelConfig, seed: int = 0) -> TransformerLM:

@@ -1,18 +1,25 @@
-"""muP (Tensor Programs V; microsoft/mup) for Adam: per-parameter learning-rate multipliers.
+"""muP (Tensor Programs V; microsoft/mup) for Adam: the parametrization rules, nothing else.
 
-With m = d_model / base_width: hidden matrices (q, k, v, o, FFN) get Adam LR η/m; embeddings,
-norm gains and the (untied) read-out keep η. The init and forward-multiplier rules live in the
-model (``scaling.model``: ``head_init_std``, ``logit_multiplier``, ``attention_scale``).
+With m = d_model / base_width under muP (1 under standard parametrization):
+
+- init: hidden matrices σ_base/√m (the model's fan-in/fan-out init already gives this for
+  square matrices), embeddings and norm gains constant; the untied read-out a width-independent
+  ``init_std`` (or zero with ``mup_zero_readout``), its 1/m living in the forward multiplier;
+- forward multipliers: embedding output × α_in, logits × α_out/m, attention logits × 1/d_head;
+- Adam learning rates: hidden matrices η/m (``lr_multipliers``), everything else η.
+
+Which parameters are hidden matrices comes from their role (``scaling.roles``). The model reads
+these functions; the coord check that validates them is ``scaling.coord_check``.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
 
 from scaling.config import ModelConfig
-from scaling.parallel import key_names, param_kind
-
-HIDDEN_KINDS = ("column", "row")
+from scaling.roles import param_path, role_of
 
 
 def lr_multipliers(params, cfg: ModelConfig):
@@ -20,78 +27,29 @@ def lr_multipliers(params, cfg: ModelConfig):
     m = cfg.mup_width_multiplier
 
     def multiplier(key_path, _leaf) -> float:
-        return 1.0 / m if param_kind(key_names(key_path)) in HIDDEN_KINDS else 1.0
+        return 1.0 / m if role_of(param_path(key_path)).hidden else 1.0
 
     return jax.tree_util.tree_map_with_path(multiplier, params)
 
 
-def coord_check(
-    widths: list[int],
-    *,
-    steps: int = 5,
-    lr: float = 1e-2,
-    base: str = "tiny",
-    n_layers: int = 2,
-    batch: int = 8,
-    seq: int = 64,
-    seed: int = 0,
-    parametrizations: tuple[bool, ...] = (False, True),
-) -> list[dict]:
-    """Train each width for ``steps`` Adam steps under SP and muP and record the RMS of the
-    embedding output, every block's output and the logits on a fixed probe batch, at
-    initialisation (step 0) and after every step. Both parametrizations use an untied head so
-    that they differ only in what muP prescribes.
+def attention_scale(cfg: ModelConfig) -> float:
+    """1/√d_head (standard) or 1/d_head (muP, Tensor Programs V)."""
+    return 1.0 / cfg.d_head if cfg.mup else 1.0 / math.sqrt(cfg.d_head)
 
-    Rows: ``{"mup": bool, "width": int, "step": int, "site": str, "rms": float}``. Under muP
-    the RMS should not change with width; under SP the logits grow with width as training
-    moves them (Tensor Programs V, figure 5).
-    """
-    import dataclasses
 
-    import numpy as np
-    from flax import nnx
+def head_init_std(cfg: ModelConfig) -> float:
+    """Untied head: σ² = 2/(d+v) under SP; under muP a width-independent ``init_std`` (the 1/m
+    of the readout lives in the forward multiplier instead), or 0 with ``mup_zero_readout``."""
+    if cfg.mup:
+        return 0.0 if cfg.mup_zero_readout else cfg.init_std
+    return math.sqrt(2.0 / (cfg.d_model + cfg.vocab_size))
 
-    from scaling import train
-    from scaling.config import build_run
-    from scaling.data import batch_dataset
 
-    rows: list[dict] = []
-    for mup in parametrizations:
-        for width in widths:
-            run = build_run(
-                base,
-                width=width,
-                mup=mup,
-                steps=steps,
-                batch=batch,
-                seq=seq,
-                lr=lr,
-                warmup_steps=0,
-                seed=seed,
-                weight_decay=0.0,
-            )
-            run = dataclasses.replace(
-                run, model=dataclasses.replace(run.model, n_layers=n_layers, tied_embeddings=False)
-            )
-            p = train.plan(run)
-            data = batch_dataset(
-                run.data, vocab_size=run.model.vocab_size, batch=batch, seq=seq, seed=seed
-            )
-            probe = np.asarray(data[0])
-            measure = jax.jit(
-                lambda params, tokens, graphdef=p.graphdef: nnx.merge(
-                    graphdef, params
-                ).forward_with_rms(tokens[:, :-1])[1]
-            )
-            state = p.init()
-            for step in range(steps + 1):
-                if step:
-                    state, _ = p.step(state, np.asarray(data[step]))
-                sizes = jax.device_get(measure(state.params, probe))
-                sites = {"embed": sizes["embed"], "logits": sizes["logits"]}
-                sites.update({f"block_{i}": v for i, v in enumerate(sizes["blocks"])})
-                rows += [
-                    {"mup": mup, "width": width, "step": step, "site": site, "rms": float(value)}
-                    for site, value in sites.items()
-                ]
-    return rows
+def logit_multiplier(cfg: ModelConfig) -> float:
+    """α_out / m under muP (Tensor Programs V), 1 under SP."""
+    return cfg.mup_output_multiplier / cfg.mup_width_multiplier if cfg.mup else 1.0
+
+
+def input_multiplier(cfg: ModelConfig) -> float:
+    """α_in under muP, 1 under SP."""
+    return cfg.mup_input_multiplier if cfg.mup else 1.0

@@ -1,28 +1,9 @@
-"""Sharding of the shared model on a 2-D mesh ``("data", "tensor")``.
+"""Sharding of the shared model on a 2-D mesh ``("data", "tensor")``, in jax terms.
 
-Every parameter (and each optimizer moment, which mirrors its parameter) gets a PartitionSpec
-from the table below, chosen by the parameter's *kind* (its path) and the mode. The leading
-axis of stacked layer parameters (``L``) is never split: the layers are scanned over it.
-
-================  ===============  ========  =============  ==============  ===============
-kind              shape            none/dp   fsdp           tp              fsdp_tp
-================  ===============  ========  =============  ==============  ===============
-embed             (V, d)           P()       P(data, -)     P(tensor, -)    P(tensor, data)
-pos_embed         (T, d)           P()       P(-, data)     P()             P(-, data)
-q, k, v, w1, w3   (L, d, out)      P()       P(-, data, -)  P(-, -, tensor) P(-, data, tensor)
-  (column split)
-o, w2             (L, in, d)       P()       P(-, data, -)  P(-, tensor, -) P(-, tensor, data)
-  (row split)
-head              (d, V)           P()       P(data, -)     P(-, tensor)    P(data, tensor)
-norms             (L, d) / (d,)    P()       P()            P()             P()
-batch             (B, T+1)         P(data)   P(data)        P(data)         P(data)
-================  ===============  ========  =============  ==============  ===============
-
-Megatron-style tp: the first matrix of attention (q, k, v) and of the FFN (w1, w3) is split by
-columns and the second (o, w2) by rows, so each block needs one all-reduce forward and one
-backward per sub-layer. fsdp splits the same matrices over ``data`` and lets XLA all-gather
-them where they are used. Under tp the data axis has size 1, so ``P(data)`` keeps the batch
-replicated.
+Which mesh axis splits which dimension of each parameter is data in ``scaling.sharding``
+(``RULES``, with the table of every kind per mode); which kind a parameter is comes from its
+role (``scaling.roles``). This module turns them into ``PartitionSpec``s and ``NamedSharding``s,
+builds the mesh, places batches, simulates CPU devices and joins ``jax.distributed``.
 """
 
 from __future__ import annotations
@@ -34,131 +15,50 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from scaling.config import MODES, ModelConfig
+from scaling import sharding
+from scaling.config import ModelConfig
+from scaling.roles import param_path, role_of, tensor_split_dims, under_param
+from scaling.sharding import DATA, TENSOR
 
-DATA, TENSOR = "data", "tensor"
-COLUMN = ("q", "k", "v", "w1", "w3")
-ROW = ("o", "w2")
-
-SPEC_TABLE: dict[str, dict[str, P]] = {
-    "none": {},
-    "dp": {},
-    "fsdp": {
-        "embed": P(DATA, None),
-        "pos_embed": P(None, DATA),
-        "column": P(None, DATA, None),
-        "row": P(None, DATA, None),
-        "head": P(DATA, None),
-    },
-    "tp": {
-        "embed": P(TENSOR, None),
-        "column": P(None, None, TENSOR),
-        "row": P(None, TENSOR, None),
-        "head": P(None, TENSOR),
-    },
-    "fsdp_tp": {
-        "embed": P(TENSOR, DATA),
-        "pos_embed": P(None, DATA),
-        "column": P(None, DATA, TENSOR),
-        "row": P(None, TENSOR, DATA),
-        "head": P(DATA, TENSOR),
-    },
-}
-BATCH_SPEC = P(DATA)
-
-
-def param_kind(path: tuple[str, ...]) -> str:
-    """Classify a parameter by its path, e.g. ('blocks', 'attn', 'q', 'weight') → 'column'."""
-    names = [str(p) for p in path]
-    if any("norm" in n for n in names):
-        return "norm"
-    if names[0] in ("embed", "pos_embed", "head"):
-        return names[0]
-    if len(names) >= 2 and names[-2] in COLUMN:
-        return "column"
-    if len(names) >= 2 and names[-2] in ROW:
-        return "row"
-    raise ValueError(f"no sharding rule for parameter {'/'.join(names)}")
+BATCH_SPEC = P(*sharding.BATCH_RULE)
 
 
 def param_spec(path: tuple[str, ...], mode: str) -> P:
-    return SPEC_TABLE[mode].get(param_kind(path), P())
-
-
-def key_names(key_path) -> tuple[str, ...]:
-    return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in key_path)
+    """The PartitionSpec of the parameter at ``path`` under ``mode``."""
+    return P(*sharding.rule(mode, role_of(path).kind))
 
 
 def state_specs(tree, mode: str):
     """PartitionSpecs for any tree whose leaves sit under parameter paths: the parameters and
     the optimizer moments (``mu['blocks']['attn']['q']['weight']`` follows its parameter).
     Leaves outside parameter paths (Adam's step count) are replicated."""
+    sharding.check_mode(mode)
 
     def spec(key_path, leaf) -> P:
-        names = key_names(key_path)
-        roots = [i for i, name in enumerate(names) if name in PARAM_ROOTS]
-        if not roots:
+        path = under_param(param_path(key_path))
+        if path is None:
             return P()
-        candidate = param_spec(names[roots[0] :], mode)
+        candidate = param_spec(path, mode)
         return candidate if len(candidate) <= np.ndim(leaf) else P()
 
     return jax.tree_util.tree_map_with_path(spec, tree)
 
 
-PARAM_ROOTS = ("embed", "pos_embed", "blocks", "final_norm", "head")
-
-
-def default_mesh_shape(mode: str, n_devices: int) -> tuple[int, int]:
-    """dp/fsdp ``(n, 1)``, tp ``(1, n)``, fsdp_tp ``(n/2, 2)``, none ``(1, 1)``."""
-    if mode == "none":
-        return (1, 1)
-    if mode in ("dp", "fsdp"):
-        return (n_devices, 1)
-    if mode == "tp":
-        return (1, n_devices)
-    return (max(n_devices // 2, 1), 2)
+default_mesh_shape = sharding.default_mesh_shape
 
 
 def validate(
     mode: str, mesh_shape: tuple[int, int], n_devices: int, cfg: ModelConfig, batch: int
 ) -> None:
     """Raise ``ValueError`` (one line, naming the value and what is valid) for a bad plan."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    data, tensor = mesh_shape
-    if mode == "none" and data * tensor != 1:
-        raise ValueError(f"mode none runs on one device; got mesh {data}x{tensor}, use 1x1")
-    if mode in ("dp", "fsdp") and tensor != 1:
-        raise ValueError(
-            f"mode {mode} needs tensor=1; got mesh {data}x{tensor}, use {data * tensor}x1"
-        )
-    if mode == "tp" and data != 1:
-        raise ValueError(f"mode tp needs data=1; got mesh {data}x{tensor}, use 1x{data * tensor}")
-    if mode == "fsdp_tp" and (data == 1 or tensor == 1):
-        raise ValueError(
-            f"mode fsdp_tp needs data>1 and tensor>1; got mesh {data}x{tensor} (e.g. use 4x2)"
-        )
-    needed = data * tensor
-    if mode != "none" and needed != n_devices:
-        raise ValueError(
-            f"mesh {data}x{tensor} needs {needed} devices but {n_devices} are available; "
-            f"choose D·T = {n_devices}"
-        )
-    for name, value in (
-        ("n_heads", cfg.n_heads),
-        ("n_kv_heads", cfg.kv_heads),
-        ("d_ff", cfg.d_ff),
-        ("vocab_size", cfg.vocab_size),
-    ):
-        if value % tensor:
-            raise ValueError(
-                f"{name}={value} of {cfg.name} is not divisible by tensor={tensor}; "
-                f"valid tensor sizes divide {value}"
-            )
-    if batch % data:
-        raise ValueError(
-            f"global batch {batch} is not divisible by data={data}; use a multiple of {data}"
-        )
+    sharding.validate_plan(
+        mode,
+        mesh_shape,
+        tensor_divides=tensor_split_dims(cfg),
+        batch=batch,
+        model_name=cfg.name,
+        n_devices=n_devices,
+    )
 
 
 def make_mesh(mesh_shape: tuple[int, int], devices=None) -> Mesh:

@@ -1,28 +1,45 @@
-"""The parquet record of sweeps: one schema, one writer, one reader. Never imports jax.
+"""The record of sweeps: one schema, its JSON codec, one atomic writer, one reader, and the
+run-identity keys that ``check`` and ``report --baseline`` both match on. Never imports jax.
 
 Layout of a sweep directory ``DIR``::
 
     DIR/runs/<run_id>.parquet    one row per run   (RunRecord)
     DIR/steps/<run_id>.parquet   one row per step  (StepRecord)
 
-Both are readable with ``pandas.read_parquet(DIR / "runs")``. Each file is written to a
-temporary name and renamed into place (atomic on POSIX), steps before the run row, so a run
-row exists only once its steps do, and a ``kill -9`` at any moment leaves no partial file.
+Both are readable with ``pandas.read_parquet(DIR / "runs")``. Every file the package writes
+(parquet, JSON, CSV, pages, figures, caches) goes through ``atomic_path``: a temporary name in
+the same directory, fsync, then a rename, so a ``kill -9`` at any moment leaves either the old
+file or the new one, never a partial one. Steps are written before the run row, so a run row
+exists only once its steps do.
+
+Schema versions: 2 renamed two ambiguous version-1 columns (``RENAMED_COLUMNS``) and added
+``tied``; ``load_runs`` reads version-1 files under the new names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import json
 import math
 import os
+import socket
+import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("ok", "oom", "diverged", "error", "timeout")
+# version 1 name → version 2 name
+RENAMED_COLUMNS = {
+    "warmup_steps": "timing_warmup_steps",
+    "xla_flops_per_step": "xla_flops_per_step_global",
+}
 
 
 @dataclass
@@ -33,7 +50,7 @@ class RunRecord:
     # identity and configuration
     run_id: str
     sweep: str
-    size: str
+    size: str  # the preset key (``scaling presets``), not the derived model name
     family: str
     mode: str
     mesh: str  # "DxT"
@@ -45,13 +62,14 @@ class RunRecord:
     dtype: str
     remat: str
     steps: int
-    warmup_steps: int  # timing warm-up: steps excluded from the timing statistics
+    timing_warmup_steps: int  # steps excluded from the timing statistics (not the LR warm-up)
     lr: float
     seed: int
     data: str
     d_model: int = 0
     n_layers: int = 0
     n_heads: int = 0
+    tied: bool | None = None  # tied input/output embeddings; None where unknown (version 1)
     settings_json: str = ""  # every setting of the run (sweep.run_id_of hashes these)
     # outcome
     status: str = "error"  # one of STATUSES
@@ -63,8 +81,8 @@ class RunRecord:
     step_time_s_min: float = math.nan
     step_time_s_max: float = math.nan
     tokens_per_s: float = math.nan
-    model_flops_per_step: float = math.nan  # analytic, attention convention below
-    hardware_flops_per_step: float = math.nan  # model FLOPs + remat recompute
+    model_flops_per_step: float = math.nan  # analytic, all devices, attention convention below
+    hardware_flops_per_step: float = math.nan  # model FLOPs + remat recompute, all devices
     attention_convention: str = ""
     mfu: float = math.nan  # model_flops_per_step / (median step · devices · peak)
     hfu: float = math.nan  # hardware_flops_per_step / (median step · devices · peak)
@@ -72,7 +90,7 @@ class RunRecord:
     peak_memory_source: str = ""  # "memory_stats" or "xla_memory_analysis"
     est_memory_bytes: float = math.nan  # analytic, per device
     est_comm_bytes: float = math.nan  # analytic, per device per step
-    xla_flops_per_step: float = math.nan  # XLA cost_analysis of the unrolled step, all devices
+    xla_flops_per_step_global: float = math.nan  # XLA cost_analysis, unrolled step, all devices
     xla_argument_bytes: float = math.nan  # XLA memory_analysis of the step, per device
     xla_output_bytes: float = math.nan
     xla_temp_bytes: float = math.nan
@@ -119,19 +137,175 @@ class RunOutcome:
 RUN_COLUMNS = [f.name for f in dataclasses.fields(RunRecord)]
 STEP_COLUMNS = [f.name for f in dataclasses.fields(StepRecord)]
 
+# ----------------------------------------------------------------------------- run identity
 
-def write_frame_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` to ``path`` through a temporary file and a rename."""
+# What makes two runs "the same configuration" for comparing them across records (``scaling
+# check`` and ``scaling report --baseline``): everything that changes what is computed per step,
+# never the run id, seed, step count or row order.
+CONFIG_KEYS = (
+    "size",
+    "family",
+    "d_model",
+    "n_layers",
+    "tied",
+    "mode",
+    "mesh",
+    "mup",
+    "batch",
+    "seq",
+    "dtype",
+    "remat",
+)
+
+
+def config_of(row) -> dict:
+    """The ``CONFIG_KEYS`` of one run row (a dict or a pandas row), normalised to Python
+    types. ``tied`` falls back to the run's ``settings_json`` (version-1 rows)."""
+    tied = row.get("tied")
+    if tied is None or (isinstance(tied, float) and math.isnan(tied)):
+        try:
+            tied = json.loads(row.get("settings_json") or "{}").get("tied")
+        except (json.JSONDecodeError, AttributeError):
+            tied = None
+    return {
+        "size": str(row["size"]),
+        "family": str(row.get("family") or "llama"),
+        "d_model": _int_or_zero(row.get("d_model")),
+        "n_layers": _int_or_zero(row.get("n_layers")),
+        "tied": None if tied is None else bool(tied),
+        "mode": str(row["mode"]),
+        "mesh": str(row.get("mesh") or ""),
+        "mup": bool(row["mup"]),
+        "batch": int(row["batch"]),
+        "seq": int(row["seq"]),
+        "dtype": str(row["dtype"]),
+        "remat": str(row["remat"]),
+    }
+
+
+def config_key(row) -> tuple:
+    config = config_of(row)
+    return tuple(config[k] for k in CONFIG_KEYS)
+
+
+def _int_or_zero(value) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0
+    return int(number) if math.isfinite(number) else 0
+
+
+# ----------------------------------------------------------------------------- the JSON codec
+
+
+def outcome_to_json(outcome: RunOutcome) -> dict:
+    return {
+        "record": dataclasses.asdict(outcome.record),
+        "steps": [dataclasses.asdict(s) for s in outcome.steps],
+    }
+
+
+def outcome_from_json(data: dict) -> RunOutcome:
+    record = {RENAMED_COLUMNS.get(k, k): v for k, v in data["record"].items()}
+    return RunOutcome(RunRecord(**record), [StepRecord(**s) for s in data["steps"]])
+
+
+def git_sha() -> str:
+    """The short commit of the checkout the package runs from ('' outside git)."""
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def base_record(settings: dict, run_id: str) -> RunRecord:
+    """The identity and configuration columns of one sweep run, before it runs (a run that
+    fails before measuring anything is recorded with these)."""
+    from scaling.spec import run_config_from_settings
+
+    try:
+        model = run_config_from_settings(settings).model
+        dims = {
+            "d_model": model.d_model,
+            "n_layers": model.n_layers,
+            "n_heads": model.n_heads,
+            "tied": model.tied_embeddings,
+        }
+    except ValueError:
+        dims = {}
+    return RunRecord(
+        run_id=run_id,
+        sweep=str(settings["sweep"]),
+        size=settings["size"],
+        family=settings["family"],
+        mode=settings["mode"],
+        mesh=str(settings["mesh"] or ""),
+        n_devices=0,
+        n_processes=1,
+        mup=bool(settings["mup"]),
+        batch=int(settings["batch"]),
+        seq=int(settings["seq"]),
+        dtype=settings["dtype"],
+        remat=settings["remat"],
+        steps=int(settings["steps"]),
+        timing_warmup_steps=int(settings["timing_warmup_steps"]),
+        lr=float(settings["lr"]),
+        seed=int(settings["seed"]),
+        data=str(settings["data"]),
+        git_sha=git_sha(),
+        hostname=socket.gethostname(),
+        started_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        settings_json=json.dumps(settings, sort_keys=True),
+        **dims,
+    )
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds, fsync it and rename it
+    onto ``path`` (atomic on POSIX). On any error the temporary file is removed and ``path``
+    is left as it was. Creates the parent directory."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    frame.to_parquet(tmp, index=False)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_frame_atomic(frame: pd.DataFrame, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_json_atomic(obj, path: str | Path, *, indent: int | None = None) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, default=float, indent=indent, sort_keys=indent is not None))
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_outcome(out_dir: str | Path, outcome: RunOutcome) -> None:
-    """The one writer: steps first, then the run row (its presence marks the run done)."""
+    """The one writer of run records: steps first, then the run row (its presence marks the
+    run done)."""
     out_dir = Path(out_dir)
     run_id = outcome.record.run_id
     steps = pd.DataFrame([dataclasses.asdict(s) for s in outcome.steps], columns=STEP_COLUMNS)
@@ -140,11 +314,19 @@ def write_outcome(out_dir: str | Path, outcome: RunOutcome) -> None:
     write_frame_atomic(run, out_dir / "runs" / f"{run_id}.parquet")
 
 
+# ----------------------------------------------------------------------------- reading
+
+
 def recorded_status(out_dir: str | Path, run_id: str) -> str | None:
     path = Path(out_dir) / "runs" / f"{run_id}.parquet"
     if not path.is_file():
         return None
     return str(pd.read_parquet(path, columns=["status"])["status"].iloc[0])
+
+
+def upgrade_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Version-1 run rows under version-2 column names (a no-op for version 2)."""
+    return runs.rename(columns={k: v for k, v in RENAMED_COLUMNS.items() if k in runs.columns})
 
 
 def _load(folder: Path, columns: list[str]) -> pd.DataFrame:
@@ -161,11 +343,17 @@ def load_runs(*dirs: str | Path) -> pd.DataFrame:
         d = Path(d)
         if not (d / "runs").is_dir():
             raise ValueError(f"{str(d)!r} holds no sweep record (expected {str(d / 'runs')!r})")
-        frames.append(_load(d / "runs", RUN_COLUMNS))
+        frames.append(upgrade_runs(_load(d / "runs", RUN_COLUMNS)))
     runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RUN_COLUMNS)
     if runs.empty:
         raise ValueError(f"no runs recorded in {', '.join(map(str, dirs))}")
     return runs
+
+
+def load_steps(*dirs: str | Path) -> pd.DataFrame:
+    frames = [_load(Path(d) / "steps", STEP_COLUMNS) for d in dirs]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=STEP_COLUMNS)
 
 
 COORD_CHECK_FILE = "coord_check.parquet"  # columns: mup, width, step, site, rms
@@ -175,9 +363,3 @@ def write_coord_check(out_dir: str | Path, rows: list[dict]) -> Path:
     path = Path(out_dir) / COORD_CHECK_FILE
     write_frame_atomic(pd.DataFrame(rows, columns=["mup", "width", "step", "site", "rms"]), path)
     return path
-
-
-def load_steps(*dirs: str | Path) -> pd.DataFrame:
-    frames = [_load(Path(d) / "steps", STEP_COLUMNS) for d in dirs]
-    frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=STEP_COLUMNS)

@@ -31,7 +31,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from scaling import records
-from scaling.config import MODES, PRESETS
+from scaling.config import MODES
+from scaling.presets import PRESETS
 
 FORMATS = ("html", "md")
 COORD_CHECK_FILE = "coord_check.parquet"  # columns: mup, width, step, site, rms

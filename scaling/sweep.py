@@ -27,10 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaling.config import SweepSpec
 from scaling.launch import free_port
-from scaling.records import RunOutcome, recorded_status, write_outcome
-from scaling.worker import base_record, outcome_from_json
+from scaling.records import (
+    RunOutcome,
+    RunRecord,
+    base_record,
+    outcome_from_json,
+    recorded_status,
+    write_outcome,
+)
+from scaling.spec import SweepSpec
 
 NOT_CONFIG = ("sweep", "timeout_s")  # settings that do not change what a run computes
 
@@ -233,3 +239,11 @@ def run_sweep(
         if on_run_end is not None:
             on_run_end(run, outcome)
     return planned
+
+
+def remeasure(settings_json: str) -> RunRecord:
+    """Run one recorded configuration again in a subprocess (what ``scaling check`` uses to
+    re-measure a regressed run); the record is returned, not written."""
+    settings = json.loads(settings_json)
+    run = PlannedRun(index=0, run_id=run_id_of(settings), settings=settings, skip=False)
+    return execute_run(run).record

@@ -8,7 +8,6 @@ This module returns results and never prints.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +24,10 @@ from scaling import parallel
 from scaling.config import RunConfig
 from scaling.data import batch_dataset, entropy_floor
 from scaling.estimate import param_counts
+from scaling.measure import MatmulProbe, StepClock, median_s, memory_figures
 from scaling.model import build_model
 from scaling.mup import lr_multipliers
+from scaling.roles import param_path, role_of
 
 
 def cross_entropy(logits: Float[Array, "b t v"], targets: Int[Array, "b t"]) -> Float[Array, ""]:
@@ -51,15 +52,16 @@ def make_schedule(run: RunConfig) -> optax.Schedule:
         step,
         max_lr=run.lr,
         min_lr=run.lr * run.min_lr_ratio,
-        warmup=run.warmup_steps,
+        warmup=run.lr_warmup_steps,
         total=max(run.steps, 1),
     )
 
 
 def decay_mask(params) -> Any:
-    """Weight decay on matrices and embeddings, not on norm gains or biases."""
+    """Weight decay where the parameter's role takes it (``Role.decayed``: matrices and
+    embeddings, not norm gains or biases)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: not any("norm" in str(k) or "bias" in str(k) for k in path), params
+        lambda path, _: role_of(param_path(path)).decayed, params
     )
 
 
@@ -105,12 +107,14 @@ def make_train_step(run: RunConfig, graphdef, tx: optax.GradientTransformation) 
 
     def loss_of(params, tokens: Int[Array, "b t1"]) -> Float[Array, ""]:
         logits = nnx.merge(graphdef, params)(tokens[:, :-1])
-        return cross_entropy(logits, tokens[:, 1:])
+        with jax.named_scope("loss"):
+            return cross_entropy(logits, tokens[:, 1:])
 
     def train_step(state: TrainState, tokens: Int[Array, "b t1"]):
         loss, grads = jax.value_and_grad(loss_of)(state.params, tokens)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        with jax.named_scope("optimizer"):
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
@@ -178,7 +182,7 @@ def plan(run: RunConfig, devices=None) -> Plan:
 class RunResult:
     """What one training run measured. Times in seconds, losses in nats/token."""
 
-    size: str
+    model_name: str  # ModelConfig.name, e.g. "tiny@256" (the preset key is the caller's)
     mode: str
     mesh: tuple[int, int]
     n_devices: int
@@ -200,12 +204,12 @@ class RunResult:
 
     @property
     def timed_step_times_s(self) -> list[float]:
+        """The measured steps (after the timing warm-up); all steps when the run was shorter."""
         return self.step_times_s[self.timing_warmup_steps :] or self.step_times_s
 
     @property
     def step_time_s_median(self) -> float:
-        times = self.timed_step_times_s
-        return statistics.median(times) if times else float("nan")
+        return median_s(self.timed_step_times_s)
 
     @property
     def tokens_per_s(self) -> float:
@@ -217,7 +221,7 @@ class RunResult:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "size": self.size,
+            "model": self.model_name,
             "mode": self.mode,
             "mesh": f"{self.mesh[0]}x{self.mesh[1]}",
             "n_devices": self.n_devices,
@@ -242,41 +246,23 @@ class RunResult:
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
-def xla_figures(compiled) -> dict[str, float]:
-    """XLA's own per-device figures for a compiled step (FLOPs: a scanned body counts once)."""
-    out: dict[str, float] = {}
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    if cost and cost.get("flops", -1) >= 0:
-        out["flops"] = float(cost["flops"])
-    memory = compiled.memory_analysis()
-    if memory is not None:
-        for name in ("argument", "output", "temp", "alias"):
-            out[f"{name}_bytes"] = float(getattr(memory, f"{name}_size_in_bytes", 0))
-    return out
-
-
 def run(
-    run_cfg: RunConfig, on_step: StepCallback | None = None, profile_dir: str | None = None
+    run_cfg: RunConfig,
+    on_step: StepCallback | None = None,
+    profile_dir: str | None = None,
+    probe: MatmulProbe | None = None,
 ) -> RunResult:
     """Train ``run_cfg.model`` for ``run_cfg.steps`` steps and measure it.
 
-    Compilation is timed separately (``compile_s``); each step is timed to completion
-    (``jax.block_until_ready``). A non-finite loss stops the run (``diverged``). With
-    ``profile_dir`` the steps after the timing warm-up are traced with ``jax.profiler``.
+    Compilation is timed separately (``compile_s``); the steps run through a
+    ``measure.StepClock`` (burn-in, then measured steps, each timed to completion; the CPU
+    ``probe`` sampled between measured steps; ``profile_dir`` traces the measured steps). A
+    non-finite loss stops the run (``diverged``).
     """
     from scaling import checkpoint  # orbax is slow to import; only runs need it
 
     p = plan(run_cfg)
-    data = batch_dataset(
-        run_cfg.data,
-        vocab_size=run_cfg.model.vocab_size,
-        batch=run_cfg.batch,
-        seq=run_cfg.seq,
-        seed=run_cfg.seed,
-        rows=parallel.local_rows(p.batch_sharding, p.batch_shape),
-    )
-    iterator = iter(data.to_iter_dataset())
+    iterator = iter(_dataset(run_cfg, p).to_iter_dataset())
     manager = checkpoint.manager(run_cfg) if run_cfg.checkpoint_dir else None
     with jax.set_mesh(p.mesh):
         if manager is not None and run_cfg.resume and manager.latest_step() is not None:
@@ -287,53 +273,73 @@ def run(
         start = int(state.step)
         t0 = time.perf_counter()
         compiled = p.step.lower(*p.abstract_inputs()).compile()
-        compile_s = time.perf_counter() - t0
-        result = RunResult(
-            size=run_cfg.model.name,
-            mode=run_cfg.mode,
-            mesh=p.mesh_shape,
-            n_devices=p.mesh.size,
-            n_processes=jax.process_count(),
-            n_params=param_counts(run_cfg.model).total,
-            steps=run_cfg.steps,
-            start_step=start,
-            tokens_per_step=run_cfg.tokens_per_step,
-            compile_s=compile_s,
-            timing_warmup_steps=run_cfg.timing_warmup_steps,
-            entropy_floor_nats=entropy_floor(run_cfg.data, run_cfg.model.vocab_size, run_cfg.seed),
-            device_kind=jax.devices()[0].device_kind,
-            xla=xla_figures(compiled),
+        result = _new_result(run_cfg, p, start, time.perf_counter() - t0, compiled)
+        clock = StepClock(
+            run_cfg.timing_warmup_steps,
+            max(run_cfg.steps - start - run_cfg.timing_warmup_steps, 0),
+            probe=probe,
+            profile_dir=profile_dir,
         )
-        profiling = False
         for step in range(start, run_cfg.steps):
-            if profile_dir and not profiling and step - start >= run_cfg.timing_warmup_steps:
-                jax.profiler.start_trace(profile_dir)
-                profiling = True
             tokens = parallel.place_batch(
                 np.asarray(next(iterator)), p.batch_sharding, p.batch_shape
             )
-            t = time.perf_counter()
-            state, metrics = compiled(state, tokens)
-            jax.block_until_ready((state, metrics))
-            result.step_times_s.append(time.perf_counter() - t)
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            metrics["step_time_s"] = result.step_times_s[-1]
-            result.losses.append(metrics["loss"])
-            result.grad_norms.append(metrics["grad_norm"])
-            result.lrs.append(metrics["lr"])
+            state, metrics = clock.time(compiled, state, tokens)
+            metrics = _record_step(result, metrics, clock.step_times_s[-1])
             if on_step is not None:
                 on_step(step, metrics)
+            clock.after_step()
             if not math.isfinite(metrics["loss"]):
                 result.diverged = True
                 break
-            done = step + 1
-            if manager is not None and (
-                done == run_cfg.steps
-                or (run_cfg.checkpoint_every and done % run_cfg.checkpoint_every == 0)
-            ):
-                checkpoint.save(manager, done, state, iterator.get_state(), run_cfg)
-        if profiling:
-            jax.profiler.stop_trace()
+            if manager is not None and _checkpoint_due(run_cfg, step + 1):
+                checkpoint.save(manager, step + 1, state, iterator.get_state(), run_cfg)
+        clock.finish()
         if manager is not None:
             manager.wait_until_finished()
+    result.step_times_s = clock.step_times_s
     return result
+
+
+def _dataset(run_cfg: RunConfig, p: Plan):
+    return batch_dataset(
+        run_cfg.data,
+        vocab_size=run_cfg.model.vocab_size,
+        batch=run_cfg.batch,
+        seq=run_cfg.seq,
+        seed=run_cfg.seed,
+        rows=parallel.local_rows(p.batch_sharding, p.batch_shape),
+    )
+
+
+def _new_result(run_cfg: RunConfig, p: Plan, start: int, compile_s: float, compiled) -> RunResult:
+    return RunResult(
+        model_name=run_cfg.model.name,
+        mode=run_cfg.mode,
+        mesh=p.mesh_shape,
+        n_devices=p.mesh.size,
+        n_processes=jax.process_count(),
+        n_params=param_counts(run_cfg.model).total,
+        steps=run_cfg.steps,
+        start_step=start,
+        tokens_per_step=run_cfg.tokens_per_step,
+        compile_s=compile_s,
+        timing_warmup_steps=run_cfg.timing_warmup_steps,
+        entropy_floor_nats=entropy_floor(run_cfg.data, run_cfg.model.vocab_size, run_cfg.seed),
+        device_kind=jax.local_devices()[0].device_kind,
+        xla=memory_figures(compiled),
+    )
+
+
+def _record_step(result: RunResult, metrics: dict, step_time_s: float) -> dict[str, float]:
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    metrics["step_time_s"] = step_time_s
+    result.losses.append(metrics["loss"])
+    result.grad_norms.append(metrics["grad_norm"])
+    result.lrs.append(metrics["lr"])
+    return metrics
+
+
+def _checkpoint_due(run_cfg: RunConfig, done: int) -> bool:
+    every = run_cfg.checkpoint_every
+    return done == run_cfg.steps or bool(every and done % every == 0)

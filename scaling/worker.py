@@ -8,21 +8,21 @@ into the record's ``status`` (oom, diverged, error) rather than lost.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import json
 import math
-import os
-import socket
-import subprocess
 import sys
 import time
 import traceback
-from pathlib import Path
 
-from scaling.records import RunOutcome, RunRecord, StepRecord
+from scaling.records import (
+    RunOutcome,
+    RunRecord,
+    StepRecord,
+    base_record,
+    outcome_to_json,
+    write_json_atomic,
+)
 
-PROBE_SAMPLES = 8  # CPU peak probes per run, spread over the timed steps (~0.2 s each)
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
 
 
@@ -44,55 +44,6 @@ def default_devices(settings: dict) -> int:
     return 1 if settings["mode"] == "none" else CPU_DEFAULT_DEVICES
 
 
-def git_sha() -> str:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def base_record(settings: dict, run_id: str) -> RunRecord:
-    from scaling.config import run_config_from_settings
-
-    try:
-        model = run_config_from_settings(settings).model
-        dims = {"d_model": model.d_model, "n_layers": model.n_layers, "n_heads": model.n_heads}
-    except ValueError:
-        dims = {}
-    return RunRecord(
-        run_id=run_id,
-        sweep=str(settings["sweep"]),
-        size=settings["size"],
-        family=settings["family"],
-        mode=settings["mode"],
-        mesh=str(settings["mesh"] or ""),
-        n_devices=0,
-        n_processes=1,
-        mup=bool(settings["mup"]),
-        batch=int(settings["batch"]),
-        seq=int(settings["seq"]),
-        dtype=settings["dtype"],
-        remat=settings["remat"],
-        steps=int(settings["steps"]),
-        warmup_steps=int(settings["warmup_steps"]),
-        lr=float(settings["lr"]),
-        seed=int(settings["seed"]),
-        data=str(settings["data"]),
-        git_sha=git_sha(),
-        hostname=socket.gethostname(),
-        started_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        settings_json=json.dumps(settings, sort_keys=True),
-        **dims,
-    )
-
-
 def classify(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, MemoryError) or any(m in text for m in OOM_MARKERS):
@@ -105,37 +56,17 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
     import flax
     import jax
 
-    from scaling import estimate, hardware, measure, train
-    from scaling.config import run_config_from_settings
+    from scaling import estimate, measure, train
+    from scaling.spec import run_config_from_settings
 
     run_cfg = run_config_from_settings(settings)
     device = jax.local_devices()[0]
     record.device_kind, record.platform = device.device_kind, device.platform
     record.jax_version, record.flax_version = jax.__version__, flax.__version__
     record.n_processes = jax.process_count()
-    profile = hardware.match_device_kind(device.device_kind)
-    probe = None
-    if profile is None:  # CPU: the peak is a matmul probe sampled next to every timed step
-        probe = measure.MatmulProbe()
-        for _ in range(3):
-            probe.sample()
-    timed_from = run_cfg.timing_warmup_steps
-    every = max(1, (run_cfg.steps - timed_from) // PROBE_SAMPLES)
-
-    def on_step(step: int, metrics: dict) -> None:
-        print(json.dumps({"step": step, **metrics}), flush=True)
-        if probe is not None and step >= timed_from and (step - timed_from) % every == 0:
-            probe.sample()  # outside the step's timed window
-
-    result = train.run(run_cfg, on_step=on_step, profile_dir=profile_dir)
-    if probe is not None:
-        profile = hardware.cpu_profile(probe.median, hardware.host_memory_bytes())
-        record.peak_source = (
-            f"cpu matmul probe (2048² f32) sampled after each timed step, same process: median "
-            f"{probe.median / 1e9:.1f} GFLOP/s of {len(probe.samples)}, shared by the devices"
-        )
-    else:
-        record.peak_source = f"{profile.name}: {profile.source}"
+    probe = measure.MatmulProbe() if measure.needs_probe(device) else None
+    result = train.run(run_cfg, on_step=_print_step, profile_dir=profile_dir, probe=probe)
+    profile, record.peak_source = measure.device_peak(device, probe)
     n = result.n_devices
     record.n_devices, record.mesh = n, f"{result.mesh[0]}x{result.mesh[1]}"
     est = estimate.estimate(
@@ -146,44 +77,9 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
         seq=run_cfg.seq,
         hardware=profile,
     )
-    record.peak_flops_per_device = est.peak_flops_per_device
-    record.n_params = result.n_params
-    record.compile_s = result.compile_s
-    timed = result.timed_step_times_s
-    record.step_time_s_median = result.step_time_s_median
-    record.step_time_s_min, record.step_time_s_max = min(timed), max(timed)
-    record.tokens_per_s = result.tokens_per_s
-    record.model_flops_per_step = est.flops.model_per_step
-    record.hardware_flops_per_step = est.flops.hardware_per_step
-    record.attention_convention = est.flops.attention_convention
-    denominator = result.step_time_s_median * n * est.peak_flops_per_device
-    record.mfu = record.model_flops_per_step / denominator
-    record.hfu = record.hardware_flops_per_step / denominator
-    record.est_memory_bytes = est.memory.total
-    record.est_comm_bytes = est.comm.total
-    record.predicted_step_s = est.predicted_step_s
-    record.predicted_step_s_upper = est.predicted_step_s_upper
-    record.predicted_mfu = est.predicted_mfu
-    xla = result.xla
-    for name in ("argument", "output", "temp", "alias"):
-        setattr(record, f"xla_{name}_bytes", xla.get(f"{name}_bytes", math.nan))
-    record.xla_flops_per_step = xla_global_flops(run_cfg)
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and "peak_bytes_in_use" in stats:
-        record.peak_memory_bytes = float(stats["peak_bytes_in_use"])
-        record.peak_memory_source = "memory_stats"
-    elif xla:
-        record.peak_memory_bytes = (
-            xla.get("argument_bytes", 0)
-            + xla.get("output_bytes", 0)
-            + xla.get("temp_bytes", 0)
-            - xla.get("alias_bytes", 0)
-        )
-        record.peak_memory_source = "xla_memory_analysis"
-    record.final_loss = result.final_loss
-    record.entropy_floor_nats = (
-        math.nan if result.entropy_floor_nats is None else result.entropy_floor_nats
-    )
+    _fill_measured(record, result, device)
+    _fill_predicted(record, est, result, n)
+    record.xla_flops_per_step_global = xla_global_flops(run_cfg)
     record.status = "diverged" if result.diverged else "ok"
     if result.diverged:
         record.error = f"non-finite loss at step {result.start_step + len(result.losses) - 1}"
@@ -196,10 +92,49 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
     return RunOutcome(record, steps)
 
 
+def _print_step(step: int, metrics: dict) -> None:
+    print(json.dumps({"step": step, **metrics}), flush=True)
+
+
+def _fill_measured(record: RunRecord, result, device) -> None:
+    from scaling import measure
+
+    record.n_params = result.n_params
+    record.compile_s = result.compile_s
+    timed = result.timed_step_times_s
+    record.step_time_s_median = result.step_time_s_median
+    record.step_time_s_min, record.step_time_s_max = min(timed), max(timed)
+    record.tokens_per_s = result.tokens_per_s
+    for name in ("argument", "output", "temp", "alias"):
+        setattr(record, f"xla_{name}_bytes", result.xla.get(f"{name}_bytes", math.nan))
+    record.peak_memory_bytes, record.peak_memory_source = measure.peak_memory(device, result.xla)
+    record.final_loss = result.final_loss
+    record.entropy_floor_nats = (
+        math.nan if result.entropy_floor_nats is None else result.entropy_floor_nats
+    )
+
+
+def _fill_predicted(record: RunRecord, est, result, n: int) -> None:
+    from scaling import measure
+
+    record.peak_flops_per_device = est.peak_flops_per_device
+    record.model_flops_per_step = est.flops.model_per_step
+    record.hardware_flops_per_step = est.flops.hardware_per_step
+    record.attention_convention = est.flops.attention_convention
+    step_s, peak = result.step_time_s_median, est.peak_flops_per_device
+    record.mfu = measure.utilisation(record.model_flops_per_step, step_s, n, peak)
+    record.hfu = measure.utilisation(record.hardware_flops_per_step, step_s, n, peak)
+    record.est_memory_bytes = est.memory.total
+    record.est_comm_bytes = est.comm.total
+    record.predicted_step_s = est.predicted_step_s
+    record.predicted_step_s_upper = est.predicted_step_s_upper
+    record.predicted_mfu = est.predicted_mfu
+
+
 def xla_global_flops(run_cfg) -> float:
     """XLA's FLOP count of the whole step (all devices), from an unrolled lowering: a scanned
-    layer body would be counted once (scaling.xla_check). NaN where XLA reports none."""
-    from scaling.xla_check import xla_cross_check
+    layer body would be counted once (scaling.estimate.xla_check). NaN where XLA reports none."""
+    from scaling.estimate.xla_check import xla_cross_check
 
     try:
         check = xla_cross_check(run_cfg, memory=False, per_device_flops=False)
@@ -208,24 +143,6 @@ def xla_global_flops(run_cfg) -> float:
         return math.nan
     value = check.get("xla_flops_global_per_step")
     return math.nan if value is None else float(value)
-
-
-def outcome_to_json(outcome: RunOutcome) -> dict:
-    return {
-        "record": dataclasses.asdict(outcome.record),
-        "steps": [dataclasses.asdict(s) for s in outcome.steps],
-    }
-
-
-def outcome_from_json(data: dict) -> RunOutcome:
-    return RunOutcome(RunRecord(**data["record"]), [StepRecord(**s) for s in data["steps"]])
-
-
-def write_json_atomic(obj: dict, path: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, default=float)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:

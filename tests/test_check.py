@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from scaling import check
 from scaling.cli.main import app
-from scaling.config import SweepSpec, load_sweep_spec
 from scaling.records import RUN_COLUMNS, RunOutcome, RunRecord, load_runs, write_outcome
+from scaling.spec import SweepSpec, load_sweep_spec
 
 runner = CliRunner()
 MODES = {"none": "1x1", "dp": "4x1", "fsdp": "4x1", "tp": "1x4", "fsdp_tp": "2x2"}
@@ -44,7 +44,7 @@ def _record(
         dtype="float32",
         remat="none",
         steps=8,
-        warmup_steps=2,
+        timing_warmup_steps=2,
         lr=3e-3,
         seed=0,
         data="synthetic",
@@ -342,7 +342,7 @@ def test_a_deliberately_slowed_train_step_is_caught(tmp_path, monkeypatch):
     spec = SweepSpec(
         "slow",
         {"size": ["tiny"], "mode": ["none"]},
-        {"steps": 6, "warmup_steps": 2, "batch": 8, "seq": 64},
+        {"steps": 6, "timing_warmup_steps": 2, "batch": 8, "seq": 64},
     )
     run_sweep(spec, tmp_path / "base")
     build = tmp_path / "slow_build"

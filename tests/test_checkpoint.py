@@ -1,12 +1,12 @@
 import shutil
 from pathlib import Path
 
-from scaling.config import build_run
+from scaling.presets import build_run
 from scaling.train import run
 
 
 def test_resume_continues_the_identical_loss_trajectory(tmp_path):
-    common = {"steps": 10, "batch": 4, "seq": 32, "warmup_steps": 3, "lr": 1e-2}
+    common = {"steps": 10, "batch": 4, "seq": 32, "lr_warmup_steps": 3, "lr": 1e-2}
     straight = run(build_run("tiny", **common)).losses
     ckpt = tmp_path / "ckpt"
     saved = run(build_run("tiny", checkpoint_dir=str(ckpt), checkpoint_every=4, **common))

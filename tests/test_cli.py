@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from scaling.cli.main import app
-from scaling.config import PRESETS
+from scaling.presets import PRESETS
 
 runner = CliRunner()
 

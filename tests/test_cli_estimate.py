@@ -66,7 +66,7 @@ def test_json_keys_and_values():
         assert row["mesh"] == [4, 2] and row["n_devices"] == 8 and row["seq"] == 2048
         assert row["peak_flops_per_device"] == 989e12  # bf16 on h100
         assert row["comm_bytes_per_device_per_step"] > 0 and row["fits"] is True
-        assert "xla_flops_per_step" not in row  # only with --compile
+        assert "xla_flops_per_step_per_device" not in row  # only with --compile
     assert rows[0]["n_params"] < rows[1]["n_params"]
 
 
@@ -96,7 +96,7 @@ def test_compile_adds_xla_counts_on_tiny():
     row = rows[0]
     assert row["xla_flops_method"] == "unrolled lowering"
     assert set(row["xla_memory"]) == {"argument", "output", "temp", "alias"}
-    for key in ("xla_flops_per_step", "xla_flops_ratio", "xla_memory_ratio"):
+    for key in ("xla_flops_per_step_per_device", "xla_flops_ratio", "xla_memory_ratio"):
         assert row[key] > 0, key
     assert row["xla_flops_ratio"] == pytest.approx(1.0, abs=0.02)
     console = Console(width=200, record=True)

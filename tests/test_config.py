@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from scaling.config import PRESETS, RunConfig, build_run, get_preset, parse_mesh
+from scaling.config import RunConfig, parse_mesh
+from scaling.presets import PRESETS, build_run, get_preset
 
 
 def test_presets_are_frozen_and_named_by_key():

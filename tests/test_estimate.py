@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scaling.config import PRESETS, ModelConfig, with_family
+from scaling.config import ModelConfig
 from scaling.estimate import (
     CONVENTION_CAUSAL,
     CONVENTION_FULL,
@@ -24,7 +24,7 @@ from scaling.estimate import (
     memory_per_device,
     param_counts,
 )
-from scaling.hardware import (
+from scaling.estimate.hardware import (
     HARDWARE,
     cached_cpu_peak,
     cpu_profile,
@@ -32,7 +32,8 @@ from scaling.hardware import (
     match_device_kind,
     store_cpu_peak,
 )
-from scaling.hf_config import model_config_from_hf
+from scaling.estimate.hf_config import model_config_from_hf
+from scaling.presets import PRESETS, with_family
 
 DATA = Path(__file__).parent / "data"
 
@@ -323,7 +324,7 @@ def test_comm_by_mode():
 def test_roofline_bounds_and_mfu():
     h100 = get_hardware("h100")
     cfg = dataclasses.replace(PRESETS["350m"], dtype="bfloat16")
-    for mode, mesh in (("none", None), ("dp", (8, 1)), ("fsdp", (8, 1)), ("tp", (2, 4))):
+    for mode, mesh in (("none", None), ("dp", (8, 1)), ("fsdp", (8, 1)), ("fsdp_tp", (2, 4))):
         est = estimate(cfg, mode=mode, mesh=mesh, batch=16, seq=1024, hardware=h100)
         assert est.predicted_step_s <= est.predicted_step_s_upper
         assert est.predicted_step_s == max(est.compute_s, est.comm_s)
@@ -337,6 +338,23 @@ def test_roofline_bounds_and_mfu():
         cfg, mode="none", mesh=None, batch=16, seq=1024, hardware=h100, causal_halving=True
     )
     assert halved.predicted_mfu < 1 and halved.predicted_step_s == one.predicted_step_s
+
+
+@pytest.mark.parametrize(
+    ("mode", "mesh", "seq", "message"),
+    [
+        ("tp", (1, 7), 128, "n_heads=12 of 125m is not divisible by tensor=7"),
+        ("dp", (3, 3), 128, "mode dp needs tensor=1"),
+        ("tp", (2, 4), 128, "mode tp needs data=1"),
+        ("fsdp", (4, 1), 0, "seq=0 is out of range"),
+        ("fsdp", (3, 1), 128, "global batch 8 is not divisible by data=3"),
+    ],
+)
+def test_estimate_refuses_what_a_run_refuses(mode, mesh, seq, message):
+    with pytest.raises(ValueError, match=message):
+        estimate(
+            PRESETS["125m"], mode=mode, mesh=mesh, batch=8, seq=seq, hardware=get_hardware("h100")
+        )
 
 
 def test_cpu_devices_share_the_host(tmp_path):
@@ -413,7 +431,7 @@ def test_match_device_kind(kind, name):
 
 def test_pure_modules_do_not_import_jax():
     code = (
-        "import sys, scaling.estimate, scaling.hardware, scaling.hf_config; "
+        "import sys, scaling.estimate, scaling.estimate.hardware, scaling.estimate.hf_config; "
         "assert 'jax' not in sys.modules, 'jax imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

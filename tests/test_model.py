@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from scaling.config import PRESETS, ModelConfig, with_family
+from scaling.config import ModelConfig
 from scaling.estimate import param_counts
 from scaling.model import (
     CausalSelfAttention,
@@ -36,6 +36,7 @@ from scaling.model import (
     silu,
     softmax,
 )
+from scaling.presets import PRESETS, with_family
 
 RTOL, ATOL = 1e-5, 1e-6  # float32 vs float64 reference
 

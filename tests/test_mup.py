@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from flax import nnx
 
-from scaling.config import build_run, get_preset, with_width
 from scaling.model import build_model
-from scaling.mup import coord_check, lr_multipliers
+from scaling.coord_check import coord_check
+from scaling.mup import lr_multipliers
+from scaling.presets import build_run, get_preset, with_width
 from scaling.train import decay_mask, make_optimizer
 
 TRUNCATED_STD = 0.98658  # std of a standard normal cut at ±3σ
@@ -83,7 +84,7 @@ def test_optax_chain_with_multipliers_equals_hand_written_per_group_adamw():
         width=512,
         mup=True,
         lr=1e-2,
-        warmup_steps=2,
+        lr_warmup_steps=2,
         steps=10,
         weight_decay=0.1,
         grad_clip=0.7,

@@ -45,7 +45,7 @@ def _run(run_id: str, size: str, mode: str, **kw) -> records.RunRecord:
         dtype="float32",
         remat="none",
         steps=steps,
-        warmup_steps=1,
+        timing_warmup_steps=1,
         lr=3e-3,
         seed=0,
         data="synthetic",

@@ -5,14 +5,15 @@ import shutil
 import numpy as np
 import pytest
 
-from scaling.config import MODES, build_run
+from scaling.config import MODES
+from scaling.presets import build_run
 from scaling.train import run
 
 pytestmark = pytest.mark.slow
 
 
 def test_long_run_gets_close_to_the_entropy_floor():
-    result = run(build_run("tiny", steps=400, batch=8, seq=128, lr=1e-2, warmup_steps=20))
+    result = run(build_run("tiny", steps=400, batch=8, seq=128, lr=1e-2, lr_warmup_steps=20))
     losses = np.array(result.losses)
     floor = result.entropy_floor_nats
     assert losses[-20:].mean() - floor < 0.15, (losses[-20:].mean(), floor)
@@ -22,7 +23,7 @@ def test_long_run_gets_close_to_the_entropy_floor():
 def test_sharded_checkpoint_resume_is_exact(tmp_path):
     """fsdp_tp on 8 devices: restore lands each array in its shards and the losses continue
     exactly."""
-    common = {"mode": "fsdp_tp", "steps": 6, "batch": 8, "seq": 64, "warmup_steps": 2}
+    common = {"mode": "fsdp_tp", "steps": 6, "batch": 8, "seq": 64, "lr_warmup_steps": 2}
     straight = run(build_run("10m", **common)).losses
     ckpt = tmp_path / "ckpt"
     run(build_run("10m", checkpoint_dir=str(ckpt), checkpoint_every=3, **common))

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from scaling.config import build_run
+from scaling.presets import build_run
 from scaling.train import cosine_lr, cross_entropy, decay_mask, make_optimizer, run
 
 
@@ -35,7 +35,7 @@ def test_cosine_schedule_hand_values():
 
 
 def test_optimizer_equals_clipped_optax_adamw_under_sp():
-    run = build_run("tiny", lr=1e-2, warmup_steps=2, steps=10, weight_decay=0.1, grad_clip=0.5)
+    run = build_run("tiny", lr=1e-2, lr_warmup_steps=2, steps=10, weight_decay=0.1, grad_clip=0.5)
     params = {
         "blocks": {
             "attn": {"q": {"weight": jnp.ones((2, 3, 4))}},

@@ -13,10 +13,10 @@ import functools
 import jax
 import pytest
 
-from scaling.config import build_run
 from scaling.estimate import elementwise_flops, flop_counts
+from scaling.estimate.xla_check import METHOD_COMPILE, METHOD_LOWERING, unrolled, xla_cross_check
+from scaling.presets import build_run
 from scaling.train import plan
-from scaling.xla_check import METHOD_COMPILE, METHOD_LOWERING, unrolled, xla_cross_check
 
 FLOPS_TOLERANCE = 0.02
 MEMORY_TOLERANCE = 0.10
@@ -59,7 +59,7 @@ def test_remat_full_recompute_leaves_out_w2():
     cfg = run.model
     w2 = 2 * cfg.n_layers * cfg.d_ff * cfg.d_model * run.tokens_per_step
     with_w2 = c["analytic_flops_per_device"] + w2
-    assert abs(c["xla_flops_per_step"] / with_w2 - 1) > 0.02
+    assert abs(c["xla_flops_per_step_per_device"] / with_w2 - 1) > 0.02
 
 
 def test_sharded_flops_are_per_device():
@@ -70,7 +70,9 @@ def test_sharded_flops_are_per_device():
     # The lowering is still the global program; the compiled one is one device's share.
     assert c["xla_flops_global_ratio"] == pytest.approx(1.0, abs=FLOPS_TOLERANCE)
     assert c["xla_flops_ratio"] == pytest.approx(1.0, abs=FLOPS_TOLERANCE)
-    assert 8 * c["xla_flops_per_step"] == pytest.approx(c["xla_flops_global_per_step"], rel=0.05)
+    assert 8 * c["xla_flops_per_step_per_device"] == pytest.approx(
+        c["xla_flops_global_per_step"], rel=0.05
+    )
     # Analytic per device: matmuls / 8, activations' elementwise / 8 (batch over data, heads
     # and FFN over tensor) except the (b, t, d) norms, which only the data axis splits.
     run = build_run(size, **kw)

@@ -43,6 +43,7 @@ def check(
 
     Exit 0: every matched run within tolerance; 1: a run regressed or failed; 2: bad input."""
     from scaling import check as lib
+    from scaling.sweep import remeasure
 
     if update_baseline:
         with user_errors():
@@ -65,7 +66,7 @@ def check(
             current,
             metric=metric,
             tolerance=tolerance,
-            rerun=rerun,
+            remeasure=remeasure if rerun else None,
             on_remeasure=on_remeasure,
         )
     if json_:

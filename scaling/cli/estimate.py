@@ -1,6 +1,6 @@
 """`scaling estimate`: parameters, FLOPs, memory, communication and roofline step time per
 size, from the closed-form estimator; ``--compile`` adds XLA's own counts of the real sharded
-train step (``scaling.xla_check``). jax is imported only for ``--compile`` (or a CPU
+train step (``scaling.estimate.xla_check``). jax is imported only for ``--compile`` (or a CPU
 calibration that is not cached yet)."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import typer
 from rich.table import Table
 
 from scaling.cli.common import err_console, out_console, print_json, split_list, user_errors
-from scaling.config import GPT3_CONTEXT, RunConfig, build_run, get_preset, parse_mesh
-from scaling.xla_check import report
+from scaling.config import RunConfig, parse_mesh
+from scaling.estimate.xla_check import report
+from scaling.presets import GPT3_CONTEXT, build_run, get_preset
 
 Opt = typer.Option
 DEFAULT_SIZES = "125m,350m,760m,1.3b"
@@ -86,7 +87,7 @@ def build_runs(
         )
     fields = dict(mode=mode, mesh=shape, batch=batch)
     if hf_config is not None:
-        from scaling.hf_config import model_config_from_hf
+        from scaling.estimate.hf_config import model_config_from_hf
 
         overrides = {k: v for k, v in (("dtype", dtype), ("remat", remat)) if v is not None}
         cfg = model_config_from_hf(hf_config, **overrides)
@@ -103,7 +104,7 @@ def build_runs(
 
 def resolve_hardware(name: str):
     """A hardware profile; ``cpu`` is calibrated (a jitted matmul) when no cache exists."""
-    from scaling.hardware import CPU_NAME, cached_cpu_peak, get_hardware
+    from scaling.estimate.hardware import CPU_NAME, cached_cpu_peak, get_hardware
 
     if name.strip().lower() == CPU_NAME and cached_cpu_peak() is None:
         from scaling.measure import cpu_hardware
@@ -186,7 +187,8 @@ def _rows(compiled: bool) -> list[tuple[str, Any]]:
     ]  # fmt: skip
     if compiled:
         rows += [
-            ("XLA FLOPs / step / device", lambda r: si(r.get("xla_flops_per_step"), "FLOP")),
+            ("XLA FLOPs / step / device",
+             lambda r: si(r.get("xla_flops_per_step_per_device"), "FLOP")),
             ("  XLA / analytic (incl. elementwise)", lambda r: ratio(r.get("xla_flops_ratio"))),
             ("  XLA / analytic matmuls only", lambda r: ratio(r.get("xla_flops_matmul_ratio"))),
             ("  method", lambda r: r.get("xla_flops_method", "–")),

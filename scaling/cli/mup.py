@@ -35,7 +35,7 @@ def coord_check(
         width_list = [_positive_int(w) for w in split_list(widths)]
         if steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
-        from scaling.mup import coord_check as run_coord_check
+        from scaling.coord_check import coord_check as run_coord_check
 
         rows = run_coord_check(width_list, steps=steps, lr=lr, n_layers=n_layers, seed=seed)
     path = write_coord_check(out, rows)

@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from scaling.cli.common import out_console, print_json
-from scaling.config import PRESETS
 from scaling.estimate import param_counts
+from scaling.presets import PRESETS
 
 
 def preset_rows() -> list[dict]:

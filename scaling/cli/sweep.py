@@ -12,14 +12,15 @@ from rich.table import Table
 from scaling.cli.common import err_console, out_console, print_json, split_list, user_errors
 
 Opt = typer.Option
-CPU_DEFAULTS = {"batch": 8, "seq": 128, "steps": 6, "warmup_steps": 1}
+CPU_DEFAULTS = {"batch": 8, "seq": 128, "steps": 6, "timing_warmup_steps": 1}
 
 
 def spec_from_options(
     modes: str | None, sizes: str | None, mup: str, fixed: dict, spec_path: str | None
 ):
     """A SweepSpec from a spec file (options override its fixed settings) or from options."""
-    from scaling.config import MODES, SweepSpec, load_sweep_spec
+    from scaling.config import MODES
+    from scaling.spec import SweepSpec, load_sweep_spec
 
     mup_axis = {"off": [False], "on": [True], "both": [False, True]}
     if mup not in mup_axis:
@@ -58,7 +59,10 @@ def sweep(
     sizes: Annotated[str | None, Opt(help="Comma list of presets, e.g. 125m,350m.")] = None,
     mup: Annotated[str, Opt(help="muP: off | on | both.")] = "off",
     steps: Annotated[int | None, Opt(help="Steps per run.")] = None,
-    warmup_steps: Annotated[int | None, Opt(help="Steps excluded from timing.")] = None,
+    timing_warmup_steps: Annotated[
+        int | None,
+        Opt("--timing-warmup-steps", "--warmup-steps", help="Steps excluded from timing."),
+    ] = None,
     batch: Annotated[int | None, Opt(help="Global batch (sequences).")] = None,
     seq: Annotated[int | None, Opt(help="Sequence length.")] = None,
     mesh: Annotated[str | None, Opt(help="Mesh DxT (default: per mode).")] = None,
@@ -80,12 +84,12 @@ def sweep(
 ) -> None:
     """Run MODES × sizes (× muP) on the shared model; record everything under --out."""
     from scaling import records
-    from scaling.config import run_config_from_settings
+    from scaling.spec import run_config_from_settings
     from scaling.sweep import Distributed, parse_shard, run_sweep
 
     given = {
         "steps": steps,
-        "warmup_steps": warmup_steps,
+        "timing_warmup_steps": timing_warmup_steps,
         "batch": batch,
         "seq": seq,
         "mesh": mesh,

@@ -67,7 +67,7 @@ def train(
         raise typer.Exit(spawn_local(args, local_processes, timeout))
 
     from scaling import parallel
-    from scaling.config import build_run
+    from scaling.presets import build_run
 
     with user_errors():
         run_cfg = build_run(
@@ -82,7 +82,7 @@ def train(
             batch=batch,
             seq=seq,
             lr=lr,
-            warmup_steps=warmup,
+            lr_warmup_steps=warmup,
             seed=seed,
             data=data,
             mode=mode,
@@ -102,10 +102,10 @@ def train(
     if jax.process_index() != 0:
         return
     if json_:
-        print_json(result.summary())
+        print_json({"size": size, **result.summary()})
     else:
         out_console.print(
-            f"{result.size} · {result.mode} {result.mesh[0]}x{result.mesh[1]} · "
+            f"{result.model_name} · {result.mode} {result.mesh[0]}x{result.mesh[1]} · "
             f"final loss {result.final_loss:.4f} · {result.tokens_per_s:,.0f} tokens/s · "
             f"median step {result.step_time_s_median * 1e3:.1f} ms · "
             f"compile {result.compile_s:.2f} s"

@@ -56,25 +56,11 @@ from typing import Any
 
 from scaling.config import RunConfig
 from scaling.estimate import elementwise_flops, estimate, memory_per_device
-from scaling.hardware import HARDWARE, HardwareProfile
+from scaling.estimate.hardware import HARDWARE, HardwareProfile
 
 METHOD_LOWERING = "unrolled lowering"
 METHOD_COMPILE = "unrolled compile (per device)"
 _ANY_HW = HARDWARE["h100"]
-
-
-def _cost(stage) -> dict[str, float]:
-    """``cost_analysis()`` as a dict (a one-element list on older jax); {} when absent."""
-    cost = stage.cost_analysis()
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else {}
-    return dict(cost or {})
-
-
-def _flops(cost: dict[str, float]) -> float | None:
-    """XLA's FLOP count, or None where it reports none (GPU custom calls report -1)."""
-    value = cost.get("flops")
-    return float(value) if value is not None and value >= 0 else None
 
 
 def _ratio(numerator: float | None, denominator: float) -> float | None:
@@ -127,12 +113,14 @@ def _flop_check(run: RunConfig, jax, plan, per_device: bool) -> dict[str, Any]:
     with jax.set_mesh(p.mesh):
         lowered = p.step.lower(*p.abstract_inputs())
     lower_s = time.perf_counter() - t0
-    cost = _cost(lowered)
+    from scaling.measure import cost_figures
+
+    cost = cost_figures(lowered)
 
     # Analytic: matmuls (split over the devices that share the work) + elementwise.
     one = _analytic(run, mode="none", mesh=None)
     each = _analytic(run, mode=run.mode, mesh=mesh)
-    global_flops = _flops(cost)
+    global_flops = cost.get("flops")
     out: dict[str, Any] = {
         "xla_flops_global_per_step": global_flops,
         "analytic_flops_global_per_step": one["total"],
@@ -149,12 +137,12 @@ def _flop_check(run: RunConfig, jax, plan, per_device: bool) -> dict[str, Any]:
         with jax.set_mesh(p.mesh):
             compiled = lowered.compile()
         compile_s = time.perf_counter() - t0
-        per_step, method = _flops(_cost(compiled)), METHOD_COMPILE
+        per_step, method = cost_figures(compiled).get("flops"), METHOD_COMPILE
     else:
         per_step, method, compile_s = None, METHOD_LOWERING + " (global only)", 0.0
     out.update({
         "xla_flops_method": method,
-        "xla_flops_per_step": per_step,  # per device
+        "xla_flops_per_step_per_device": per_step,
         "analytic_flops_per_device": each["total"],
         "analytic_matmul_flops_per_device": each["matmul"],
         "analytic_elementwise_flops_per_device": each["elementwise"],
@@ -188,15 +176,16 @@ def _memory_check(run: RunConfig, jax, plan) -> dict[str, Any]:
     with jax.set_mesh(p.mesh):
         compiled = p.step.lower(*p.abstract_inputs()).compile()
     compile_s = time.perf_counter() - t0
-    stats = compiled.memory_analysis()
+    from scaling.measure import memory_figures
+
+    figures = memory_figures(compiled)
     analytic = memory_per_device(run.model, mode=run.mode, mesh=mesh, batch=run.batch, seq=run.seq)
     out: dict[str, Any] = {"xla_compile_s": compile_s, "analytic_memory_per_device_bytes":
                            analytic.to_dict()}  # fmt: skip
-    if stats is None:
+    if not figures:
         out.update({"xla_memory": None, "xla_memory_ratio": None})
         return out
-    xla = {name: int(getattr(stats, f"{name}_size_in_bytes", 0))
-           for name in ("argument", "output", "temp", "alias")}  # fmt: skip
+    xla = {name: int(figures[f"{name}_bytes"]) for name in ("argument", "output", "temp", "alias")}
     state = analytic.params + analytic.optimizer
     out.update({
         "xla_memory": xla,

@@ -1,0 +1,230 @@
+"""Training memory per device: parameters, gradients, AdamW moments and the activations jax saves
+for the backward pass, each with its dtype."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from scaling.config import ModelConfig
+from scaling.estimate.hardware import HardwareProfile
+from scaling.estimate.mesh import (
+    DTYPE_BYTES,
+    F32_BYTES,
+    ceil,
+    effective_mesh,
+    n_devices,
+    tensor_split,
+    validate,
+)
+from scaling.estimate.params import held_groups, params_per_device, readout_held
+
+PARAM_BYTES = F32_BYTES  # parameters are always float32 (cast to the compute dtype at use)
+GRAD_BYTES = F32_BYTES  # gradients of float32 parameters are float32
+OPTIMIZER_BYTES = 2 * F32_BYTES  # AdamW: two float32 moments per parameter (optax.adamw)
+
+
+@dataclass(frozen=True)
+class ActivationTerm:
+    """One group of saved activations on one device: what, its dtype, its bytes."""
+
+    name: str
+    dtype: str
+    bytes: int
+
+
+def korthikanti_activation_bytes_per_layer(
+    seq: int, batch: int, d_model: int, n_heads: int
+) -> float:
+    """Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+    Models", eq. 1): 34·s·b·h + 5·a·s²·b bytes per layer, for 16-bit activations, a GELU MLP of
+    4h, dropout, no recompute, no sequence/tensor parallelism. A reference only: the estimator
+    counts what jax saves for this model instead (see ``activation_terms``)."""
+    return 34.0 * seq * batch * d_model + 5.0 * n_heads * seq * seq * batch
+
+
+def activation_terms(
+    cfg: ModelConfig, *, mode: str, mesh: tuple[int, int] | None, batch: int, seq: int
+) -> tuple[ActivationTerm, ...]:
+    """Activations kept alive for the backward pass, per device, grouped with their dtypes.
+
+    Remat ``none`` follows what jax saves for this model's backward
+    (``jax.ad_checkpoint.print_saved_residuals`` on the loss), which the scanned step
+    materialises as stacked (L, ...) arrays. Per layer:
+
+    - the residual stream into the two norms, in float32 (the norms compute in float32 and
+      keep the cast input), and their normalised x·rsqrt(·), float32: 4·4·btd bytes
+    - the two norm outputs (the q/k/v and FFN matmul inputs): 2·c·btd
+    - q and k after RoPE, v, all repeated to h heads, and the attention output: 4·c·bt(h·k)
+    - exp of the masked scores (float32) 4·b·h·t² and the softmax weights c·b·h·t²
+    - FFN: 6·c·btf. SwiGLU keeps w1's output, σ of it, two silu products, w3's output and the
+      gate product; the tanh-GELU keeps its input and five intermediates.
+    - row statistics: rsqrt and mean of the norms (4·bt), softmax sum and its square (2·bht),
+      float32.
+
+    Korthikanti et al. 2022 (34·s·b·h + 5·a·s²·b bytes for 16-bit activations, assuming
+    fused elementwise chains) counts ~17 c-sized (b, t, d) tensors per layer; unfused jax keeps
+    more (SwiGLU's 6·btf alone is 16·c·btd at f = 8/3·d), so that formula underestimates
+    this model (``korthikanti_activation_bytes_per_layer`` is kept as the reference). The
+    scanned step also hoists the causal mask and its fill value, loop invariants, out of the
+    layer loop: b·h·t² bytes (bool) + 4·b·h·t² (float32), once.
+
+    ``full`` keeps each layer's input c·btd and, during the backward, one layer's
+    recomputation; ``dots`` keeps each layer's input and the matmul outputs the backward
+    needs (q, k, v, o, and w1/w3 or w1: dot_generals without batch dims; w2's output is not
+    needed) and recomputes the attention einsums and the elementwise chains. For the
+    recomputed layer XLA fuses the elementwise chains into their consumers, so only the
+    matmul outputs are counted: the norm outputs and mid residual (3·btd), q/k/v and the
+    attention output (4·bt·hk), the FFN matmul outputs (3·btf SwiGLU, 2·btf GELU, ``full``;
+    one btf ``dots``), scores float32 and weights. Outside the layers (every remat): the
+    final norm's float32 input and normalised x and its output, exp of the float32 logits for
+    the log-softmax and the logits gradient. With bf16 compute the bf16 copies of the
+    read-out matrix, and under remat ``none`` of the layer weights, are saved too.
+
+    Sharding: the batch is split over data; under tp/fsdp_tp the per-head, FFN-hidden and
+    vocabulary (logits, head split on V) activations are split over tensor, the (b, t, d)
+    residual-stream ones are not. Gradient temporaries of the backward (a layer's score
+    gradients, ~3 % of XLA's temp at seq 256), XLA workspace and fragmentation are not
+    counted; tests/test_xla_check.py compares the total with XLA's ``memory_analysis``.
+    """
+    validate(cfg, mode, mesh, batch, seq)
+    m = effective_mesh(mode, mesh)
+    data, tensor = m
+    ts = tensor_split(mode, tensor)
+    c = DTYPE_BYTES[cfg.dtype]
+    cd = cfg.dtype
+    f32 = "float32"
+    L, t = cfg.n_layers, seq
+    bl = math.ceil(batch / data)
+    swiglu = cfg.ffn == "swiglu"
+
+    resid = bl * t * cfg.d_model  # (b, t, d): not split by tensor
+    rows = bl * t  # (b, t, 1) statistics
+    heads = bl * t * ceil(cfg.n_heads * cfg.d_head / ts)  # (b, h, t, k)
+    kv = bl * t * ceil(cfg.kv_heads * cfg.d_head / ts)  # (b, h_kv, t, k) before the repeat
+    ffn = bl * t * ceil(cfg.d_ff / ts)  # (b, t, f)
+    scores = bl * ceil(cfg.n_heads / ts) * t * t  # (b, h, t, t)
+    score_rows = bl * ceil(cfg.n_heads / ts) * t  # (b, h, t, 1)
+    logits = bl * t * ceil(cfg.vocab_size / ts)  # (b, t, V)
+    ffn_name = "w1 out, σ, silu, w3 out, products" if swiglu else "GELU input and intermediates"
+
+    terms: list[ActivationTerm] = []
+
+    def add(name: str, dtype: str, n_bytes: float) -> None:
+        terms.append(ActivationTerm(name, dtype, int(n_bytes)))
+
+    if cfg.remat == "none":
+        add("residual stream into the norms, float32 (L·2·btd)", f32, L * 2 * resid * F32_BYTES)
+        add("normalised x of the norms, float32 (L·2·btd)", f32, L * 2 * resid * F32_BYTES)
+        add("norm outputs = matmul inputs (L·2·btd)", cd, L * 2 * resid * c)
+        add(
+            "q, k (RoPE), v repeated to h heads; attention output (L·4·bt·hk)",
+            cd,
+            L * 4 * heads * c,
+        )
+        add("exp of the attention scores (L·b·h·t²)", f32, L * scores * F32_BYTES)
+        add("softmax weights of the scores (L·b·h·t²)", cd, L * scores * c)
+        add(f"FFN: {ffn_name} (L·6·btf)", cd, L * 6 * ffn * c)
+        add("norm and softmax row statistics (L·(4·bt + 2·bht))", f32,
+            L * (4 * rows + 2 * score_rows) * F32_BYTES)  # fmt: skip
+        if cfg.scan_layers:
+            add("causal mask of the scores, hoisted out of the scan (b·h·t²)", "bool", scores)
+            add("mask fill of the scores, hoisted out of the scan (b·h·t²)", f32,
+                scores * F32_BYTES)  # fmt: skip
+        if c != F32_BYTES:
+            held = held_groups(cfg, mode=mode, mesh=m).layer_matrices
+            add("layer weights cast to the compute dtype", cd, ceil(held) * c)
+    else:
+        add("layer inputs (L·btd)", cd, L * resid * c)
+        if cfg.remat == "dots":
+            proj = heads + 2 * kv + resid + (2 if swiglu else 1) * ffn
+            add("matmul outputs saved by the dots policy: q,k,v,o,FFN (L)", cd, L * proj * c)
+            transient_c = 3 * resid + 4 * heads + ffn
+        else:  # full
+            transient_c = 3 * resid + 4 * heads + (3 if swiglu else 2) * ffn
+        add("one layer recomputed in the backward (compute dtype part)", cd, transient_c * c)
+        add("one layer recomputed: attention scores", f32, scores * F32_BYTES)
+        add("one layer recomputed: softmax weights", cd, scores * c)
+    add("final norm input and normalised x, float32 (2·btd)", f32, 2 * resid * F32_BYTES)
+    add("final norm output (btd)", cd, resid * c)
+    add("exp of the logits for the log-softmax (b·t·V)", f32, logits * F32_BYTES)
+    add("logits gradient (b·t·V)", f32, logits * F32_BYTES)
+    if c != F32_BYTES:
+        readout = readout_held(cfg, mode=mode, mesh=m)
+        add("read-out matrix cast to the compute dtype", cd, ceil(readout) * c)
+    return tuple(terms)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per device during a training step, and whether they fit the device.
+
+    params f32, grads f32, optimizer f32 (AdamW m and v), activations per ``activation_terms``
+    (compute dtype except scores and logits, float32). ``fits`` is None without hardware.
+    """
+
+    params: int
+    grads: int
+    optimizer: int
+    activations: int
+    total: int
+    capacity_bytes: int | None
+    fits: bool | None
+    activation_terms: tuple[ActivationTerm, ...] = field(default=())
+    dtypes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, int]:
+        """The five byte figures (the keys of ``memory_per_device_bytes``)."""
+        return {
+            "params": self.params,
+            "grads": self.grads,
+            "optimizer": self.optimizer,
+            "activations": self.activations,
+            "total": self.total,
+        }
+
+
+def memory_capacity_per_device(hardware: HardwareProfile, n: int) -> int:
+    """Bytes one device may use: the chip's memory, or a 1/n share of a shared host's."""
+    return hardware.memory_bytes // n if hardware.devices_share_host else hardware.memory_bytes
+
+
+def memory_per_device(
+    cfg: ModelConfig,
+    *,
+    mode: str,
+    mesh: tuple[int, int] | None,
+    batch: int,
+    seq: int,
+    hardware: HardwareProfile | None = None,
+) -> MemoryEstimate:
+    """Per-device training memory (bytes) for ``mode`` on ``mesh`` = (data, tensor).
+
+    Bytes per parameter: 4 (f32 params) + 4 (f32 grads) + 8 (AdamW moments) = 16, each divided
+    by the mode's sharding (``params_per_device``). The model keeps f32 parameters and casts
+    them at use, so there is no separate master copy. Peaks of the optimizer update (a
+    parameter-sized update tree) and XLA temporaries are not modelled.
+    """
+    validate(cfg, mode, mesh, batch, seq)
+    n_params = params_per_device(cfg, mode=mode, mesh=mesh)
+    terms = activation_terms(cfg, mode=mode, mesh=mesh, batch=batch, seq=seq)
+    params, grads, optimizer = (
+        n_params * PARAM_BYTES,
+        n_params * GRAD_BYTES,
+        n_params * OPTIMIZER_BYTES,
+    )
+    activations = sum(term.bytes for term in terms)
+    total = params + grads + optimizer + activations
+    capacity = (
+        None if hardware is None else memory_capacity_per_device(hardware, n_devices(mode, mesh))
+    )
+    dtypes = {
+        "params": "float32",
+        "grads": "float32",
+        "optimizer": "float32 (AdamW m, v)",
+        "activations": f"{cfg.dtype}; attention scores and logits float32",
+    }
+    fits = None if capacity is None else total <= capacity
+    return MemoryEstimate(
+        params, grads, optimizer, activations, total, capacity, fits, terms, dtypes
+    )

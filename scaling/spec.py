@@ -1,0 +1,171 @@
+"""Sweeps as data: a grid of run settings from CLI options or a TOML spec in ``sweeps/``, and the
+RunConfig of one grid point. Never imports jax."""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scaling.config import RunConfig
+from scaling.presets import build_run, get_preset
+from scaling.sharding import MODES
+
+SWEEP_AXES = (
+    "size",
+    "mode",
+    "mup",
+    "family",
+    "dtype",
+    "remat",
+    "lr",
+    "batch",
+    "seq",
+    "seed",
+    "width",
+    "tied",
+)
+SWEEP_FIXED = (
+    "mode",
+    "width",
+    "tied",
+    "steps",
+    "timing_warmup_steps",
+    "lr_warmup_steps",
+    "batch",
+    "seq",
+    "lr",
+    "mesh",
+    "devices",
+    "dtype",
+    "remat",
+    "family",
+    "data",
+    "seed",
+    "timeout_s",
+    "mup",
+)
+# Setting names of earlier versions: a spec that uses one is told the new name.
+RENAMED_SETTINGS = {"warmup_steps": "timing_warmup_steps", "lr_warmup": "lr_warmup_steps"}
+SWEEP_DEFAULTS: dict[str, object] = {
+    "mode": "none",
+    "mup": False,
+    "steps": 6,
+    "timing_warmup_steps": 1,
+    "lr_warmup_steps": 2,
+    "batch": 8,
+    "seq": 128,
+    "lr": 3e-3,
+    "mesh": None,
+    "devices": None,
+    "dtype": "float32",
+    "remat": "none",
+    "family": "llama",
+    "data": "synthetic",
+    "seed": 0,
+    "timeout_s": 1800.0,
+    "width": None,
+    "tied": None,
+}
+
+
+def _unknown(kind: str, key: str, valid: tuple[str, ...]) -> ValueError:
+    if key in RENAMED_SETTINGS:
+        return ValueError(f"sweep {kind} {key!r} is now called {RENAMED_SETTINGS[key]!r}")
+    return ValueError(f"unknown sweep {kind} {key!r}; valid: {', '.join(valid)}")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A declarative grid: every combination of ``axes`` with the ``fixed`` settings.
+
+    TOML form (see ``sweeps/*.toml``)::
+
+        name = "smoke"
+        [axes]
+        size = ["tiny"]
+        mode = ["dp", "fsdp"]
+        [fixed]
+        steps = 4
+    """
+
+    name: str
+    axes: dict[str, list] = field(default_factory=dict)
+    fixed: dict[str, object] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for key in self.axes:
+            if key not in SWEEP_AXES:
+                raise _unknown("axis", key, SWEEP_AXES)
+            if not isinstance(self.axes[key], list) or not self.axes[key]:
+                raise ValueError(f"sweep axis {key!r} must be a non-empty list")
+        for key in self.fixed:
+            if key not in SWEEP_FIXED:
+                raise _unknown("setting", key, SWEEP_FIXED)
+        if "size" not in self.axes:
+            raise ValueError("a sweep needs a 'size' axis, e.g. size = [\"tiny\"]")
+        for size in self.axes["size"]:
+            get_preset(size)
+        for mode in self.axes.get("mode", []):
+            if mode not in MODES:
+                raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}, all")
+
+    def grid(self) -> list[dict[str, object]]:
+        """Run settings, one dict per run, in a stable order (axes vary last-fastest)."""
+        keys = list(self.axes)
+        runs = []
+        for values in itertools.product(*(self.axes[k] for k in keys)):
+            settings = {**SWEEP_DEFAULTS, **self.fixed, **dict(zip(keys, values, strict=True))}
+            runs.append({"sweep": self.name, **settings})
+        return runs
+
+
+def load_sweep_spec(path: str) -> SweepSpec:
+    """Parse a TOML sweep spec; raise ValueError naming the file and the problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"sweep spec {path!r} not found")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"sweep spec {path!r} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"name", "description", "axes", "fixed"}
+    if unknown:
+        raise ValueError(
+            f"sweep spec {path!r}: unknown keys {sorted(unknown)}; "
+            "valid: name, description, axes, fixed"
+        )
+    try:
+        return SweepSpec(
+            name=data.get("name", p.stem),
+            axes=data.get("axes", {}),
+            fixed=data.get("fixed", {}),
+            description=data.get("description", ""),
+        )
+    except ValueError as exc:
+        raise ValueError(f"sweep spec {path!r}: {exc}") from None
+
+
+def run_config_from_settings(settings: dict) -> RunConfig:
+    """The RunConfig of one sweep run's settings."""
+    return build_run(
+        settings["size"],
+        family=settings["family"],
+        dtype=settings["dtype"],
+        remat=settings["remat"],
+        mup=bool(settings["mup"]),
+        mesh=settings["mesh"],
+        width=settings.get("width"),
+        tied=settings.get("tied"),
+        mode=settings["mode"],
+        steps=settings["steps"],
+        batch=settings["batch"],
+        seq=settings["seq"],
+        lr=settings["lr"],
+        lr_warmup_steps=settings["lr_warmup_steps"],
+        seed=settings["seed"],
+        data=settings["data"],
+        timing_warmup_steps=settings["timing_warmup_steps"],
+    )
