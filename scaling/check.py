@@ -45,14 +45,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from scaling import records
 from scaling.records import CONFIG_KEYS, config_of
+
+if TYPE_CHECKING:  # pandas loads with the records, so `scaling --help` starts fast
+    import pandas as pd
 
 DEFAULT_TOLERANCE = 0.20
 DEFAULT_METRIC = "mfu"
@@ -130,6 +133,8 @@ def load_baseline(path: str | Path) -> pd.DataFrame:
             f"baseline {str(path)!r} not found (expected a parquet file or a "
             "sweep record directory)"
         )
+    import pandas as pd
+
     try:
         runs = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not parquet
@@ -200,7 +205,7 @@ def _group(runs: pd.DataFrame, metric: str) -> tuple[dict, dict]:
             entry = other.setdefault(key, {"config": config, "row": row, "statuses": set()})
             entry["statuses"].add(str(row["status"]))
     for entry in ok.values():
-        entry["value"] = float(pd.Series(entry["values"]).median())
+        entry["value"] = float(statistics.median(entry["values"]))
     return ok, {k: v for k, v in other.items() if k not in ok}
 
 

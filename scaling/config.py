@@ -7,7 +7,7 @@ imports jax, so the CLI's ``presets``/``estimate`` commands start instantly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from scaling.sharding import MODES, check_mode
@@ -117,17 +117,11 @@ def validate_model(cfg: ModelConfig) -> None:
         raise ValueError(f"mup_base_width must be positive, got {cfg.mup_base_width}")
 
 
-def _tiny_model() -> ModelConfig:
-    from scaling.presets import get_preset
-
-    return get_preset("tiny")
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """One training run of the shared model. A run is a value: RunConfig in, RunResult out."""
 
-    model: ModelConfig = field(default_factory=_tiny_model)
+    model: ModelConfig
     steps: int = 50
     batch: int = 8  # global batch, in sequences
     seq: int = 128

@@ -15,6 +15,8 @@ from pathlib import Path
 import grain
 import numpy as np
 
+from scaling.records import atomic_path
+
 SYNTHETIC_VOCAB = 64  # Markov states (capped at the model vocabulary); small enough to learn fast
 SYNTHETIC_BRANCHING = 4  # successors per state
 SYNTHETIC_ZIPF = 1.0  # transition probabilities ∝ rank^-ZIPF
@@ -172,7 +174,6 @@ def text_to_tokens(text_path: str | Path, out_path: str | Path) -> int:
     if out_path.suffix != ".bin":
         raise ValueError(f"output {str(out_path)!r} must end in .bin (uint16 tokens)")
     tokens = np.frombuffer(text_path.read_bytes(), dtype=np.uint8).astype(np.uint16)
-    tmp = out_path.with_suffix(".bin.tmp")
-    tokens.tofile(tmp)
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:
+        tokens.tofile(tmp)
     return len(tokens)

@@ -30,8 +30,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where frames are built, so writers stay light
+    import pandas as pd
 
 SCHEMA_VERSION = 2
 STATUSES = ("ok", "oom", "diverged", "error", "timeout")
@@ -306,6 +308,8 @@ def write_text_atomic(text: str, path: str | Path) -> None:
 def write_outcome(out_dir: str | Path, outcome: RunOutcome) -> None:
     """The one writer of run records: steps first, then the run row (its presence marks the
     run done)."""
+    import pandas as pd
+
     out_dir = Path(out_dir)
     run_id = outcome.record.run_id
     steps = pd.DataFrame([dataclasses.asdict(s) for s in outcome.steps], columns=STEP_COLUMNS)
@@ -318,6 +322,8 @@ def write_outcome(out_dir: str | Path, outcome: RunOutcome) -> None:
 
 
 def recorded_status(out_dir: str | Path, run_id: str) -> str | None:
+    import pandas as pd
+
     path = Path(out_dir) / "runs" / f"{run_id}.parquet"
     if not path.is_file():
         return None
@@ -330,6 +336,8 @@ def upgrade_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _load(folder: Path, columns: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
         return pd.DataFrame(columns=columns)
@@ -338,6 +346,8 @@ def _load(folder: Path, columns: list[str]) -> pd.DataFrame:
 
 def load_runs(*dirs: str | Path) -> pd.DataFrame:
     """All run rows of one or more sweep directories (raises ValueError if there are none)."""
+    import pandas as pd
+
     frames = []
     for d in dirs:
         d = Path(d)
@@ -351,6 +361,8 @@ def load_runs(*dirs: str | Path) -> pd.DataFrame:
 
 
 def load_steps(*dirs: str | Path) -> pd.DataFrame:
+    import pandas as pd
+
     frames = [_load(Path(d) / "steps", STEP_COLUMNS) for d in dirs]
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=STEP_COLUMNS)
@@ -360,6 +372,8 @@ COORD_CHECK_FILE = "coord_check.parquet"  # columns: mup, width, step, site, rms
 
 
 def write_coord_check(out_dir: str | Path, rows: list[dict]) -> Path:
+    import pandas as pd
+
     path = Path(out_dir) / COORD_CHECK_FILE
     write_frame_atomic(pd.DataFrame(rows, columns=["mup", "width", "step", "site", "rms"]), path)
     return path

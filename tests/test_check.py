@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import last_json, make_run_record, write_runs
 from typer.testing import CliRunner
 
-from scaling import check
+from scaling import check, sharding
 from scaling.cli.main import app
-from scaling.records import RUN_COLUMNS, RunOutcome, RunRecord, load_runs, write_outcome
+from scaling.records import RUN_COLUMNS, RunRecord, load_runs
 from scaling.spec import SweepSpec, load_sweep_spec
 
 runner = CliRunner()
-MODES = {"none": "1x1", "dp": "4x1", "fsdp": "4x1", "tp": "1x4", "fsdp_tp": "2x2"}
+MESHES = {"none": "1x1", "dp": "4x1", "fsdp": "4x1", "tp": "1x4", "fsdp_tp": "2x2"}
 ROOT = Path(__file__).parent.parent
 
 
@@ -27,49 +28,33 @@ def _record(
     batch: int = 8,
     tokens_per_s: float = 10_000.0,
 ) -> RunRecord:
-    step = 512 / tokens_per_s
     settings = {"sweep": "t", "size": "tiny", "mode": mode, "batch": batch, "seq": 64}
-    return RunRecord(
-        run_id=run_id or f"{mode}-{batch}",
+    return make_run_record(
+        run_id or f"{mode}-{batch}",
         sweep="t",
-        size="tiny",
-        family="llama",
         mode=mode,
-        mesh=MODES[mode] if status == "ok" else "",
-        n_devices=4,
-        n_processes=1,
-        mup=False,
+        mesh=MESHES[mode] if status == "ok" else "",
         batch=batch,
-        seq=64,
-        dtype="float32",
-        remat="none",
         steps=8,
         timing_warmup_steps=2,
-        lr=3e-3,
-        seed=0,
-        data="synthetic",
         settings_json=json.dumps(settings),
         status=status,
         error="" if status == "ok" else "RuntimeError: boom",
         mfu=mfu,
         tokens_per_s=tokens_per_s,
-        step_time_s_median=step,
-        platform="cpu",
-        device_kind="cpu",
+        step_time_s_median=512 / tokens_per_s,
     )
 
 
 def _write(path: Path, rows: list[RunRecord]) -> Path:
-    for row in rows:
-        write_outcome(path, RunOutcome(row, []))
-    return path
+    return write_runs(path, rows)
 
 
 def _sweep(path: Path, scale: dict | None = None, **kw) -> Path:
     """A fake five-mode record; ``scale`` multiplies one mode's mfu and throughput."""
     scale = scale or {}
     rows = []
-    for i, mode in enumerate(MODES):
+    for i, mode in enumerate(MESHES):
         f = scale.get(mode, 1.0)
         rows.append(_record(mode, 0.05 * (1 + i / 10) * f, tokens_per_s=20_000 * (1 + i) * f, **kw))
     return _write(path, rows)
@@ -82,7 +67,7 @@ def _check(base: Path, cur: Path, *args: str):
 
 
 def _json(result) -> dict:
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return last_json(result.stdout)
 
 
 def _verdicts(result) -> dict[str, str]:
@@ -135,7 +120,7 @@ def test_improvement_is_reported_with_a_hint_to_refresh_the_baseline(tmp_path):
 def test_missing_runs_are_listed_on_either_side(tmp_path):
     base = _sweep(tmp_path / "base")
     cur = tmp_path / "cur"
-    _write(cur, [_record(m, 0.05 * (1 + i / 10)) for i, m in enumerate(MODES) if m != "tp"])
+    _write(cur, [_record(m, 0.05 * (1 + i / 10)) for i, m in enumerate(MESHES) if m != "tp"])
     _write(cur, [_record("dp", 0.05, batch=16)])  # a configuration the baseline lacks
     result = _check(base, cur, "--json")
     assert result.exit_code == 0, result.output
@@ -160,11 +145,11 @@ def test_a_run_that_now_fails_is_a_failure_not_a_missing_run(tmp_path):
 def test_matching_ignores_run_ids_and_row_order(tmp_path):
     base = _sweep(tmp_path / "base")
     cur = tmp_path / "cur"
-    modes = list(MODES)[::-1]
+    modes = list(MESHES)[::-1]
     _write(
         cur,
         [
-            _record(m, 0.05 * (1 + list(MODES).index(m) / 10), run_id=f"zz{i}")
+            _record(m, 0.05 * (1 + list(MESHES).index(m) / 10), run_id=f"zz{i}")
             for i, m in enumerate(modes)
         ],
     )
@@ -285,10 +270,10 @@ def test_check_module_does_not_import_jax():
 
 def test_ci_sweep_covers_every_mode_on_the_tiny_model():
     spec = load_sweep_spec(str(ROOT / "sweeps" / "ci.toml"))
-    assert {s["mode"] for s in spec.grid()} == set(MODES)
+    assert {s["mode"] for s in spec.grid()} == set(sharding.MODES)
     assert {s["size"] for s in spec.grid()} == {"tiny"}
     baseline = check.load_baseline(ROOT / "sweeps" / "baselines" / "ci-cpu.parquet")
-    assert set(baseline["mode"]) == set(MODES) and set(baseline["status"]) == {"ok"}
+    assert set(baseline["mode"]) == set(sharding.MODES) and set(baseline["status"]) == {"ok"}
 
 
 SLOW_STEP = """

@@ -1,7 +1,6 @@
-import json
-
 import numpy as np
 import pytest
+from conftest import last_json
 from typer.testing import CliRunner
 
 from scaling.cli.main import app
@@ -10,14 +9,10 @@ from scaling.presets import PRESETS
 runner = CliRunner()
 
 
-def _last_json(output: str):
-    return json.loads(output.strip().splitlines()[-1])
-
-
 def test_presets_json_lists_every_preset_with_counts():
     result = runner.invoke(app, ["presets", "--json"])
     assert result.exit_code == 0, result.output
-    rows = {r["name"]: r for r in _last_json(result.stdout)}
+    rows = {r["name"]: r for r in last_json(result.stdout)}
     assert set(rows) == set(PRESETS)
     keys = {
         "name",
@@ -49,7 +44,7 @@ def test_train_json_reports_losses_per_step():
         app, ["train", "--size", "tiny", "--steps", "6", "--seq", "32", "--json"]
     )
     assert result.exit_code == 0, result.output
-    out = _last_json(result.stdout)
+    out = last_json(result.stdout)
     assert out["size"] == "tiny" and out["steps"] == 6 and len(out["losses"]) == 6
     assert out["final_loss"] == out["losses"][-1] and out["tokens_per_s"] > 0
     assert out["losses"][-1] < out["losses"][0]
@@ -99,7 +94,7 @@ def test_data_from_text_then_train_on_it(tmp_path):
         app, ["train", "--data", str(out), "--steps", "3", "--seq", "32", "--json"]
     )
     assert result.exit_code == 0, result.output
-    assert len(_last_json(result.stdout)["losses"]) == 3
+    assert len(last_json(result.stdout)["losses"]) == 3
 
 
 def test_sweep_cli_json(tmp_path):
@@ -120,6 +115,6 @@ def test_sweep_cli_json(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    rows = _last_json(result.stdout)
+    rows = last_json(result.stdout)
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["mesh"] == "1x1"
     assert (tmp_path / "runs" / f"{rows[0]['run_id']}.parquet").is_file()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import last_json
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -20,10 +20,6 @@ runner = CliRunner()
 
 def invoke(*args: str):
     return runner.invoke(app, ["estimate", *args])
-
-
-def last_json(result) -> list[dict]:
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_table_shows_sizes_memory_verdict_and_peak():
@@ -52,7 +48,7 @@ def test_json_keys_and_values():
     result = invoke("--sizes", "125m,350m", "--mode", "fsdp_tp", "--mesh", "4x2",
                     "--batch", "16", "--dtype", "bfloat16", "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
-    rows = last_json(result)
+    rows = last_json(result.stdout)
     assert [r["size"] for r in rows] == ["125m", "350m"]
     for row in rows:
         for key in ("size", "n_params", "n_params_non_embedding", "flops_per_token",
@@ -71,8 +67,8 @@ def test_json_keys_and_values():
 
 
 def test_causal_halving_and_seq_default():
-    full = last_json(invoke("--sizes", "tiny", "--json"))[0]
-    half = last_json(invoke("--sizes", "tiny", "--causal-halving", "--json"))[0]
+    full = last_json(invoke("--sizes", "tiny", "--json").stdout)[0]
+    half = last_json(invoke("--sizes", "tiny", "--causal-halving", "--json").stdout)[0]
     assert full["seq"] == 512  # min(2048, context)
     assert half["attention_convention"] == "causal_halved" != full["attention_convention"]
     assert half["flops_per_token"] < full["flops_per_token"]
@@ -81,7 +77,7 @@ def test_causal_halving_and_seq_default():
 
 def test_hf_config_replaces_sizes():
     rows = last_json(invoke("--hf-config", str(DATA / "llama-2-7b.json"), "--seq", "1024",
-                            "--json"))  # fmt: skip
+                            "--json").stdout)  # fmt: skip
     assert len(rows) == 1 and rows[0]["size"] == "llama-2-7b"
     assert rows[0]["n_params"] == 6_738_415_616
     assert rows[0]["fits"] is False  # 16 bytes per parameter alone is 108 GB
@@ -92,7 +88,7 @@ def test_compile_adds_xla_counts_on_tiny():
     result = invoke("--sizes", "tiny", "--seq", "32", "--batch", "2", "--compile",
                     "--devices", "8", "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
-    rows = last_json(result)
+    rows = last_json(result.stdout)
     row = rows[0]
     assert row["xla_flops_method"] == "unrolled lowering"
     assert set(row["xla_memory"]) == {"argument", "output", "temp", "alias"}

@@ -2,13 +2,12 @@ import dataclasses
 
 import pytest
 
-from scaling.config import RunConfig, parse_mesh
+from scaling.config import parse_mesh
 from scaling.presets import PRESETS, build_run, get_preset
 
 
-def test_presets_are_frozen_and_named_by_key():
-    for name, cfg in PRESETS.items():
-        assert cfg.name == name
+def test_presets_are_frozen():
+    for cfg in PRESETS.values():
         with pytest.raises(dataclasses.FrozenInstanceError):
             cfg.d_model = 1  # type: ignore[misc]
 
@@ -47,12 +46,19 @@ def test_build_run_applies_overrides_and_mup_unties_the_head():
     assert (run.model.dtype, run.model.remat) == ("bfloat16", "dots")
     assert run.model.mup and not run.model.tied_embeddings
     assert run.mesh == (2, 4)
-    assert isinstance(run, RunConfig)
 
 
 def test_mup_with_a_tied_head_is_rejected():
     with pytest.raises(ValueError, match="untied head"):
         dataclasses.replace(get_preset("tiny"), mup=True)
+
+
+def test_width_and_depth_overrides_keep_head_width():
+    run = build_run("tiny", width=256, layers=2)
+    assert (run.model.d_model, run.model.n_heads, run.model.d_head) == (256, 16, 16)
+    assert run.model.n_layers == 2 and run.model.name == "tiny@256-L2"
+    with pytest.raises(ValueError, match="width 100 must be a positive multiple of d_head=16"):
+        build_run("tiny", width=100)
 
 
 def test_parse_mesh():

@@ -313,15 +313,6 @@ def test_embedding_lookup_attend_and_init():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_module_param_assignment_works():
-    """``weight[...] = `` sets parameters (``.value`` works too but is deprecated in 0.12.8)."""
-    norm = LayerNorm(4)
-    norm.weight[...] = jnp.array([1.0, 2.0, 3.0, 4.0])
-    norm.bias[...] = jnp.array([0.5, 0.5, 0.5, 0.5])
-    np.testing.assert_array_equal(np.asarray(norm.weight[...]), [1, 2, 3, 4])
-    np.testing.assert_array_equal(np.asarray(norm.bias[...]), [0.5] * 4)
-
-
 @pytest.mark.parametrize("eps", [1e-5, 1e-2])
 def test_rmsnorm(eps):
     rng = np.random.default_rng(0)

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from flax import nnx
 
-from scaling.model import build_model
 from scaling.coord_check import coord_check
+from scaling.model import build_model
 from scaling.mup import lr_multipliers
 from scaling.presets import build_run, get_preset, with_width
 from scaling.train import decay_mask, make_optimizer

@@ -1,10 +1,10 @@
-import json
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from conftest import last_json
 from jax.sharding import PartitionSpec as P
 
 from scaling import parallel
@@ -143,7 +143,7 @@ def _cli_json(args, timeout=300):
         timeout=timeout,
         check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return last_json(out.stdout)
 
 
 def test_two_processes_equal_one_process():

@@ -108,51 +108,16 @@ def sweep(
         for settings in grid_spec.grid():  # validate every run's config before starting
             run_config_from_settings(settings)
     distributed = Distributed(coordinator, num_processes, process_id, local_processes)
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=json_,
-    )
-    with progress:
-        grid = grid_spec.grid()
-        runs_task = progress.add_task(f"sweep {grid_spec.name}", total=None, info="")
-        steps_task = progress.add_task("steps", total=None, info="")
-
-        def on_run_start(run) -> None:
-            s = run.settings
-            progress.update(
-                runs_task, info=f"{s['size']} {s['mode']}" + (" muP" if s["mup"] else "")
-            )
-            progress.reset(steps_task, total=int(s["steps"]), info="compiling…")
-
-        def on_step(metrics: dict) -> None:
-            progress.update(
-                steps_task, completed=metrics["step"] + 1, info=f"loss {metrics['loss']:.3f}"
-            )
-
-        def on_run_end(run, outcome) -> None:
-            progress.advance(runs_task)
-            if outcome is not None and outcome.record.status != "ok":
-                err_console.print(
-                    f"[yellow]{run.settings['size']} {run.settings['mode']}: "
-                    f"{outcome.record.status}[/] {outcome.record.error}"
-                )
-
-        mine = [i for i in range(len(grid)) if i % shard_index[1] == shard_index[0]]
-        progress.update(runs_task, total=len(mine))
+    with SweepProgress(grid_spec, shard_index, disable=json_) as progress:
         planned = run_sweep(
             grid_spec,
             out,
             shard=shard_index,
             distributed=distributed,
             profile_dir=str(out / "profiles") if profile else None,
-            on_run_start=on_run_start,
-            on_step=on_step,
-            on_run_end=on_run_end,
+            on_run_start=progress.on_run_start,
+            on_step=progress.on_step,
+            on_run_end=progress.on_run_end,
         )
     if not distributed.is_recorder:
         return
@@ -167,6 +132,49 @@ def sweep(
             f"record: {out}/runs, {out}/steps "
             f"({sum(r.skip for r in planned)} runs already recorded, skipped)"
         )
+
+
+class SweepProgress:
+    """Two Rich progress bars on stderr: runs of this shard, and steps of the run in flight."""
+
+    def __init__(self, grid_spec, shard: tuple[int, int], *, disable: bool):
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            disable=disable,
+        )
+        mine = [i for i in range(len(grid_spec.grid())) if i % shard[1] == shard[0]]
+        self.runs = self.bar.add_task(f"sweep {grid_spec.name}", total=len(mine), info="")
+        self.steps = self.bar.add_task("steps", total=None, info="")
+
+    def __enter__(self) -> SweepProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def on_run_start(self, run) -> None:
+        s = run.settings
+        info = f"{s['size']} {s['mode']}" + (" muP" if s["mup"] else "")
+        self.bar.update(self.runs, info=info)
+        self.bar.reset(self.steps, total=int(s["steps"]), info="compiling…")
+
+    def on_step(self, metrics: dict) -> None:
+        info = f"loss {metrics['loss']:.3f}"
+        self.bar.update(self.steps, completed=metrics["step"] + 1, info=info)
+
+    def on_run_end(self, run, outcome) -> None:
+        self.bar.advance(self.runs)
+        if outcome is not None and outcome.record.status != "ok":
+            err_console.print(
+                f"[yellow]{run.settings['size']} {run.settings['mode']}: "
+                f"{outcome.record.status}[/] {outcome.record.error}"
+            )
 
 
 def summary_table(runs, title: str) -> Table:

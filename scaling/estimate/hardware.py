@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from scaling.records import write_json_atomic
+
 GB = 10**9
 GiB = 2**30
 TERA = 1e12
@@ -256,7 +258,5 @@ def store_cpu_peak(
     if not isinstance(host, dict):
         host = data[socket.gethostname()] = {}
     host[dtype] = {"peak_flops": float(peak_flops), "measured_unix_s": time.time()}
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, target)
+    write_json_atomic(data, target, indent=2)
     return target

@@ -88,71 +88,109 @@ def activation_terms(
     counted; tests/test_xla_check.py compares the total with XLA's ``memory_analysis``.
     """
     validate(cfg, mode, mesh, batch, seq)
-    m = effective_mesh(mode, mesh)
-    data, tensor = m
-    ts = tensor_split(mode, tensor)
-    c = DTYPE_BYTES[cfg.dtype]
-    cd = cfg.dtype
-    f32 = "float32"
-    L, t = cfg.n_layers, seq
-    bl = math.ceil(batch / data)
-    swiglu = cfg.ffn == "swiglu"
-
-    resid = bl * t * cfg.d_model  # (b, t, d): not split by tensor
-    rows = bl * t  # (b, t, 1) statistics
-    heads = bl * t * ceil(cfg.n_heads * cfg.d_head / ts)  # (b, h, t, k)
-    kv = bl * t * ceil(cfg.kv_heads * cfg.d_head / ts)  # (b, h_kv, t, k) before the repeat
-    ffn = bl * t * ceil(cfg.d_ff / ts)  # (b, t, f)
-    scores = bl * ceil(cfg.n_heads / ts) * t * t  # (b, h, t, t)
-    score_rows = bl * ceil(cfg.n_heads / ts) * t  # (b, h, t, 1)
-    logits = bl * t * ceil(cfg.vocab_size / ts)  # (b, t, V)
-    ffn_name = "w1 out, σ, silu, w3 out, products" if swiglu else "GELU input and intermediates"
-
+    n = _Elements.of(cfg, mode=mode, mesh=effective_mesh(mode, mesh), batch=batch, seq=seq)
     terms: list[ActivationTerm] = []
 
     def add(name: str, dtype: str, n_bytes: float) -> None:
         terms.append(ActivationTerm(name, dtype, int(n_bytes)))
 
     if cfg.remat == "none":
-        add("residual stream into the norms, float32 (L·2·btd)", f32, L * 2 * resid * F32_BYTES)
-        add("normalised x of the norms, float32 (L·2·btd)", f32, L * 2 * resid * F32_BYTES)
-        add("norm outputs = matmul inputs (L·2·btd)", cd, L * 2 * resid * c)
-        add(
-            "q, k (RoPE), v repeated to h heads; attention output (L·4·bt·hk)",
-            cd,
-            L * 4 * heads * c,
-        )
-        add("exp of the attention scores (L·b·h·t²)", f32, L * scores * F32_BYTES)
-        add("softmax weights of the scores (L·b·h·t²)", cd, L * scores * c)
-        add(f"FFN: {ffn_name} (L·6·btf)", cd, L * 6 * ffn * c)
-        add("norm and softmax row statistics (L·(4·bt + 2·bht))", f32,
-            L * (4 * rows + 2 * score_rows) * F32_BYTES)  # fmt: skip
-        if cfg.scan_layers:
-            add("causal mask of the scores, hoisted out of the scan (b·h·t²)", "bool", scores)
-            add("mask fill of the scores, hoisted out of the scan (b·h·t²)", f32,
-                scores * F32_BYTES)  # fmt: skip
-        if c != F32_BYTES:
-            held = held_groups(cfg, mode=mode, mesh=m).layer_matrices
-            add("layer weights cast to the compute dtype", cd, ceil(held) * c)
+        _saved_by_layers(cfg, n, add)
+        if DTYPE_BYTES[cfg.dtype] != F32_BYTES:
+            held = held_groups(cfg, mode=n.mode, mesh=n.mesh).layer_matrices
+            add("layer weights cast to the compute dtype", cfg.dtype, ceil(held) * n.c)
     else:
-        add("layer inputs (L·btd)", cd, L * resid * c)
-        if cfg.remat == "dots":
-            proj = heads + 2 * kv + resid + (2 if swiglu else 1) * ffn
-            add("matmul outputs saved by the dots policy: q,k,v,o,FFN (L)", cd, L * proj * c)
-            transient_c = 3 * resid + 4 * heads + ffn
-        else:  # full
-            transient_c = 3 * resid + 4 * heads + (3 if swiglu else 2) * ffn
-        add("one layer recomputed in the backward (compute dtype part)", cd, transient_c * c)
-        add("one layer recomputed: attention scores", f32, scores * F32_BYTES)
-        add("one layer recomputed: softmax weights", cd, scores * c)
-    add("final norm input and normalised x, float32 (2·btd)", f32, 2 * resid * F32_BYTES)
-    add("final norm output (btd)", cd, resid * c)
-    add("exp of the logits for the log-softmax (b·t·V)", f32, logits * F32_BYTES)
-    add("logits gradient (b·t·V)", f32, logits * F32_BYTES)
-    if c != F32_BYTES:
-        readout = readout_held(cfg, mode=mode, mesh=m)
-        add("read-out matrix cast to the compute dtype", cd, ceil(readout) * c)
+        _saved_under_remat(cfg, n, add)
+    _saved_outside_layers(cfg, n, add)
     return tuple(terms)
+
+
+@dataclass(frozen=True)
+class _Elements:
+    """Per-device element counts of the activation shapes (the batch split over data, heads,
+    FFN width and vocabulary over tensor where the mode splits them)."""
+
+    mode: str
+    mesh: tuple[int, int]
+    c: int  # bytes of the compute dtype
+    resid: int  # (b, t, d): not split by tensor
+    rows: int  # (b, t, 1) statistics
+    heads: int  # (b, h, t, k)
+    kv: int  # (b, h_kv, t, k) before the repeat to h heads
+    ffn: int  # (b, t, f)
+    scores: int  # (b, h, t, t)
+    score_rows: int  # (b, h, t, 1)
+    logits: int  # (b, t, V)
+
+    @classmethod
+    def of(cls, cfg: ModelConfig, *, mode: str, mesh, batch: int, seq: int) -> _Elements:
+        ts = tensor_split(mode, mesh[1])
+        bt = math.ceil(batch / mesh[0]) * seq
+        return cls(
+            mode=mode,
+            mesh=mesh,
+            c=DTYPE_BYTES[cfg.dtype],
+            resid=bt * cfg.d_model,
+            rows=bt,
+            heads=bt * ceil(cfg.n_heads * cfg.d_head / ts),
+            kv=bt * ceil(cfg.kv_heads * cfg.d_head / ts),
+            ffn=bt * ceil(cfg.d_ff / ts),
+            scores=bt * ceil(cfg.n_heads / ts) * seq,
+            score_rows=bt * ceil(cfg.n_heads / ts),
+            logits=bt * ceil(cfg.vocab_size / ts),
+        )
+
+
+def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
+    """Remat none: what every layer saves, stacked over L by the scan."""
+    L, c, cd, f32 = cfg.n_layers, n.c, cfg.dtype, "float32"
+    ffn_name = (
+        "w1 out, σ, silu, w3 out, products"
+        if cfg.ffn == "swiglu"
+        else "GELU input and intermediates"
+    )
+    add("residual stream into the norms, float32 (L·2·btd)", f32, L * 2 * n.resid * F32_BYTES)
+    add("normalised x of the norms, float32 (L·2·btd)", f32, L * 2 * n.resid * F32_BYTES)
+    add("norm outputs = matmul inputs (L·2·btd)", cd, L * 2 * n.resid * c)
+    add("q, k (RoPE), v repeated to h heads; attention output (L·4·bt·hk)", cd,
+        L * 4 * n.heads * c)  # fmt: skip
+    add("exp of the attention scores (L·b·h·t²)", f32, L * n.scores * F32_BYTES)
+    add("softmax weights of the scores (L·b·h·t²)", cd, L * n.scores * c)
+    add(f"FFN: {ffn_name} (L·6·btf)", cd, L * 6 * n.ffn * c)
+    add("norm and softmax row statistics (L·(4·bt + 2·bht))", f32,
+        L * (4 * n.rows + 2 * n.score_rows) * F32_BYTES)  # fmt: skip
+    if cfg.scan_layers:
+        add("causal mask of the scores, hoisted out of the scan (b·h·t²)", "bool", n.scores)
+        add("mask fill of the scores, hoisted out of the scan (b·h·t²)", f32,
+            n.scores * F32_BYTES)  # fmt: skip
+
+
+def _saved_under_remat(cfg: ModelConfig, n: _Elements, add) -> None:
+    """Remat full / dots: layer inputs (and the dots policy's matmul outputs), plus one layer
+    recomputed during the backward."""
+    L, c, cd = cfg.n_layers, n.c, cfg.dtype
+    gated = 2 if cfg.ffn == "swiglu" else 1
+    add("layer inputs (L·btd)", cd, L * n.resid * c)
+    if cfg.remat == "dots":
+        proj = n.heads + 2 * n.kv + n.resid + gated * n.ffn
+        add("matmul outputs saved by the dots policy: q,k,v,o,FFN (L)", cd, L * proj * c)
+        transient = 3 * n.resid + 4 * n.heads + n.ffn
+    else:  # full
+        transient = 3 * n.resid + 4 * n.heads + (gated + 1) * n.ffn
+    add("one layer recomputed in the backward (compute dtype part)", cd, transient * c)
+    add("one layer recomputed: attention scores", "float32", n.scores * F32_BYTES)
+    add("one layer recomputed: softmax weights", cd, n.scores * c)
+
+
+def _saved_outside_layers(cfg: ModelConfig, n: _Elements, add) -> None:
+    f32 = "float32"
+    add("final norm input and normalised x, float32 (2·btd)", f32, 2 * n.resid * F32_BYTES)
+    add("final norm output (btd)", cfg.dtype, n.resid * n.c)
+    add("exp of the logits for the log-softmax (b·t·V)", f32, n.logits * F32_BYTES)
+    add("logits gradient (b·t·V)", f32, n.logits * F32_BYTES)
+    if n.c != F32_BYTES:
+        readout = readout_held(cfg, mode=n.mode, mesh=n.mesh)
+        add("read-out matrix cast to the compute dtype", cfg.dtype, ceil(readout) * n.c)
 
 
 @dataclass(frozen=True)
