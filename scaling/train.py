@@ -7,6 +7,7 @@ This module returns results and never prints.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -301,7 +302,7 @@ def run(
     p = plan(run_cfg)
     iterator = _loader(run_cfg, p)
     manager = checkpoint.manager(run_cfg) if run_cfg.checkpoint_dir else None
-    with jax.set_mesh(p.mesh):
+    with jax.set_mesh(p.mesh), contextlib.closing(iterator):  # stops prefetch threads/workers
         if manager is not None and run_cfg.resume and manager.latest_step() is not None:
             state, iterator_state = checkpoint.restore(manager, p)
             iterator.set_state(iterator_state)

@@ -77,4 +77,57 @@ def write_runs(out: Path, rows: list[RunRecord], steps: dict | None = None) -> P
     return out
 
 
-__all__ = ["DATA", "ROOT", "StepRecord", "last_json", "make_run_record", "write_runs"]
+# A few small standard-library modules: real text every machine has (~90 KB).
+STDLIB_SAMPLE = (
+    "abc.py",
+    "bisect.py",
+    "colorsys.py",
+    "fnmatch.py",
+    "heapq.py",
+    "keyword.py",
+    "numbers.py",
+    "string.py",
+    "textwrap.py",
+    "json/__init__.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "json/scanner.py",
+    "json/tool.py",
+)
+
+
+def stdlib_sample(folder: Path) -> Path:
+    """Copy STDLIB_SAMPLE into ``folder`` (flat, as ``json_decoder.py`` etc.)."""
+    import shutil
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in STDLIB_SAMPLE:
+        shutil.copy(root / name, folder / name.replace("/", "_"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory) -> Path:
+    """STDLIB_SAMPLE prepared with a trained BPE vocabulary of 512, a quarter held out."""
+    from scaling.corpus import find_sources
+    from scaling.prepare import prepare
+    from scaling.tokenizer import parse_tokenizer
+
+    base = tmp_path_factory.mktemp("prepared")
+    sources = find_sources([str(stdlib_sample(base / "text"))], "text", "*.py")
+    prepare(sources, base / "bpe512", parse_tokenizer("bpe:512"), val_fraction=0.25, seed=0)
+    return base / "bpe512"
+
+
+__all__ = [
+    "DATA",
+    "ROOT",
+    "STDLIB_SAMPLE",
+    "StepRecord",
+    "last_json",
+    "make_run_record",
+    "stdlib_sample",
+    "write_runs",
+]

@@ -117,6 +117,7 @@ class _byte_progress:  # noqa: N801 (used as a context manager, reads like a fun
             TimeElapsedColumn(),
             console=err_console,
             disable=disable,
+            transient=True,  # an error leaves one line, not a half-filled bar
         )
         self.tasks: dict[str, int] = {}
 
