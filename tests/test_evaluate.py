@@ -153,3 +153,27 @@ def test_sweep_records_validation_loss_tokens_and_data_wait(prepared_dir, tmp_pa
     assert runs["final_val_loss"].item() == val[-1]
     assert runs["final_val_bpb"].item() > 0 and (steps["data_wait_s"] >= 0).all()
     assert runs["data_wait_s_median"].item() < runs["step_time_s_median"].item()
+
+
+@pytest.mark.slow
+def test_two_processes_read_their_rows_and_agree_with_one(prepared_dir, tmp_path):
+    """Each of 2 processes × 4 devices loads only its rows of every training batch and of the
+    validation windows; losses and validation loss equal one 4-device process's."""
+    from scaling.records import load_runs, load_steps
+    from scaling.spec import SweepSpec
+    from scaling.sweep import Distributed, run_sweep
+
+    fixed = {"steps": 3, "batch": BATCH, "seq": SEQ, "data": str(prepared_dir), "devices": 4}
+    fixed.update(eval_every=3, eval_batches=1, timeout_s=300)
+    spec = SweepSpec("mp", {"size": ["tiny"], "mode": ["fsdp_tp"]}, fixed)
+    run_sweep(spec, tmp_path / "two", distributed=Distributed(local_processes=2))
+    run_sweep(spec, tmp_path / "one")
+    two, one = load_runs(tmp_path / "two"), load_runs(tmp_path / "one")
+    assert two["status"].item() == "ok", two["error"].item()
+    assert (two["n_processes"].item(), two["n_devices"].item()) == (2, 8)
+    np.testing.assert_allclose(
+        load_steps(tmp_path / "two").sort_values("step")["loss"],
+        load_steps(tmp_path / "one").sort_values("step")["loss"],
+        rtol=1e-5,
+    )
+    assert two["final_val_loss"].item() == pytest.approx(one["final_val_loss"].item(), rel=1e-5)
