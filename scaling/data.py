@@ -277,7 +277,13 @@ def validation_batches(
             f"the {split} split of {data!r} holds {window_count(len(tokens), seq)} windows of "
             f"{seq + 1} tokens, less than one batch of {batch}; use a smaller --batch or --seq"
         )
-    starts = eval_window_starts(len(tokens), seq, n_batches * batch).reshape(n_batches, batch)
+    try:
+        starts = eval_window_starts(len(tokens), seq, n_batches * batch)
+    except ValueError as exc:
+        raise ValueError(
+            f"{split} split of {data!r}: {exc} ({n_batches} batches × {batch} windows)"
+        ) from None
+    starts = starts.reshape(n_batches, batch)
     return np.stack([windows(tokens, s[rows], seq) for s in starts])
 
 

@@ -309,10 +309,10 @@ def run(
         else:
             state = p.init()
         start = int(state.step)
+        evaluator = Evaluator(run_cfg, p, run_cfg.eval_batches) if run_cfg.evaluates else None
         t0 = time.perf_counter()
         compiled = p.step.lower(*p.abstract_inputs()).compile()
         result = _new_result(run_cfg, p, start, time.perf_counter() - t0, compiled)
-        evaluator = Evaluator(run_cfg, p, run_cfg.eval_batches) if run_cfg.evaluates else None
         result.eval_tokens = evaluator.tokens if evaluator else 0
         clock = StepClock(
             run_cfg.timing_warmup_steps,

@@ -86,6 +86,9 @@ def test_validation_windows_do_not_depend_on_the_run_seed(prepared_dir):
     np.testing.assert_array_equal(more[:BATCHES], a)  # more batches: a superset, same order
     rows = validation_batches(str(prepared_dir), seed=0, rows=slice(2, 6), **kw)
     np.testing.assert_array_equal(rows, a[:, 2:6])  # a process's rows of the same windows
+    available = (json.loads((prepared_dir / "meta.json").read_text())["val"]["tokens"] - 1) // SEQ
+    with pytest.raises(ValueError, match=f"holds {available} windows of {SEQ + 1} tokens"):
+        validation_batches(str(prepared_dir), seed=0, **{**kw, "n_batches": 1000})
 
 
 def test_data_vocabulary_sets_the_model_and_a_smaller_model_is_an_error(prepared_dir):
