@@ -69,7 +69,7 @@ def prepare(
             sources = corpora.find_sources(inputs or [], format_, glob)
             label = " ".join(inputs or [])
         total = sum(s.size for s in sources) if all(s.format == "text" for s in sources) else None
-        with _byte_progress(total, disable=json_) as on_bytes:
+        with ByteProgress(total, disable=json_) as on_bytes:
             meta = run_prepare(
                 sources, out, spec, val_fraction=val_fraction, seed=seed,
                 text_field=text_field, workers=workers, skip_unreadable=corpus is not None,
@@ -95,7 +95,7 @@ def prepare(
         )
 
 
-class _byte_progress:  # noqa: N801 (used as a context manager, reads like a function)
+class ByteProgress:
     """A Rich bar per phase on stderr with bytes done and bytes/s."""
 
     def __init__(self, total: int | None, *, disable: bool):
