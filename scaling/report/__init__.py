@@ -24,14 +24,15 @@ from scaling.report.mup import coord_check_figure, coord_check_result
 from scaling.report.pages import Report, render_html, render_markdown
 from scaling.report.record import Record, load_record, size_order
 from scaling.report.scaling_law import scaling_fit_of
-from scaling.report.style import MODE_COLORS, SIZE_MARKERS, Style
+from scaling.report.style import COLOR_AXES, MARKERS, MODE_COLORS, Style
 from scaling.report.tables import Table
 
 __all__ = [
     "FIGURES",
     "FORMATS",
     "MODE_COLORS",
-    "SIZE_MARKERS",
+    "MARKERS",
+    "COLOR_AXES",
     "FigureResult",
     "Record",
     "Report",

@@ -67,8 +67,20 @@ def spans_decades(values, factor: float = 10.0) -> bool:
     return len(v) > 1 and v.max() / v.min() >= factor
 
 
+MAX_LEGEND_ROWS = 22  # about what a 4.6-inch-high figure holds at font size 8
+
+
 def legend_outside(ax, handles=None, **kw) -> None:
-    kw = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8, "frameon": False, **kw}
+    """A legend right of the axes, in columns of at most ``MAX_LEGEND_ROWS`` entries."""
+    n_entries = len(handles if handles is not None else ax.get_legend_handles_labels()[0])
+    kw = {
+        "loc": "upper left",
+        "bbox_to_anchor": (1.01, 1.0),
+        "fontsize": 8,
+        "frameon": False,
+        "ncols": max(1, math.ceil(n_entries / MAX_LEGEND_ROWS)),
+        **kw,
+    }
     if handles is None:
         ax.legend(**kw)
     else:

@@ -62,7 +62,7 @@ def fig_baseline(current: Record, baseline: Record, style: Style) -> FigureResul
         bars = ax.bar(
             x,
             np.nan_to_num(values),
-            color=[style.color(m) for m in table["mode"]],
+            color=[style.run_color(r) for _, r in table.iterrows()],
             edgecolor="white",
         )
         ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=2)
@@ -71,7 +71,7 @@ def fig_baseline(current: Record, baseline: Record, style: Style) -> FigureResul
         ax.set(ylabel=f"{name}: current ÷ baseline", title=f"{name} vs baseline")
         ax.margins(y=0.15)
         ax.grid(axis="y", alpha=0.3)
-    handles = style.legend_handles(table["mode"], [])
+    handles = style.legend_handles(table, sizes=False)
     handles.append(Line2D([], [], color="black", linestyle="--", label="ratio 1 (= baseline)"))
     legend_outside(axes[1], handles)
     caption = (

@@ -62,7 +62,7 @@ def build_report(
     base = load_record(baseline) if baseline is not None else None
     out = Path(out) if out is not None else default_out(dirs[0])
     all_runs = rec.runs if base is None else pd.concat([rec.runs, base.runs])
-    style = Style.of(all_runs["mode"], size_order(all_runs))
+    style = Style.of(all_runs["mode"], size_order(all_runs), all_runs)
     notes = list(rec.notes)
     figures = [f for f in (fn(rec, style) for fn in FIGURES) if f is not None]
     fit, fit_note = scaling_fit_of(rec)

@@ -14,7 +14,7 @@ from scaling.report.axes import (
     new_figure,
     spans_decades,
 )
-from scaling.report.record import Record
+from scaling.report.record import RUN_ID_COLUMNS, Record
 from scaling.report.style import Style
 
 MAX_RUN_LEGEND = 14  # more runs than this: a legend of modes and sizes instead of one per run
@@ -22,8 +22,10 @@ MAX_RUN_LEGEND = 14  # more runs than this: a legend of modes and sizes instead 
 
 def step_table(rec: Record) -> pd.DataFrame:
     """The finite-loss steps of every run, with the run's identity, in run order."""
-    cols = ["source", "run_id", "label", "size", "mode", "mup", "status", "model_flops_per_step"]
-    steps = rec.steps.merge(rec.runs[cols], on=["source", "run_id"], how="inner")
+    cols = [*RUN_ID_COLUMNS, "d_model", "lr", "status", "model_flops_per_step"]
+    # the run's peak LR (which colour may encode) replaces the step's scheduled LR
+    steps = rec.steps.drop(columns="lr", errors="ignore")
+    steps = steps.merge(rec.runs[cols], on=["source", "run_id"], how="inner")
     steps = steps[np.isfinite(steps["loss"].astype(float))]
     order = {
         rid: i for i, rid in enumerate(zip(rec.runs["source"], rec.runs["run_id"], strict=True))
@@ -33,15 +35,13 @@ def step_table(rec: Record) -> pd.DataFrame:
 
 
 def _runs_legend(ax, steps: pd.DataFrame, style: Style) -> str:
-    """A legend entry per run when there are few, else per mode and size; caption text."""
+    """A legend entry per run when there are few, else per colour and size; caption text."""
     n_runs = steps.groupby(["source", "run_id"]).ngroups
     if n_runs <= MAX_RUN_LEGEND:
         legend_outside(ax)
         return ""
     floor = [h for h in ax.get_lines() if h.get_label().startswith("entropy floor")][:1]
-    legend_outside(
-        ax, floor + style.legend_handles(steps["mode"], steps["size"], mup=bool(steps["mup"].any()))
-    )
+    legend_outside(ax, floor + style.legend_handles(steps, mup=bool(steps["mup"].any())))
     return f" {n_runs} runs: the CSV names each line (run_id, label)."
 
 
@@ -57,7 +57,7 @@ def _plot_runs(ax, steps: pd.DataFrame, x: str, style: Style) -> None:
         ax.plot(
             run[x],
             run["loss"],
-            color=style.color(r["mode"]),
+            color=style.run_color(r),
             linestyle=style.linestyle(r["size"]),
             marker=style.marker(r["size"]),
             markerfacecolor=style.face(r["mup"]),
@@ -86,9 +86,9 @@ def fig_loss_vs_step(rec: Record, style: Style) -> FigureResult | None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     caption = (
-        "Training loss of every run against optimizer step (colour: mode; marker and "
-        "line style: size; runs drawn narrower on top of wider ones, so that identical "
-        "curves of different modes stay visible)." + _runs_legend(ax, steps, style)
+        f"Training loss of every run against optimizer step (colour: {style.color_meaning}; "
+        "marker and line style: size; runs drawn narrower on top of wider ones, so that "
+        "identical curves of different modes stay visible)." + _runs_legend(ax, steps, style)
     )
     if floor_values:
         caption += (

@@ -3,7 +3,7 @@ coordinate check (activation RMS against width, a line per step)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +14,9 @@ from matplotlib.figure import Figure
 from scaling import records
 from scaling.report.axes import FigureResult, new_figure
 from scaling.report.record import Record
-from scaling.report.style import DPI, Style
+from scaling.report.style import DPI, Style, ramp
 
 MAX_COORD_STEPS = 8  # more recorded steps than this: 8 spread over them
-
-
-def _width_colors(widths: Sequence[int]) -> dict[int, tuple]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    n = max(len(widths) - 1, 1)
-    return {w: cmap(0.9 * i / n) for i, w in enumerate(sorted(widths))}
 
 
 def _lr_study(rec: Record) -> pd.DataFrame | None:
@@ -103,7 +95,7 @@ def fig_mup_lr(rec: Record, style: Style) -> FigureResult | None:
     data = _lr_study(rec)
     if data is None:
         return None
-    colors = _width_colors(list(data["width"].unique()))
+    colors = ramp(sorted(data["width"].unique()), "viridis")
     fig, axes = new_figure(12, 4.8, ncols=2, sharey=True)
     for ax, mup in zip(axes, (False, True), strict=True):
         _draw_lr_panel(ax, data[data["mup"] == mup], mup, colors)
@@ -184,10 +176,7 @@ def coord_check_result(coord: pd.DataFrame) -> FigureResult | None:
     all_sites = coord["site"].nunique()
     sites = _coord_sites(coord["site"])
     data, steps = _coord_data(coord, sites)
-    from matplotlib import colormaps
-
-    cmap = colormaps["plasma"]
-    step_color = {s: cmap(0.85 * i / max(len(steps) - 1, 1)) for i, s in enumerate(steps)}
+    step_color = ramp(steps, "plasma", top=0.85)
     fig = Figure(figsize=(11, 2.9 * len(sites) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.subplots(len(sites), 2, squeeze=False, sharey="row")

@@ -55,7 +55,7 @@ def grouped_bars(
                 x,
                 row[value] * scale,
                 width * 0.95,
-                color=style.color(row["mode"]),
+                color=style.run_color(row),
                 hatch=hatch[row["variant"]],
                 edgecolor="white",
                 linewidth=0.5,
@@ -71,7 +71,7 @@ def grouped_bars(
     ax.set_xticks(range(len(sizes)), sizes)
     ax.set_xlabel("model size")
     ax.margins(y=0.15)
-    handles = style.legend_handles(table["mode"], [])
+    handles = style.legend_handles(table, sizes=False)
     if len(variants) > 1:
         handles += [
             Patch(facecolor="0.85", edgecolor="0.3", hatch=hatch[v], label=v or "-")

@@ -22,14 +22,23 @@ MAX_LABELLED_POINTS = 16  # more points than this: no ratio labels (they would p
 
 
 def _versus(
-    ax, data: pd.DataFrame, x: str, y: str, style: Style, annotate: bool, xerr_hi: str | None = None
+    ax,
+    data: pd.DataFrame,
+    runs: pd.DataFrame,
+    x: str,
+    y: str,
+    style: Style,
+    xerr_hi: str | None = None,
 ) -> None:
-    for _, r in data.iterrows():
+    """One point per row of ``data`` at (x, y), coloured by its run (the row of ``runs`` with
+    the same index), a bar from x to ``xerr_hi``, y = x, and ratio labels if few."""
+    for i, r in data.iterrows():
+        color = style.run_color(runs.loc[i])
         if xerr_hi is not None and np.isfinite(r[xerr_hi]) and r[xerr_hi] > r[x]:
             ax.plot(
                 [r[x], r[xerr_hi]],
                 [r[y], r[y]],
-                color=style.color(r["mode"]),
+                color=color,
                 linewidth=1,
                 marker="|",
                 markersize=6,
@@ -39,18 +48,18 @@ def _versus(
             r[y],
             linestyle="none",
             marker=style.marker(r["size"]),
-            color=style.color(r["mode"]),
+            color=color,
             markerfacecolor=style.face(r["mup"]),
             markersize=7,
             gid=f"{r['source']}/{r['run_id']}",
-            **style.edge(r["mode"], r["mup"]),
+            **style.edge(color, r["mup"]),
         )
     lo, hi = _identity_line(ax, data, [x, y] + ([xerr_hi] if xerr_hi else []))
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
     ax.grid(alpha=0.3, which="both")
-    if annotate:
+    if len(data) <= MAX_LABELLED_POINTS:
         place_labels(
             ax,
             data[x].to_numpy(float),
@@ -58,9 +67,7 @@ def _versus(
             [f"×{v:.2f}" for v in data["ratio"]],
             _range_bar_points(data, x, y, xerr_hi),
         )
-    handles = style.legend_handles(
-        data["mode"], data["size"], lines=False, mup=bool(data["mup"].any())
-    )
+    handles = style.legend_handles(runs, lines=False, mup=bool(data["mup"].any()))
     handles.append(Line2D([], [], color="0.5", linestyle="--", label="y = x (prediction exact)"))
     legend_outside(ax, handles)
 
@@ -102,13 +109,7 @@ def fig_step_time_vs_roofline(rec: Record, style: Style) -> FigureResult | None:
     data["ratio"] = data["step_time_s_median"] / data["predicted_step_s"]
     fig, (ax,) = new_figure(7.5, 5.4)
     _versus(
-        ax,
-        data,
-        "predicted_step_s",
-        "step_time_s_median",
-        style,
-        len(data) <= MAX_LABELLED_POINTS,
-        xerr_hi="predicted_step_s_upper",
+        ax, data, runs, "predicted_step_s", "step_time_s_median", style, "predicted_step_s_upper"
     )
     ax.set(
         xlabel="roofline prediction (s/step)",
@@ -141,7 +142,7 @@ def fig_memory_vs_estimate(rec: Record, style: Style) -> FigureResult | None:
     data["peak_memory_mib"] = mib(data["peak_memory_bytes"])
     data["ratio"] = data["peak_memory_bytes"] / data["est_memory_bytes"]
     fig, (ax,) = new_figure(7.5, 5.4)
-    _versus(ax, data, "est_memory_mib", "peak_memory_mib", style, len(data) <= MAX_LABELLED_POINTS)
+    _versus(ax, data, runs, "est_memory_mib", "peak_memory_mib", style)
     ax.set(
         xlabel="analytic estimate (MiB per device)",
         ylabel="measured peak (MiB per device)",

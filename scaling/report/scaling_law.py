@@ -84,15 +84,16 @@ def plus_minus(value: float, se: float, fmt: str = "{:.4g}") -> str:
 def _plot_points(ax, runs: pd.DataFrame, frontier: pd.DataFrame, style: Style, fitted: bool):
     wide = Style.emphasis(runs)
     for i, r in runs.iterrows():  # earlier runs drawn larger: coinciding runs stay visible
+        color = style.run_color(r)
         ax.plot(
             r["compute_flops"],
             r["final_loss"],
             linestyle="none",
             marker=style.marker(r["size"]),
-            color=style.color(r["mode"]),
+            color=color,
             markersize=5 + 5 * wide[i],
             markerfacecolor=style.face(r["mup"]),
-            **style.edge(r["mode"], r["mup"]),
+            **style.edge(color, r["mup"]),
         )
     ax.plot(
         frontier["compute_flops"],
@@ -205,10 +206,7 @@ def fig_scaling_law(rec: Record, style: Style) -> FigureResult | None:
     handles, _ = ax.get_legend_handles_labels()
     legend_outside(
         ax,
-        handles
-        + style.legend_handles(
-            runs["mode"], runs["size"], lines=False, mup=bool(runs["mup"].any())
-        ),
+        handles + style.legend_handles(runs, lines=False, mup=bool(runs["mup"].any())),
     )
     caption = _caption(fit, floor_values, note)
     return FigureResult(

@@ -21,9 +21,10 @@ def law(compute: float) -> float:
 
 
 def run(run_id: str, size: str, mode: str, **kw) -> records.RunRecord:
-    """One ok run of a known size (``SIZES``) whose final loss lies on ``LAW``; ``kw``
-    overrides any column."""
-    d_model, n_params, flops = SIZES[size]
+    """One ok run whose final loss lies on ``LAW``; ``kw`` overrides any column. A size not
+    in ``SIZES`` is 64 wide, 1 M parameters, 1 GFLOP per step unless ``kw`` says otherwise."""
+    default = (kw.get("d_model", 64), kw.get("n_params", 1e6), kw.get("model_flops_per_step", 1e9))
+    d_model, n_params, flops = SIZES.get(size, default)
     steps = kw.pop("steps", 6)
     base = dict(
         run_id=run_id,
