@@ -8,24 +8,31 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from scaling import records
 from scaling.report.axes import FigureResult, legend_outside, new_figure
 from scaling.report.record import Record, describe, varying
 from scaling.report.style import Style
 from scaling.report.tables import Table, fmt
 
-# Columns a configuration is matched by (baseline comparison): everything but run_id and seed.
-CONFIG_KEY = ("size", "mode", "mesh", "mup", "batch", "seq", "dtype", "remat")
 _COMPARED = ["tokens_per_s", "mfu"]
 
 
-def _config_key(runs: pd.DataFrame) -> pd.Series:
-    return runs[list(CONFIG_KEY)].astype(str).agg("|".join, axis=1)
+def _configs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run, its ``records.CONFIG_KEYS`` (what ``scaling check`` matches on too) and
+    ``config``, their values joined by "|"."""
+    configs = pd.DataFrame(
+        [records.config_of(r) for _, r in runs.iterrows()],
+        index=runs.index,
+        columns=list(records.CONFIG_KEYS),
+    )
+    keys = [records.config_key(r) for _, r in runs.iterrows()]
+    return configs.assign(config=["|".join(map(str, k)) for k in keys])
 
 
 def _per_config(rec: Record) -> pd.DataFrame:
-    ok = rec.ok.assign(config=_config_key(rec.ok))
+    ok = _configs(rec.ok).join(rec.ok[[*_COMPARED, "run_id"]])
     return ok.groupby("config", sort=False).agg(
-        **{c: (c, "first") for c in CONFIG_KEY},
+        **{c: (c, "first") for c in records.CONFIG_KEYS},
         **{v: (v, "median") for v in _COMPARED},
         n_runs=("run_id", "size"),
     )
@@ -51,9 +58,8 @@ def fig_baseline(current: Record, baseline: Record, style: Style) -> FigureResul
     table = baseline_table(current, baseline)
     if table.empty:
         return None
-    differing = varying(
-        table, ("mesh", "mup", "batch", "seq", "dtype", "remat"), within=("size", "mode")
-    )
+    identity = [k for k in records.CONFIG_KEYS if k not in ("size", "mode")]
+    differing = varying(table, identity, within=("size", "mode"))
     table["label"] = [_config_label(r, differing) for _, r in table.iterrows()]
     fig, axes = new_figure(max(8, 1.0 * len(table) + 4), 4.8, ncols=2)
     for ax, col, name in zip(axes, ("tokens_per_s", "mfu"), ("tokens/s", "MFU"), strict=True):
@@ -76,8 +82,9 @@ def fig_baseline(current: Record, baseline: Record, style: Style) -> FigureResul
     legend_outside(axes[1], handles)
     caption = (
         "Throughput (tokens/s) and MFU of this record ÷ the baseline's, per "
-        "configuration (matched by size, mode, mesh, muP, batch, seq, dtype, remat; "
-        "median over ok runs). Above 1: faster than the baseline."
+        "configuration (matched on the keys scaling check uses: "
+        f"{', '.join(records.CONFIG_KEYS)}; median over ok runs). Above 1: faster than the "
+        "baseline."
     )
     return FigureResult("baseline_ratio", "Against the baseline", caption, fig, table)
 
@@ -103,9 +110,9 @@ def ratio_table(figure: FigureResult, baseline_name) -> Table:
 
 
 def unmatched_table(current: Record, baseline: Record) -> Table | None:
-    cur, base = set(_config_key(current.ok)), set(_config_key(baseline.ok))
+    cur, base = set(_configs(current.ok)["config"]), set(_configs(baseline.ok)["config"])
     rows = [["current only", k.replace("|", " ")] for k in sorted(cur - base)]
     rows += [["baseline only", k.replace("|", " ")] for k in sorted(base - cur)]
     if not rows:
         return None
-    return Table("Configurations without a match", ["in", " ".join(CONFIG_KEY)], rows)
+    return Table("Configurations without a match", ["in", " ".join(records.CONFIG_KEYS)], rows)

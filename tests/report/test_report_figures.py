@@ -166,13 +166,3 @@ def test_coord_check_figure_beside_its_parquet(tmp_path):
     png = rp.coord_check_figure(tmp_path)
     assert png == tmp_path / "coord_check.png" and png.is_file()
     assert (tmp_path / "coord_check.csv").is_file()
-
-
-def test_baseline_ratios_match_by_configuration(built):
-    result, *_ = built
-    data = written_csv(result, "baseline_ratio")
-    assert len(data) == 6  # 3 sizes × 2 modes; steps and run_id differ, config matches
-    np.testing.assert_allclose(data["tokens_per_s_ratio"], 2.0)
-    np.testing.assert_allclose(data["mfu_ratio"], 1.0)
-    fig = figure_named(result, "baseline_ratio").figure
-    np.testing.assert_allclose([p.get_height() for p in fig.axes[0].patches], 2.0)
