@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from scaling.report.style import FLOOR_STYLE
+from scaling import records
+from scaling.report.style import DPI, FLOOR_STYLE
 
 
 @dataclass
@@ -23,6 +25,15 @@ class FigureResult:
     caption: str
     figure: Figure
     data: pd.DataFrame
+
+    def write(self, directory: Path) -> list[Path]:
+        """``<name>.png`` and ``<name>.csv`` in ``directory``, each written atomically."""
+        png, csv = directory / f"{self.name}.png", directory / f"{self.name}.csv"
+        with records.atomic_path(png) as tmp:
+            self.figure.savefig(tmp, dpi=DPI, format="png")
+        with records.atomic_path(csv) as tmp:
+            self.data.to_csv(tmp, index=False)
+        return [png, csv]
 
 
 def new_figure(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from scaling import records
 from scaling.report.baseline import fig_baseline, ratio_table, unmatched_table
 from scaling.report.loss import fig_loss_vs_compute, fig_loss_vs_step
 from scaling.report.mup import fig_coord_check, fig_mup_lr
@@ -16,7 +17,7 @@ from scaling.report.performance import fig_compile_time, fig_throughput
 from scaling.report.predicted import fig_memory_vs_estimate, fig_step_time_vs_roofline
 from scaling.report.record import Record, load_record, size_order
 from scaling.report.scaling_law import fig_scaling_law, scaling_fit_of
-from scaling.report.style import DPI, Style
+from scaling.report.style import Style
 from scaling.report.tables import environment_table, failed_table, fit_table, summary_table
 
 FORMATS = ("html", "md")
@@ -99,21 +100,19 @@ def _compare(rec: Record, base: Record, baseline, style, figures, tables, notes)
 
 def _write_figures(figures, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    for f in figures:
-        png, csv = out / f"{f.name}.png", out / f"{f.name}.csv"
-        f.figure.savefig(png, dpi=DPI)
-        f.data.to_csv(csv, index=False)
-        files += [png, csv]
-    return files
+    return [path for f in figures for path in f.write(out)]
+
+
+_PAGES = {"html": ("index.html", render_html), "md": ("report.md", render_markdown)}
 
 
 def _write_pages(report: Report, formats, title: str, baseline) -> None:
-    if "html" in formats:
-        path = report.out / "index.html"
-        path.write_text(render_html(report, title, base_dir=baseline), encoding="utf-8")
-        report.files.append(path)
-    if "md" in formats:
-        path = report.out / "report.md"
-        path.write_text(render_markdown(report, title, base_dir=baseline), encoding="utf-8")
+    for page_format in FORMATS:
+        if page_format not in formats:
+            continue
+        name, render = _PAGES[page_format]
+        path = report.out / name
+        # records.write_text_atomic would use the locale's encoding; the pages are UTF-8
+        with records.atomic_path(path) as tmp:
+            tmp.write_text(render(report, title, base_dir=baseline), encoding="utf-8")
         report.files.append(path)

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from scaling import records
 from scaling.report.axes import FigureResult, new_figure
 from scaling.report.record import Record
-from scaling.report.style import DPI, Style, ramp
+from scaling.report.style import Style, ramp
 
 MAX_COORD_STEPS = 8  # more recorded steps than this: 8 spread over them
 
@@ -148,9 +148,7 @@ def coord_check_figure(directory: str | Path) -> Path | None:
     result = coord_check_result(coord)
     if result is None:
         return None
-    png = directory / f"{result.name}.png"
-    result.figure.savefig(png, dpi=DPI)
-    result.data.to_csv(directory / f"{result.name}.csv", index=False)
+    png, _ = result.write(directory)
     return png
 
 
