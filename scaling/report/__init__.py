@@ -9,12 +9,13 @@
 
 Every figure function takes the loaded :class:`Record` and the report's :class:`Style` and
 returns a :class:`FigureResult` (the matplotlib Figure and its data) or ``None`` when the record
-lacks the data. One colour per mode and one marker/linestyle per size hold across all figures.
+lacks the data. A run has one colour, marker and line style across all figures (``style``).
 
 Modules: ``record`` (loading), ``style``, ``axes`` (helpers shared by the figures), one module
 per figure family (``loss``, ``performance``, ``predicted``, ``scaling_law``, ``mup``,
 ``baseline``), ``fit`` (the scaling-law fit), ``tables``, ``pages`` (html/md) and ``build``
-(the figure registry ``FIGURES`` and ``build_report``).
+(the figure registry ``FIGURES`` and ``build_report``). A new figure is a function in its
+family module and an entry in ``FIGURES``.
 """
 
 from scaling.report.axes import FigureResult

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from scaling import records
+from scaling.report.axes import FigureResult
 from scaling.report.baseline import fig_baseline, ratio_table, unmatched_table
 from scaling.report.loss import fig_loss_vs_compute, fig_loss_vs_step
 from scaling.report.mup import fig_coord_check, fig_mup_lr
@@ -18,7 +19,7 @@ from scaling.report.predicted import fig_memory_vs_estimate, fig_step_time_vs_ro
 from scaling.report.record import Record, load_record, size_order
 from scaling.report.scaling_law import fig_scaling_law, scaling_fit_of
 from scaling.report.style import Style
-from scaling.report.tables import environment_table, failed_table, fit_table, summary_table
+from scaling.report.tables import Table, environment_table, failed_table, fit_table, summary_table
 
 FORMATS = ("html", "md")
 
@@ -73,7 +74,12 @@ def build_report(
     if fit is not None:
         tables.append(fit_table(fit))
     if base is not None:
-        _compare(rec, base, baseline, style, figures, tables, notes)
+        baseline_figures, baseline_tables, baseline_notes = _against_baseline(
+            rec, base, baseline, style
+        )
+        figures += baseline_figures
+        tables += baseline_tables
+        notes += baseline_notes
     failed = failed_table(rec)
     if failed is not None:
         tables.append(failed)
@@ -85,8 +91,11 @@ def build_report(
     return report
 
 
-def _compare(rec: Record, base: Record, baseline, style, figures, tables, notes) -> None:
-    notes.extend(base.notes)
+def _against_baseline(
+    rec: Record, base: Record, baseline, style: Style
+) -> tuple[list[FigureResult], list[Table], list[str]]:
+    """The baseline figure and its tables, or a note that nothing matches."""
+    figures, tables, notes = [], [], list(base.notes)
     figure = fig_baseline(rec, base, style)
     if figure is None:
         notes.append(f"Baseline {baseline}: no configuration matches this record's ok runs.")
@@ -96,6 +105,7 @@ def _compare(rec: Record, base: Record, baseline, style, figures, tables, notes)
     unmatched = unmatched_table(rec, base)
     if unmatched is not None:
         tables.append(unmatched)
+    return figures, tables, notes
 
 
 def _write_figures(figures, out: Path) -> list[Path]:

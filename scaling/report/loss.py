@@ -70,14 +70,21 @@ def _plot_runs(ax, steps: pd.DataFrame, x: str, style: Style) -> None:
         )
 
 
+def _loss_figure(rec: Record, steps: pd.DataFrame, x: str, style: Style):
+    """A figure of each run's loss against ``x`` over the record's entropy floors; the figure,
+    its axes and the floors."""
+    fig, (ax,) = new_figure(9, 4.8)
+    _plot_runs(ax, steps, x, style)
+    floor_values = floors(rec.runs)
+    draw_floors(ax, floor_values)
+    return fig, ax, floor_values
+
+
 def fig_loss_vs_step(rec: Record, style: Style) -> FigureResult | None:
     steps = step_table(rec)
     if steps.empty:
         return None
-    fig, (ax,) = new_figure(9, 4.8)
-    _plot_runs(ax, steps, "step", style)
-    floor_values = floors(rec.runs)
-    draw_floors(ax, floor_values)
+    fig, ax, floor_values = _loss_figure(rec, steps, "step", style)
     ax.set(
         xlabel="optimizer step", ylabel="training loss (nats/token)", title="Training loss per step"
     )
@@ -109,10 +116,7 @@ def fig_loss_vs_compute(rec: Record, style: Style) -> FigureResult | None:
         steps = steps[steps["cumulative_model_flops"] > 0]
     if steps.empty:
         return None
-    fig, (ax,) = new_figure(9, 4.8)
-    _plot_runs(ax, steps, "cumulative_model_flops", style)
-    floor_values = floors(rec.runs)
-    draw_floors(ax, floor_values)
+    fig, ax, floor_values = _loss_figure(rec, steps, "cumulative_model_flops", style)
     if log_x:
         log_axis(ax, "x", steps["cumulative_model_flops"])
     ax.set(
