@@ -62,8 +62,16 @@ def _one_mode_runs(axis: str) -> tuple[list, list]:
     return [run(f"mup{int(v)}", "tiny", "none", mup=v) for v in values], values
 
 
-@pytest.mark.parametrize("axis", ["d_model", "lr", "size", "mup"])
-def test_one_mode_colour_encodes_the_axis_that_varies(tmp_path, axis):
+@pytest.mark.parametrize(
+    ("axis", "meaning"),
+    [
+        ("d_model", "width (d_model)"),
+        ("lr", "learning rate"),
+        ("size", "size"),  # widths differ too, but only from size to size
+        ("mup", "parametrization (SP/muP)"),
+    ],
+)
+def test_one_mode_colour_encodes_the_axis_that_varies(tmp_path, axis, meaning):
     runs, values = _one_mode_runs(axis)
     write(tmp_path / "rec", runs)
     result = rp.build_report([tmp_path / "rec"], out=tmp_path / "out", formats=["md"])
@@ -78,6 +86,7 @@ def test_one_mode_colour_encodes_the_axis_that_varies(tmp_path, axis):
     assert rp.MODE_COLORS["none"] not in color_of.values()
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert len(legend) == len(values) + 1  # one entry per run, and the entropy floor
+    assert f"(colour: {meaning};" in figure_named(result, "loss_vs_step").caption
 
 
 def test_a_width_sweep_of_many_runs_is_coloured_by_width(tmp_path):
