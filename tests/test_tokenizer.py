@@ -130,3 +130,21 @@ def test_bad_tokenizer_specs_name_what_is_valid(text, message):
 def test_parse_tokenizer_kinds():
     assert parse_tokenizer("bytes").kind == "bytes"
     assert parse_tokenizer("bpe:4096").vocab_size == 4096
+
+
+def test_a_given_tokenizer_without_an_end_of_text_token_is_refused(tmp_path, cli):
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(["a b c"] * 10, trainers.BpeTrainer(special_tokens=["<unk>"]))
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "in").mkdir()
+    for i in range(4):
+        (tmp_path / "in" / f"{i}.txt").write_text("a b c " * (i + 1))
+    result = cli(
+        "data", "prepare", tmp_path / "in", "--tokenizer", tmp_path / "tokenizer.json",
+        "--out", tmp_path / "out", "--val-fraction", "0.5",
+    )  # fmt: skip
+    assert (
+        result.exit_code == 2 and "no end-of-text token; looked for <|endoftext|>" in result.output
+    )
+    assert not (tmp_path / "out").exists()
