@@ -8,21 +8,11 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from helpers import stdlib_sample  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
-
-from scaling.records import RunOutcome, RunRecord, StepRecord, write_outcome  # noqa: E402
-
-ROOT = Path(__file__).parent.parent
-DATA = Path(__file__).parent / "data"
-
-
-def last_json(text: str):
-    """The JSON object on the last line of a command's stdout (every --json command ends so)."""
-    return json.loads(text.strip().splitlines()[-1])
 
 
 @pytest.fixture
@@ -32,80 +22,6 @@ def cli():
 
     runner = CliRunner()
     return lambda *args: runner.invoke(app, [str(a) for a in args])
-
-
-def make_run_record(run_id: str = "r1", **overrides) -> RunRecord:
-    """An ok run row of the tiny model with plausible measurements; override any column."""
-    fields = dict(
-        run_id=run_id,
-        sweep="test",
-        size="tiny",
-        family="llama",
-        mode="dp",
-        mesh="4x1",
-        n_devices=4,
-        n_processes=1,
-        mup=False,
-        batch=8,
-        seq=64,
-        dtype="float32",
-        remat="none",
-        steps=6,
-        timing_warmup_steps=1,
-        lr=3e-3,
-        seed=0,
-        data="synthetic",
-        d_model=128,
-        n_layers=4,
-        n_heads=8,
-        tied=True,
-        status="ok",
-        mfu=0.1,
-        tokens_per_s=10_000.0,
-        step_time_s_median=0.05,
-        platform="cpu",
-        device_kind="cpu",
-    )
-    fields.update(overrides)
-    return RunRecord(**fields)
-
-
-def write_runs(out: Path, rows: list[RunRecord], steps: dict | None = None) -> Path:
-    """Write run rows (and optional ``{run_id: [StepRecord, ...]}``) through the one writer."""
-    for row in rows:
-        write_outcome(out, RunOutcome(row, (steps or {}).get(row.run_id, [])))
-    return out
-
-
-# A few small standard-library modules: real text every machine has (~90 KB).
-STDLIB_SAMPLE = (
-    "abc.py",
-    "bisect.py",
-    "colorsys.py",
-    "fnmatch.py",
-    "heapq.py",
-    "keyword.py",
-    "numbers.py",
-    "string.py",
-    "textwrap.py",
-    "json/__init__.py",
-    "json/decoder.py",
-    "json/encoder.py",
-    "json/scanner.py",
-    "json/tool.py",
-)
-
-
-def stdlib_sample(folder: Path) -> Path:
-    """Copy STDLIB_SAMPLE into ``folder`` (flat, as ``json_decoder.py`` etc.)."""
-    import shutil
-    import sysconfig
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in STDLIB_SAMPLE:
-        shutil.copy(root / name, folder / name.replace("/", "_"))
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -119,15 +35,3 @@ def prepared_dir(tmp_path_factory) -> Path:
     sources = find_sources([str(stdlib_sample(base / "text"))], "text", "*.py")
     prepare(sources, base / "bpe512", parse_tokenizer("bpe:512"), val_fraction=0.25, seed=0)
     return base / "bpe512"
-
-
-__all__ = [
-    "DATA",
-    "ROOT",
-    "STDLIB_SAMPLE",
-    "StepRecord",
-    "last_json",
-    "make_run_record",
-    "stdlib_sample",
-    "write_runs",
-]

@@ -4,8 +4,8 @@ import math
 import jax
 import numpy as np
 import pytest
-from conftest import last_json
 from flax import nnx
+from helpers import last_json
 
 from scaling import train
 from scaling.data import prepared_for_model, validation_batches

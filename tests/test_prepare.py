@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import last_json
+from helpers import last_json
 from tokenizers import Tokenizer
 
 from scaling import corpus

@@ -8,7 +8,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import make_run_record, write_runs
+from helpers import make_run_record, write_runs
 
 from scaling import check, records
 from scaling.report import load_record

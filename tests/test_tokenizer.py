@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import stdlib_sample
+from helpers import stdlib_sample
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from scaling.prepare import split_of
