@@ -22,6 +22,7 @@ JAX_FREE = (
     "scaling.estimate",
     "scaling.check",
     "scaling.report",
+    "scaling.laws",
     "scaling.cli.main",
     "scaling.corpus",
     "scaling.tokenizer",
