@@ -174,13 +174,19 @@ CONFIG_KEYS = (
 
 def config_of(row) -> dict:
     """The ``CONFIG_KEYS`` of one run row (a dict or a pandas row), normalised to Python
-    types. ``tied`` falls back to the run's ``settings_json`` (version-1 rows)."""
+    types. ``tied`` falls back to the run's ``settings_json`` (version-1 rows), then to the
+    default of that era."""
     tied = row.get("tied")
     if tied is None or (isinstance(tied, float) and math.isnan(tied)):
         try:
             tied = json.loads(row.get("settings_json") or "{}").get("tied")
         except (json.JSONDecodeError, AttributeError):
             tied = None
+    if tied is None:
+        # Rows without a ``tied`` column and ``"tied": null`` in their settings ran the
+        # preset's default head, which for every preset of those versions was tied unless
+        # muP (which forces an untied head).
+        tied = not bool(row["mup"])
     return {
         "size": str(row["size"]),
         "family": str(row.get("family") or "llama"),

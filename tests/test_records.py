@@ -71,3 +71,32 @@ def test_config_key_ignores_run_id_seed_and_steps():
     key = records.config_key
     rows = [dataclasses.asdict(r) for r in (a, b, c)]
     assert key(rows[0]) == key(rows[1]) != key(rows[2])
+
+
+def test_null_tied_in_old_settings_means_the_default_of_that_era(tmp_path):
+    # The committed CI baseline was written before the ``tied`` column: settings hold
+    # ``"tied": null``, meaning the preset default (tied, untied under muP).
+    for mup in (False, True):
+        old = make_run_record(
+            f"v1{mup}", mup=mup, tied=None, settings_json=json.dumps({"tied": None})
+        )
+        assert records.config_of(dataclasses.asdict(old))["tied"] is (not mup)
+
+
+def test_committed_ci_baseline_pairs_with_every_ci_sweep_run():
+    # What ``.ci/run`` does: a fresh sweep of sweeps/ci.toml checked against the baseline.
+    from pathlib import Path
+
+    from scaling.sharding import default_mesh_shape
+    from scaling.spec import load_sweep_spec
+
+    root = Path(__file__).resolve().parents[1]
+    baseline = check.load_baseline(root / "sweeps" / "baselines" / "ci-cpu.parquet")
+    baseline_keys = {records.config_key(row) for _, row in baseline.iterrows()}
+    spec = load_sweep_spec(str(root / "sweeps" / "ci.toml"))
+    fresh_keys = set()
+    for i, settings in enumerate(spec.grid()):
+        row = dataclasses.asdict(records.base_record(settings, f"r{i}"))
+        rows, cols = default_mesh_shape(row["mode"], 4)  # the sweep's 4 simulated devices
+        fresh_keys.add(records.config_key({**row, "mesh": f"{rows}x{cols}"}))
+    assert fresh_keys and fresh_keys <= baseline_keys
