@@ -25,10 +25,17 @@ SWEEP_AXES = (
     "seed",
     "width",
     "tied",
+    "steps",
+    "tokens",
+    "layers",
+    "mesh",
 )
 # Optional settings: absent from SWEEP_DEFAULTS (so run ids of sweeps that do not set them stay
 # what they were); RunConfig's defaults apply when a spec leaves them out.
 LOADER_AND_EVAL = ("eval_every", "eval_batches", "data_threads", "data_prefetch", "data_processes")
+# Shape and length overrides, optional in the same way: ``layers`` replaces the preset's depth;
+# ``tokens`` is a token budget per run, which sets steps = round(tokens / (batch · seq)).
+SHAPE_AND_LENGTH = ("layers", "tokens")
 SWEEP_FIXED = (
     "mode",
     "width",
@@ -48,6 +55,7 @@ SWEEP_FIXED = (
     "seed",
     "timeout_s",
     "mup",
+    *SHAPE_AND_LENGTH,
     *LOADER_AND_EVAL,
 )
 # Setting names of earlier versions: a spec that uses one is told the new name.
@@ -92,12 +100,17 @@ class SweepSpec:
         mode = ["dp", "fsdp"]
         [fixed]
         steps = 4
+
+    ``points`` (TOML ``[[points]]`` tables of axis settings) are runs that are not a product,
+    e.g. the (size, steps) pairs of an IsoFLOP study (``scaling plan``): the grid is every
+    point combined with every combination of the ``axes``.
     """
 
     name: str
     axes: dict[str, list] = field(default_factory=dict)
     fixed: dict[str, object] = field(default_factory=dict)
     description: str = ""
+    points: list[dict[str, object]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for key in self.axes:
@@ -108,21 +121,39 @@ class SweepSpec:
         for key in self.fixed:
             if key not in SWEEP_FIXED:
                 raise _unknown("setting", key, SWEEP_FIXED)
-        if "size" not in self.axes:
+        self._check_points()
+        sizes = self.axes.get("size", [p["size"] for p in self.points if "size" in p])
+        if "size" not in self.axes and (not self.points or len(sizes) < len(self.points)):
             raise ValueError("a sweep needs a 'size' axis, e.g. size = [\"tiny\"]")
-        for size in self.axes["size"]:
+        for size in sizes:
             get_preset(size)
         for mode in self.axes.get("mode", []):
             if mode not in MODES:
                 raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}, all")
 
+    def _check_points(self) -> None:
+        for point in self.points:
+            if not isinstance(point, dict) or not point:
+                raise ValueError(f"a sweep point must be a table of settings, got {point!r}")
+            for key in point:
+                if key not in SWEEP_AXES:
+                    raise _unknown("point setting", key, SWEEP_AXES)
+        sources = [self.fixed, self.axes, *self.points]
+        if any("tokens" in x for x in sources) and any("steps" in x for x in sources):
+            raise ValueError("give 'steps' or 'tokens' (a token budget per run), not both")
+
     def grid(self) -> list[dict[str, object]]:
-        """Run settings, one dict per run, in a stable order (axes vary last-fastest)."""
+        """Run settings, one dict per run, in a stable order (points, then axes varying
+        last-fastest)."""
         keys = list(self.axes)
         runs = []
-        for values in itertools.product(*(self.axes[k] for k in keys)):
-            settings = {**SWEEP_DEFAULTS, **self.fixed, **dict(zip(keys, values, strict=True))}
-            runs.append({"sweep": self.name, **settings})
+        for point in self.points or [{}]:
+            for values in itertools.product(*(self.axes[k] for k in keys)):
+                chosen = dict(zip(keys, values, strict=True))
+                settings = {**SWEEP_DEFAULTS, **self.fixed, **point, **chosen}
+                if settings.get("tokens") is not None:
+                    settings["steps"] = steps_of(settings)
+                runs.append({"sweep": self.name, **settings})
         return runs
 
 
@@ -135,11 +166,11 @@ def load_sweep_spec(path: str) -> SweepSpec:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"sweep spec {path!r} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"name", "description", "axes", "fixed"}
+    unknown = set(data) - {"name", "description", "axes", "fixed", "points"}
     if unknown:
         raise ValueError(
             f"sweep spec {path!r}: unknown keys {sorted(unknown)}; "
-            "valid: name, description, axes, fixed"
+            "valid: name, description, axes, fixed, points"
         )
     try:
         return SweepSpec(
@@ -147,9 +178,18 @@ def load_sweep_spec(path: str) -> SweepSpec:
             axes=data.get("axes", {}),
             fixed=data.get("fixed", {}),
             description=data.get("description", ""),
+            points=data.get("points", []),
         )
     except ValueError as exc:
         raise ValueError(f"sweep spec {path!r}: {exc}") from None
+
+
+def steps_of(settings: dict) -> int:
+    """The steps of a run with a token budget: tokens / (batch · seq), rounded, ≥ 1."""
+    tokens = settings["tokens"]
+    if not (isinstance(tokens, int | float) and tokens > 0):
+        raise ValueError(f"tokens must be a positive number, got {tokens!r}")
+    return max(1, round(tokens / (settings["batch"] * settings["seq"])))
 
 
 def run_config_from_settings(settings: dict) -> RunConfig:
@@ -163,6 +203,7 @@ def run_config_from_settings(settings: dict) -> RunConfig:
         mesh=settings["mesh"],
         width=settings.get("width"),
         tied=settings.get("tied"),
+        layers=settings.get("layers"),
         mode=settings["mode"],
         steps=settings["steps"],
         batch=settings["batch"],

@@ -34,7 +34,7 @@ def spec_from_options(
             axes["size"] = split_list(sizes)
         if mup != "off":
             axes["mup"] = mup_axis[mup]
-        return SweepSpec(spec.name, axes, {**spec.fixed, **fixed}, spec.description)
+        return SweepSpec(spec.name, axes, {**spec.fixed, **fixed}, spec.description, spec.points)
     if not modes or not sizes:
         raise ValueError(
             "give MODES and --sizes (e.g. `scaling sweep fsdp_tp --sizes 125m`) "
