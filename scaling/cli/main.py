@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from scaling.cli import check, data, estimate, evaluate, fit, mup, presets, report, sweep, train
+from scaling.cli import (
+    check,
+    data,
+    estimate,
+    evaluate,
+    fit,
+    mup,
+    plan,
+    presets,
+    report,
+    sweep,
+    train,
+)
 
 app = typer.Typer(
     name="scaling",
@@ -23,3 +35,4 @@ app.command("eval")(evaluate.eval_)
 app.command("fit")(fit.fit)
 app.add_typer(data.app, name="data")
 app.add_typer(mup.app, name="mup")
+app.add_typer(plan.app, name="plan")
