@@ -3,47 +3,17 @@ with one line."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from helpers import last_json, make_run_record, write_runs
+from helpers import isoflop_record, last_json, make_run_record, write_runs
 
 from scaling.laws.parametric import ChinchillaLaw
 
 TRUTH = ChinchillaLaw(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28)
-TOKENS_PER_STEP = 8 * 128
-
-
-def isoflop_record(out, law=TRUTH, noise=0.001, seed=0):
-    """7 sizes about the optimum on each of 4 budgets (C = 6·N·D), losses from ``law``."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for C in np.geomspace(1e17, 1e20, 4):
-        n_opt = float(law.optimal(C)[0])
-        for x in np.linspace(-1.5, 1.5, 7):
-            N = round(n_opt * np.exp(x))
-            steps = round(C / (6 * N) / TOKENS_PER_STEP)
-            D = steps * TOKENS_PER_STEP
-            loss = float(law.loss(N, D)) * np.exp(noise * rng.standard_normal())
-            rows.append(
-                make_run_record(
-                    f"r{len(rows)}",
-                    size="tiny",
-                    batch=8,
-                    seq=128,
-                    steps=steps,
-                    n_params=N,
-                    tokens_seen=float(D),
-                    model_flops_per_step=6.0 * N * TOKENS_PER_STEP,
-                    final_val_loss=loss,
-                    final_loss=loss,
-                )
-            )
-    return write_runs(out, rows)
 
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory):
-    return isoflop_record(tmp_path_factory.mktemp("iso") / "iso")
+    return isoflop_record(tmp_path_factory.mktemp("iso") / "iso", TRUTH)
 
 
 def test_fit_json_recovers_the_law_and_predicts_the_held_out_largest_size(cli, record):

@@ -32,32 +32,41 @@ class Curve:
 
 @dataclass(frozen=True)
 class Envelope:
-    """At each compute of the grid, the lowest loss over the runs and that run's N and D."""
+    """At each compute of the grid, the lowest loss over the runs and that run's N and D;
+    ``interior`` where that N is neither the smallest nor the largest of the runs reaching that
+    compute (elsewhere the optimum may lie beyond the sampled sizes)."""
 
     compute: np.ndarray
     n_opt: np.ndarray
     d_opt: np.ndarray
     loss: np.ndarray
+    interior: np.ndarray
 
 
 def envelope(curves: list[Curve], points: int = GRID_POINTS) -> Envelope | None:
-    """The lower envelope on a log grid over the computes that ≥ 2 runs reach (loss
-    interpolated linearly in ln C within each run); None when no compute has two runs."""
-    lo = np.sort([c.compute[0] for c in curves])
-    hi = np.sort([c.compute[-1] for c in curves])
-    if len(curves) < 2 or lo[1] >= hi[-1]:
+    """The lower envelope on a log grid from the compute where the first run ends to where the
+    last ends (before any run ends, every run is early in its schedule and the smallest model
+    wins by default), loss interpolated linearly in ln C within each run; None when fewer than
+    two runs reach a compute of that range."""
+    ends = np.sort([c.compute[-1] for c in curves])
+    if len(curves) < 2 or ends[0] >= ends[-1]:
         return None
-    grid = np.geomspace(lo[1], hi[-1], points)
+    grid = np.geomspace(ends[0], ends[-1], points)
     loss = np.full((len(curves), points), np.inf)
     for i, c in enumerate(curves):
         reach = (grid >= c.compute[0]) & (grid <= c.compute[-1])
         loss[i, reach] = np.interp(np.log(grid[reach]), np.log(c.compute), c.loss)
+    sizes = np.array([c.n_params for c in curves], dtype=float)[:, None]
+    reached = np.isfinite(loss)
+    smallest = np.where(reached, sizes, np.inf).min(axis=0)
+    largest = np.where(reached, sizes, -np.inf).max(axis=0)
     best = np.argmin(loss, axis=0)
     cols = np.arange(points)
     n_opt = np.array([curves[i].n_params for i in best])
     tokens_per_flop = np.array([curves[i].tokens[-1] / curves[i].compute[-1] for i in best])
     d_opt = grid * tokens_per_flop  # a run's tokens grow in proportion to its compute
-    return Envelope(grid, n_opt, d_opt, loss[best, cols])
+    interior = (n_opt > smallest) & (n_opt < largest)
+    return Envelope(grid, n_opt, d_opt, loss[best, cols], interior)
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class EnvelopeFit:
     d_opt: PowerLaw
     a: Interval
     b: Interval
-    sizes_on_envelope: int  # distinct model sizes that are the best somewhere on the grid
+    sizes_on_envelope: int  # distinct model sizes that are an interior optimum somewhere
 
     def to_dict(self) -> dict:
         return {
@@ -79,10 +88,13 @@ class EnvelopeFit:
 
 
 def _laws(curves: list[Curve]) -> tuple[Envelope, PowerLaw, PowerLaw] | None:
+    """The envelope and power laws through its interior points; None when fewer than two
+    model sizes are interior optima (no exponent to fit)."""
     env = envelope(curves)
-    if env is None or np.unique(env.n_opt).size < 2:
-        return None  # one model is best everywhere: no exponent to fit
-    return env, fit_power_law(env.compute, env.n_opt), fit_power_law(env.compute, env.d_opt)
+    if env is None or np.unique(env.n_opt[env.interior]).size < 2:
+        return None
+    c, n, d = env.compute[env.interior], env.n_opt[env.interior], env.d_opt[env.interior]
+    return env, fit_power_law(c, n), fit_power_law(c, d)
 
 
 def fit_envelope(curves: list[Curve], *, resamples: int = 0, seed: int = 0) -> EnvelopeFit | None:
@@ -104,5 +116,5 @@ def fit_envelope(curves: list[Curve], *, resamples: int = 0, seed: int = 0) -> E
         d_law,
         interval(n_law.exponent, samples.get("a")),
         interval(d_law.exponent, samples.get("b")),
-        int(np.unique(env.n_opt).size),
+        int(np.unique(env.n_opt[env.interior]).size),
     )

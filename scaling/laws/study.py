@@ -69,6 +69,14 @@ def group_label(row) -> str:
     )
 
 
+def _shape(row) -> str:
+    """The run's preset and, where recorded, its depth × width: ``tiny 2x64``."""
+    layers, width = row.get("n_layers"), row.get("d_model")
+    if layers and width and layers == layers and width == width:
+        return f"{row['size']} {int(layers)}x{int(width)}"
+    return str(row["size"])
+
+
 def fit_points(runs: pd.DataFrame, loss: str) -> pd.DataFrame:
     """The ok runs with finite N, D, C and loss, one row each: run_id, size, N, D, C, steps,
     loss, entropy floor, the group keys and ``group`` (their label)."""
@@ -78,7 +86,7 @@ def fit_points(runs: pd.DataFrame, loss: str) -> pd.DataFrame:
     points = pd.DataFrame(
         {
             "run_id": ok["run_id"],
-            "size": ok["size"],
+            "size": [_shape(r) for _, r in ok.iterrows()],
             "N": ok["n_params"].astype(float),
             "D": seen.where(np.isfinite(seen), tokens) if seen is not None else tokens,
             "C": ok["steps"].astype(float) * ok["model_flops_per_step"].astype(float),
