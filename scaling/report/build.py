@@ -11,6 +11,13 @@ import pandas as pd
 from scaling import records
 from scaling.report.axes import FigureResult
 from scaling.report.baseline import fig_baseline, ratio_table, unmatched_table
+from scaling.report.laws import (
+    fig_heldout,
+    fig_isoflop,
+    fig_loss_contours,
+    fig_optimal_scaling,
+    laws_table,
+)
 from scaling.report.loss import fig_loss_vs_compute, fig_loss_vs_step, fig_val_loss
 from scaling.report.mup import fig_coord_check, fig_mup_lr
 from scaling.report.pages import Report, render_html, render_markdown
@@ -34,6 +41,10 @@ FIGURES = (
     fig_memory_vs_estimate,
     fig_compile_time,
     fig_scaling_law,
+    fig_isoflop,
+    fig_optimal_scaling,
+    fig_loss_contours,
+    fig_heldout,
     fig_mup_lr,
     fig_coord_check,
 )
@@ -74,6 +85,9 @@ def build_report(
     tables = [summary_table(rec)]
     if fit is not None:
         tables.append(fit_table(fit))
+    laws = laws_table(rec)
+    if laws is not None:
+        tables.append(laws)
     if base is not None:
         baseline_figures, baseline_tables, baseline_notes = _against_baseline(
             rec, base, baseline, style
