@@ -8,7 +8,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scaling.config import RunConfig
+from scaling.config import MUP_KNOBS, RunConfig
 from scaling.presets import build_run, get_preset
 from scaling.sharding import MODES
 
@@ -25,6 +25,7 @@ SWEEP_AXES = (
     "seed",
     "width",
     "tied",
+    *MUP_KNOBS,
 )
 SWEEP_FIXED = (
     "mode",
@@ -45,7 +46,10 @@ SWEEP_FIXED = (
     "seed",
     "timeout_s",
     "mup",
+    *MUP_KNOBS,
 )
+# The muP knobs (``MUP_KNOBS``) have no entry in SWEEP_DEFAULTS: absent, the ModelConfig
+# default applies and the run id of a spec that does not name them stays what it was.
 # Setting names of earlier versions: a spec that uses one is told the new name.
 RENAMED_SETTINGS = {"warmup_steps": "timing_warmup_steps", "lr_warmup": "lr_warmup_steps"}
 SWEEP_DEFAULTS: dict[str, object] = {
@@ -168,4 +172,5 @@ def run_config_from_settings(settings: dict) -> RunConfig:
         seed=settings["seed"],
         data=settings["data"],
         timing_warmup_steps=settings["timing_warmup_steps"],
+        mup_knobs={key: settings.get(key) for key in MUP_KNOBS},
     )

@@ -9,7 +9,15 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from scaling.cli.common import err_console, out_console, print_json, split_list, user_errors
+from scaling.cli.common import (
+    MUP_HELP,
+    err_console,
+    mup_knobs,
+    out_console,
+    print_json,
+    split_list,
+    user_errors,
+)
 
 Opt = typer.Option
 CPU_DEFAULTS = {"batch": 8, "seq": 128, "steps": 6, "timing_warmup_steps": 1}
@@ -58,6 +66,12 @@ def sweep(
     ] = None,
     sizes: Annotated[str | None, Opt(help="Comma list of presets, e.g. 125m,350m.")] = None,
     mup: Annotated[str, Opt(help="muP: off | on | both.")] = "off",
+    mup_base_width: Annotated[int | None, Opt(help=MUP_HELP["base_width"])] = None,
+    mup_base_head_dim: Annotated[int | None, Opt(help=MUP_HELP["base_head_dim"])] = None,
+    mup_input_multiplier: Annotated[float | None, Opt(help=MUP_HELP["alpha_in"])] = None,
+    mup_output_multiplier: Annotated[float | None, Opt(help=MUP_HELP["alpha_out"])] = None,
+    mup_attn_multiplier: Annotated[float | None, Opt(help=MUP_HELP["alpha_attn"])] = None,
+    mup_zero_readout: Annotated[bool | None, Opt(help=MUP_HELP["zero_readout"])] = None,
     steps: Annotated[int | None, Opt(help="Steps per run.")] = None,
     timing_warmup_steps: Annotated[
         int | None,
@@ -99,6 +113,14 @@ def sweep(
         "lr": lr,
         "data": data,
         "timeout_s": timeout,
+        **mup_knobs(
+            mup_base_width,
+            mup_base_head_dim,
+            mup_input_multiplier,
+            mup_output_multiplier,
+            mup_attn_multiplier,
+            mup_zero_readout,
+        ),  # fmt: skip
     }
     with user_errors():
         grid_spec = spec_from_options(

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from scaling.cli.common import err_console, out_console, print_json, user_errors
+from scaling.cli.common import (
+    MUP_HELP,
+    err_console,
+    mup_knobs,
+    out_console,
+    print_json,
+    user_errors,
+)
 
 Opt = typer.Option
 
@@ -38,6 +45,12 @@ def train(
     family: Annotated[str | None, Opt(help="Model family: llama | gpt2.")] = None,
     layers: Annotated[int | None, Opt(help="Override the preset's depth.")] = None,
     mup: Annotated[bool, Opt("--mup/--no-mup", help="muP parametrization.")] = False,
+    mup_base_width: Annotated[int | None, Opt(help=MUP_HELP["base_width"])] = None,
+    mup_base_head_dim: Annotated[int | None, Opt(help=MUP_HELP["base_head_dim"])] = None,
+    mup_input_multiplier: Annotated[float | None, Opt(help=MUP_HELP["alpha_in"])] = None,
+    mup_output_multiplier: Annotated[float | None, Opt(help=MUP_HELP["alpha_out"])] = None,
+    mup_attn_multiplier: Annotated[float | None, Opt(help=MUP_HELP["alpha_attn"])] = None,
+    mup_zero_readout: Annotated[bool | None, Opt(help=MUP_HELP["zero_readout"])] = None,
     data: Annotated[str, Opt(help="'synthetic' or a .bin/.npy token file.")] = "synthetic",
     mode: Annotated[str, Opt(help="Sharding: none | dp | fsdp | tp | fsdp_tp.")] = "none",
     mesh: Annotated[str | None, Opt(help="Mesh DxT, e.g. 4x2 (default: per mode).")] = None,
@@ -76,6 +89,14 @@ def train(
             dtype=dtype,
             remat=remat,
             mup=mup,
+            mup_knobs=mup_knobs(
+                mup_base_width,
+                mup_base_head_dim,
+                mup_input_multiplier,
+                mup_output_multiplier,
+                mup_attn_multiplier,
+                mup_zero_readout,
+            ),  # fmt: skip
             mesh=mesh,
             layers=layers,
             steps=steps,
