@@ -180,6 +180,36 @@ def memory_figures(compiled) -> dict[str, float]:
     }
 
 
+PARTITIONED_PASS = "spmd-partitioning"  # the HLO pass whose output holds every collective
+
+
+def partitioned_hlo(lowered) -> str:
+    """The HLO text of ``lowered`` right after XLA's SPMD partitioner, from a compile that dumps
+    that one pass into a temporary directory (deleted afterwards), or the final HLO where no
+    partitioner runs (one device). Read by ``scaling.estimate.hlo_comm``: the final CPU HLO has
+    bf16 collectives rewritten to f32, the partitioned one keeps the dtype moved. The compile
+    skips LLVM's expensive optimisations: only its HLO matters, never its speed. Seconds on
+    small models, like any compile; not part of a run's timed stages."""
+    import glob
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="scaling-hlo-") as tmp:
+        options = {
+            "xla_dump_to": tmp,
+            "xla_dump_hlo_pass_re": f"^{PARTITIONED_PASS}$",
+            "xla_dump_disable_metadata": True,
+            "xla_backend_optimization_level": 0,
+            "xla_llvm_disable_expensive_passes": True,
+        }
+        compiled = lowered.compile(compiler_options=options)
+        dumps = sorted(glob.glob(os.path.join(tmp, f"*after_{PARTITIONED_PASS}.*.txt")))
+        if dumps:
+            with open(dumps[-1]) as f:
+                return f.read()
+    return compiled.as_text()
+
+
 # ----------------------------------------------------------------------------- peaks, MFU, memory
 
 

@@ -80,6 +80,7 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
     _fill_measured(record, result, device)
     _fill_predicted(record, est, result, n)
     record.xla_flops_per_step_global = xla_global_flops(run_cfg)
+    record.xla_comm_bytes = xla_comm_total(run_cfg)
     record.status = "diverged" if result.diverged else "ok"
     if result.diverged:
         record.error = f"non-finite loss at step {result.start_step + len(result.losses) - 1}"
@@ -143,6 +144,18 @@ def xla_global_flops(run_cfg) -> float:
         return math.nan
     value = check.get("xla_flops_global_per_step")
     return math.nan if value is None else float(value)
+
+
+def xla_comm_total(run_cfg) -> float:
+    """Collective bytes per device per step of the compiled step's partitioned HLO
+    (scaling.estimate.xla_check.xla_comm_bytes); NaN if the cross-check fails."""
+    from scaling.estimate.xla_check import xla_comm_bytes
+
+    try:
+        return float(xla_comm_bytes(run_cfg)["total"])
+    except Exception:  # a cross-check must never fail the measured run
+        traceback.print_exc()
+        return math.nan
 
 
 def main(argv: list[str]) -> int:
