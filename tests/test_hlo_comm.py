@@ -7,6 +7,8 @@ import pytest
 
 from scaling.estimate.hlo_comm import collectives, comm_bytes_by_kind, group_size
 
+# ruff: noqa: E501 (HLO lines are long)
+
 # ENTRY runs a 3-trip while loop whose body all-reduces bf16[4,4] over groups of 4 (iota
 # form); outside it an all-gather f32[8,16] over pairs (explicit groups), an all-reduce
 # f32[16] that is only dynamic-sliced to its quarter (mesh form, a reduce-scatter), an
