@@ -47,6 +47,8 @@ SWEEP_FIXED = (
     "timeout_s",
     "mup",
     *MUP_KNOBS,
+    "peak_tflops",  # a device's peak / HBM bandwidth when it has no profile (measurement only)
+    "hbm_gbps",
 )
 # The muP knobs (``MUP_KNOBS``) have no entry in SWEEP_DEFAULTS: absent, the ModelConfig
 # default applies and the run id of a spec that does not name them stays what it was.

@@ -60,13 +60,14 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
     from scaling.spec import run_config_from_settings
 
     run_cfg = run_config_from_settings(settings)
-    device = jax.local_devices()[0]
+    device = measure.local_device()
     record.device_kind, record.platform = device.device_kind, device.platform
     record.jax_version, record.flax_version = jax.__version__, flax.__version__
     record.n_processes = jax.process_count()
-    probe = measure.MatmulProbe() if measure.needs_probe(device) else None
+    peaks = {"peak_tflops": settings.get("peak_tflops"), "hbm_gbps": settings.get("hbm_gbps")}
+    probe = measure.probe_for(device) if measure.needs_probe(device, peaks["peak_tflops"]) else None
     result = train.run(run_cfg, on_step=_print_step, profile_dir=profile_dir, probe=probe)
-    profile, record.peak_source = measure.device_peak(device, probe)
+    profile, record.peak_source = measure.device_peak(device, probe, **peaks)
     n = result.n_devices
     record.n_devices, record.mesh = n, f"{result.mesh[0]}x{result.mesh[1]}"
     est = estimate.estimate(

@@ -438,6 +438,22 @@ def test_get_hardware_unknown_names_valid():
     assert HARDWARE["tpu-v5e"].memory_bytes == 16 * 2**30
 
 
+def test_new_profiles_and_current_tpu_ici():
+    # Datasheet figures (dense, per device) and the scaling book's current W_ici.
+    expected = {  # name: (bf16 TF, memory GB, HBM TB/s)
+        "b200": (2250, 180, 7.7), "gh200": (989, 96, 4.0), "l4": (121, 24, 0.3),
+        "a10g": (70, 24, 0.6), "mi300x": (1307, 192, 5.3),
+    }  # fmt: skip
+    for name, (tflops, gb, tbs) in expected.items():
+        p = HARDWARE[name]
+        assert (p.peak_flops_bf16 / 1e12, p.memory_bytes / 1e9) == (tflops, gb)
+        assert p.hbm_bandwidth_bytes_per_s == pytest.approx(tbs * 1e12)
+        assert p.source and not p.devices_share_host
+    assert HARDWARE["tpu-v5e"].interconnect_bandwidth_bytes_per_s == 9e10
+    assert HARDWARE["tpu-v5p"].interconnect_bandwidth_bytes_per_s == 1.8e11
+    assert HARDWARE["tpu-v6e"].interconnect_bandwidth_bytes_per_s == 1.8e11
+
+
 @pytest.mark.parametrize(
     "kind, name",
     [
@@ -450,8 +466,14 @@ def test_get_hardware_unknown_names_valid():
         ("TPU v5", "tpu-v5p"),
         ("TPU v5p", "tpu-v5p"),
         ("TPU v6 lite", "tpu-v6e"),
+        ("NVIDIA B200", "b200"),
+        ("NVIDIA GH200 480GB", "gh200"),  # not h200, though the name contains it
+        ("NVIDIA GB200", None),  # Grace Blackwell: no profile, not read as b200
+        ("NVIDIA L4", "l4"),
+        ("NVIDIA L40S", None),
+        ("NVIDIA A10G", "a10g"),
+        ("AMD Instinct MI300X", "mi300x"),
         ("cpu", None),
-        ("NVIDIA GH200 480GB", None),
         ("Tesla V100-SXM2-16GB", None),
     ],
 )

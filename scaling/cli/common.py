@@ -42,6 +42,11 @@ def _jsonable(value):
     return str(value)
 
 
+PEAK_HELP = {
+    "peak_tflops": "Peak dense TFLOP/s per device for an accelerator without a profile "
+    "(default: a bf16 matmul probe).",
+    "hbm_gbps": "HBM bandwidth per device, GB/s (replaces the profile's).",
+}
 MUP_HELP = {
     "base_width": "muP base width: the d_model the hyperparameters were tuned at (128).",
     "base_head_dim": "muP base head width (default: the model's d_head).",

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from scaling.cli.common import (
     MUP_HELP,
+    PEAK_HELP,
     err_console,
     mup_knobs,
     out_console,
@@ -86,6 +87,8 @@ def sweep(
     lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
     data: Annotated[str | None, Opt(help="'synthetic' or a token file.")] = None,
     timeout: Annotated[float | None, Opt(help="Per-run timeout (s).")] = None,
+    peak_tflops: Annotated[float | None, Opt(help=PEAK_HELP["peak_tflops"])] = None,
+    hbm_gbps: Annotated[float | None, Opt(help=PEAK_HELP["hbm_gbps"])] = None,
     spec: Annotated[str | None, Opt(help="Sweep spec, e.g. sweeps/smoke.toml.")] = None,
     out: Annotated[Path, Opt(help="Record directory.")] = Path("runs"),
     shard: Annotated[str, Opt(help="Run every N-th run starting at I: I/N.")] = "0/1",
@@ -98,6 +101,7 @@ def sweep(
 ) -> None:
     """Run MODES × sizes (× muP) on the shared model; record everything under --out."""
     from scaling import records
+    from scaling.estimate.hardware import validate_peaks
     from scaling.spec import run_config_from_settings
     from scaling.sweep import Distributed, parse_shard, run_sweep
 
@@ -113,6 +117,8 @@ def sweep(
         "lr": lr,
         "data": data,
         "timeout_s": timeout,
+        "peak_tflops": peak_tflops,
+        "hbm_gbps": hbm_gbps,
         **mup_knobs(
             mup_base_width,
             mup_base_head_dim,
@@ -123,6 +129,7 @@ def sweep(
         ),  # fmt: skip
     }
     with user_errors():
+        validate_peaks(peak_tflops, hbm_gbps)
         grid_spec = spec_from_options(
             modes, sizes, mup, {k: v for k, v in given.items() if v is not None}, spec
         )

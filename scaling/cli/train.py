@@ -9,6 +9,7 @@ import typer
 
 from scaling.cli.common import (
     MUP_HELP,
+    PEAK_HELP,
     err_console,
     mup_knobs,
     out_console,
@@ -55,6 +56,8 @@ def train(
     mode: Annotated[str, Opt(help="Sharding: none | dp | fsdp | tp | fsdp_tp.")] = "none",
     mesh: Annotated[str | None, Opt(help="Mesh DxT, e.g. 4x2 (default: per mode).")] = None,
     devices: Annotated[int | None, Opt(help="Simulate N CPU devices.")] = None,
+    peak_tflops: Annotated[float | None, Opt(help=PEAK_HELP["peak_tflops"])] = None,
+    hbm_gbps: Annotated[float | None, Opt(help=PEAK_HELP["hbm_gbps"])] = None,
     checkpoint_dir: Annotated[str | None, Opt(help="Orbax checkpoint directory.")] = None,
     checkpoint_every: Annotated[int, Opt(help="Save every K steps (0: at the end).")] = 0,
     resume: Annotated[bool, Opt(help="Resume from the latest checkpoint.")] = False,
@@ -80,6 +83,7 @@ def train(
         raise typer.Exit(spawn_local(args, local_processes, timeout))
 
     from scaling import parallel
+    from scaling.estimate.hardware import validate_peaks
     from scaling.presets import build_run
 
     with user_errors():
@@ -117,26 +121,31 @@ def train(
             parallel.set_cpu_devices(devices)
         if coordinator is not None or num_processes is not None:
             parallel.init_distributed(coordinator, num_processes, process_id)
-        result = _train_with_progress(run_cfg, show=not json_)
+        validate_peaks(peak_tflops, hbm_gbps)
+        result, mfu = _train_with_progress(
+            run_cfg, show=not json_, peaks={"peak_tflops": peak_tflops, "hbm_gbps": hbm_gbps}
+        )
     import jax
 
     if jax.process_index() != 0:
         return
     if json_:
-        print_json({"size": size, **result.summary()})
+        print_json({"size": size, **result.summary(), **mfu})
     else:
         out_console.print(
             f"{result.model_name} · {result.mode} {result.mesh[0]}x{result.mesh[1]} · "
             f"final loss {result.final_loss:.4f} · {result.tokens_per_s:,.0f} tokens/s · "
-            f"median step {result.step_time_s_median * 1e3:.1f} ms · "
+            f"median step {result.step_time_s_median * 1e3:.1f} ms · MFU {mfu['mfu']:.1%} · "
             f"compile {result.compile_s:.2f} s"
         )
 
 
-def _train_with_progress(run_cfg, show: bool):
+def _train_with_progress(run_cfg, show: bool, peaks: dict):
+    """The run's result and its MFU against the device's peak (``measure.run_mfu``)."""
     import jax
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from scaling import measure
     from scaling.train import run
 
     show = show and jax.process_index() == 0
@@ -159,7 +168,10 @@ def _train_with_progress(run_cfg, show: bool):
             info += f" · {tokens / metrics['step_time_s']:,.0f} tok/s"
         progress.update(task, completed=step + 1, info=info)
 
+    device = measure.local_device()
+    probe = measure.probe_for(device) if measure.needs_probe(device, peaks["peak_tflops"]) else None
     try:
-        return run(run_cfg, on_step=on_step)
+        result = run(run_cfg, on_step=on_step, probe=probe)
     finally:
         progress.stop()
+    return result, measure.run_mfu(run_cfg, result, device, probe, **peaks)
