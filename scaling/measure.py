@@ -87,11 +87,11 @@ class MatmulProbe:
 
 def probe_schedule(measured_steps: int, samples: int = PROBE_SAMPLES) -> set[int]:
     """Indices of the measured steps (0-based) after which the probe is sampled: at most
-    ``samples`` of them, spread evenly over the measured steps."""
+    ``samples`` of them, spread evenly over the measured steps, the first one included."""
     if measured_steps <= 0:
         return set()
-    every = max(1, measured_steps // samples)
-    return {i for i in range(0, measured_steps, every)}
+    count = min(samples, measured_steps)
+    return {i * measured_steps // count for i in range(count)}
 
 
 @dataclass
