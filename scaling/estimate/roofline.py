@@ -11,7 +11,9 @@ Overlap model (per device, one step):
 - communication: collective bytes sent / (link bandwidth · η_link). XLA issues collectives
   asynchronously, so at best they hide under the device time: the predicted step is
   max(compute + memory, communication), the upper bound their sum ("How To Scale Your
-  Model", roofline chapter: max for full overlap, sum for none).
+  Model", roofline chapter: max for full overlap, sum for none). Simulated devices on one host
+  (``devices_share_host``) copy with the same cores that compute, so there nothing overlaps
+  and the predicted step is the sum.
 - binding term: ``communication`` when it exceeds the device time, else the larger of
   ``compute`` and ``memory``.
 
@@ -83,7 +85,10 @@ class Estimate:
 
     @property
     def predicted_step_s(self) -> float:
-        """Communication overlapped with the device's work (the module's overlap model)."""
+        """Communication overlapped with the device's work (the module's overlap model); on a
+        shared host nothing overlaps."""
+        if self.hardware.devices_share_host:
+            return self.device_s + self.comm_s
         return max(self.device_s, self.comm_s)
 
     @property
@@ -94,7 +99,7 @@ class Estimate:
     @property
     def binding(self) -> str:
         """The term the predicted step waits on: compute, memory or communication."""
-        if self.comm_s > self.device_s:
+        if self.comm_s > self.compute_s + self.memory_s:
             return "communication"
         return "compute" if self.compute_s >= self.memory_s else "memory"
 

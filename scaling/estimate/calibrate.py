@@ -1,0 +1,131 @@
+"""Calibrated roofline: fit the efficiency factors of ``roofline.Efficiency`` (achieved
+fractions of peak compute, HBM and link bandwidth, and a fixed overhead per step) to measured
+runs of a sweep record, then predict the step time of other configurations. Pure NumPy/SciPy on
+stored records; never imports jax.
+
+For each measured run the roofline's terms are recomputed at efficiency 1 from its settings
+(``spec.run_config_from_settings``) against the peak it was measured with
+(``peak_flops_per_device`` in the record) and the HBM and link bandwidths of its device's
+profile (on CPU: the unmeasured copy-bandwidth order of magnitude, which the fitted η rescales).
+The model of ``roofline.Estimate.predicted_step_s`` is then
+
+    t = overhead + C/η_compute + M/η_hbm  (+ L/η_link, or max(·, L/η_link) with overlap)
+
+and the factors minimise the squared log-ratio of predicted to measured median step time
+(``scipy.optimize.least_squares``), so every run weighs by its relative error. A factor whose
+term is zero in every run (no communication in one-device runs) is not fitted and stays 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from scaling.config import parse_mesh
+from scaling.estimate.hardware import (
+    HardwareProfile,
+    cpu_profile,
+    custom_profile,
+    host_memory_bytes,
+    match_device_kind,
+)
+from scaling.estimate.roofline import DATASHEET, Efficiency, estimate
+
+FACTORS = ("compute", "hbm", "link", "overhead_s")
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Roofline terms of one run at efficiency 1 (seconds per step) and its measured time."""
+
+    compute_s: float
+    memory_s: float
+    comm_s: float
+    overlap: bool  # communication may hide under the device time (not on a shared host)
+    measured_s: float
+
+    def predict(self, eff: Efficiency) -> float:
+        device = eff.overhead_s + self.compute_s / eff.compute + self.memory_s / eff.hbm
+        comm = self.comm_s / eff.link
+        return max(device, comm) if self.overlap else device + comm
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Fitted efficiencies and how well they describe the runs they were fitted on."""
+
+    efficiency: Efficiency
+    fitted: tuple[str, ...]  # the factors the runs determined (others stay at 1 / 0)
+    n_runs: int
+    rms_log_error: float  # root-mean-square of log(predicted / measured) on those runs
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "efficiency": self.efficiency.to_dict(),
+            "fitted": list(self.fitted),
+            "n_runs": self.n_runs,
+            "rms_log_error": self.rms_log_error,
+        }
+
+
+def run_profile(row: Mapping) -> HardwareProfile:
+    """The profile a recorded run was measured against: its recorded peak per device, the
+    bandwidths of its device kind's profile (CPU: the shared host's placeholder)."""
+    peak, n = float(row["peak_flops_per_device"]), int(row["n_devices"])
+    if str(row.get("platform", "")) == "cpu" or str(row.get("device_kind", "")).lower() == "cpu":
+        return cpu_profile(peak * n, host_memory_bytes())  # the estimator divides by n again
+    known = match_device_kind(str(row.get("device_kind", "")))
+    return custom_profile(known, name=known.name if known else "recorded", peak_tflops=peak / 1e12)
+
+
+def run_terms(row: Mapping) -> Terms:
+    """``Terms`` of one recorded ok run (a dict or a pandas row of ``records.RunRecord``)."""
+    from scaling.spec import run_config_from_settings
+
+    run = run_config_from_settings(json.loads(row["settings_json"]))
+    profile = run_profile(row)
+    est = estimate(run.model, mode=run.mode, mesh=parse_mesh(str(row["mesh"])),
+                   batch=run.batch, seq=run.seq, hardware=profile)  # fmt: skip
+    return Terms(est.compute_s, est.memory_s, est.comm_s, not profile.devices_share_host,
+                 float(row["step_time_s_median"]))  # fmt: skip
+
+
+def _efficiency(x: np.ndarray, fitted: tuple[str, ...]) -> Efficiency:
+    values = dict(DATASHEET.to_dict())
+    for name, value in zip(fitted, x, strict=True):
+        values[name] = float(value) if name == "overhead_s" else float(math.exp(-value))
+    return Efficiency(**values)
+
+
+def fit(terms: Iterable[Terms]) -> Calibration:
+    """Least-squares efficiencies for ``terms`` (at least two runs with a finite step time)."""
+    from scipy.optimize import least_squares
+
+    runs = [t for t in terms if t.measured_s > 0 and math.isfinite(t.measured_s)]
+    if len(runs) < 2:
+        raise ValueError(f"calibration needs at least 2 measured ok runs, got {len(runs)}")
+    columns = {"compute": "compute_s", "hbm": "memory_s", "link": "comm_s"}
+    fitted = tuple(k for k, col in columns.items() if any(getattr(t, col) > 0 for t in runs))
+    fitted += ("overhead_s",)
+    fitted = fitted[: len(runs)]  # never more unknowns than runs
+    measured = np.log([t.measured_s for t in runs])
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        eff = _efficiency(x, fitted)
+        return np.log([max(t.predict(eff), 1e-12) for t in runs]) - measured
+
+    # x: log(1/η) for the fractions (any sign), seconds for the overhead (>= 0)
+    lower = [0.0 if name == "overhead_s" else -np.inf for name in fitted]
+    start = [0.0] * len(fitted)
+    result = least_squares(residuals, start, bounds=(lower, np.inf))
+    rms = float(np.sqrt(np.mean(result.fun**2)))
+    return Calibration(_efficiency(result.x, fitted), fitted, len(runs), rms)
+
+
+def calibrate_rows(rows: Iterable[Mapping]) -> Calibration:
+    """``fit`` on recorded ok runs."""
+    return fit(run_terms(r) for r in rows if r.get("status", "ok") == "ok")
