@@ -52,6 +52,13 @@ def estimate(
     devices: Annotated[
         int | None, Opt(help="Simulate N CPU devices for --compile (default: D·T of --mesh).")
     ] = None,
+    calibrate: Annotated[
+        str | None,
+        Opt(
+            help="A sweep record DIR: fit the roofline's efficiencies to its ok runs and "
+            "predict with them."
+        ),
+    ] = None,  # fmt: skip
     json_: Annotated[bool, Opt("--json", help="Last stdout line: a JSON list, one per size.")] = (
         False
     ),
@@ -65,7 +72,14 @@ def estimate(
         profile = resolve_hardware(hardware, peak_tflops=peak_tflops, hbm_gbps=hbm_gbps)
         if compile_ and not json_:
             err_console.print(f"lowering and compiling {len(runs)} step(s) for XLA's counts…")
-        rows = report(runs, hardware=profile, causal_halving=causal_halving, compile=compile_)
+        calibration = calibrated(calibrate) if calibrate else None
+        rows = report(
+            runs, hardware=profile, causal_halving=causal_halving, compile=compile_,
+            efficiency=calibration.efficiency if calibration else None,
+        )  # fmt: skip
+        if calibration is not None:
+            for row in rows:
+                row["calibration"] = {**calibration.to_dict(), "record": calibrate}
     if json_:
         print_json(rows)
     else:
@@ -136,6 +150,15 @@ def resolve_hardware(name: str, *, peak_tflops: float | None = None, hbm_gbps: f
     return custom_profile(
         profile, name=profile.name, peak_tflops=peak_tflops, hbm_gbps=hbm_gbps, source=source
     )
+
+
+def calibrated(directories: str):
+    """The efficiencies fitted to the ok runs of sweep records (``estimate.calibrate``)."""
+    from scaling.estimate.calibrate import calibrate_rows
+    from scaling.records import load_runs
+
+    runs = load_runs(*split_list(directories))
+    return calibrate_rows(r for _, r in runs[runs["status"] == "ok"].iterrows())
 
 
 def simulate_devices(devices: int | None, mesh: tuple[int, int] | None) -> None:

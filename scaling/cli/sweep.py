@@ -126,7 +126,7 @@ def sweep(
             mup_output_multiplier,
             mup_attn_multiplier,
             mup_zero_readout,
-        ),  # fmt: skip
+        ),
     }
     with user_errors():
         validate_peaks(peak_tflops, hbm_gbps)

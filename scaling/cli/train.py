@@ -100,7 +100,7 @@ def train(
                 mup_output_multiplier,
                 mup_attn_multiplier,
                 mup_zero_readout,
-            ),  # fmt: skip
+            ),
             mesh=mesh,
             layers=layers,
             steps=steps,

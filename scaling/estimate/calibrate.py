@@ -9,7 +9,8 @@ For each measured run the roofline's terms are recomputed at efficiency 1 from i
 profile (on CPU: the unmeasured copy-bandwidth order of magnitude, which the fitted η rescales).
 The model of ``roofline.Estimate.predicted_step_s`` is then
 
-    t = overhead + C/η_compute + M/η_hbm  (+ L/η_link, or max(·, L/η_link) with overlap)
+    t = overhead + Σ_matmuls max(F_i/η_compute, B_i/η_hbm) + M/η_hbm
+        (+ L/η_link, or max(·, L/η_link) with overlap)
 
 and the factors minimise the squared log-ratio of predicted to measured median step time
 (``scipy.optimize.least_squares``), so every run weighs by its relative error. A factor whose
@@ -34,22 +35,30 @@ from scaling.estimate.hardware import (
     match_device_kind,
 )
 from scaling.estimate.roofline import DATASHEET, Efficiency, estimate
+from scaling.estimate.traffic import matmuls
 
 FACTORS = ("compute", "hbm", "link", "overhead_s")
 
 
 @dataclass(frozen=True)
 class Terms:
-    """Roofline terms of one run at efficiency 1 (seconds per step) and its measured time."""
+    """Roofline terms of one run at efficiency 1 (seconds per step) and its measured time.
+    ``matmuls``: (FLOPs / peak, bytes / bandwidth) of each matmul group (``traffic.matmuls``);
+    ``memory_s`` the rest of the HBM traffic."""
 
     compute_s: float
     memory_s: float
     comm_s: float
     overlap: bool  # communication may hide under the device time (not on a shared host)
     measured_s: float
+    matmuls: tuple[tuple[float, float], ...] = ()
 
     def predict(self, eff: Efficiency) -> float:
-        device = eff.overhead_s + self.compute_s / eff.compute + self.memory_s / eff.hbm
+        if self.matmuls:
+            products = sum(max(f / eff.compute, b / eff.hbm) for f, b in self.matmuls)
+        else:
+            products = self.compute_s / eff.compute
+        device = eff.overhead_s + products + self.memory_s / eff.hbm
         comm = self.comm_s / eff.link
         return max(device, comm) if self.overlap else device + comm
 
@@ -88,10 +97,17 @@ def run_terms(row: Mapping) -> Terms:
 
     run = run_config_from_settings(json.loads(row["settings_json"]))
     profile = run_profile(row)
-    est = estimate(run.model, mode=run.mode, mesh=parse_mesh(str(row["mesh"])),
-                   batch=run.batch, seq=run.seq, hardware=profile)  # fmt: skip
+    mesh = parse_mesh(str(row["mesh"]))
+    est = estimate(run.model, mode=run.mode, mesh=mesh, batch=run.batch, seq=run.seq,
+                   hardware=profile)  # fmt: skip
+    flop_rate = est.peak_flops_per_device
+    byte_rate = est.traffic.total / est.memory_s if est.memory_s else math.inf
+    products = tuple(
+        (p.flops / flop_rate, p.bytes / byte_rate)
+        for p in matmuls(run.model, mode=run.mode, mesh=mesh, batch=run.batch, seq=run.seq)
+    )
     return Terms(est.compute_s, est.memory_s, est.comm_s, not profile.devices_share_host,
-                 float(row["step_time_s_median"]))  # fmt: skip
+                 float(row["step_time_s_median"]), products)  # fmt: skip
 
 
 def _efficiency(x: np.ndarray, fitted: tuple[str, ...]) -> Efficiency:
@@ -118,14 +134,36 @@ def fit(terms: Iterable[Terms]) -> Calibration:
         eff = _efficiency(x, fitted)
         return np.log([max(t.predict(eff), 1e-12) for t in runs]) - measured
 
-    # x: log(1/η) for the fractions (any sign), seconds for the overhead (>= 0)
+    # x: log(1/η) for the fractions (any sign), seconds for the overhead (>= 0; started
+    # inside its bound: least_squares started on a bound can stop at once)
     lower = [0.0 if name == "overhead_s" else -np.inf for name in fitted]
-    start = [0.0] * len(fitted)
+    start = [0.01 * min(t.measured_s for t in runs) if n == "overhead_s" else 0.0 for n in fitted]
     result = least_squares(residuals, start, bounds=(lower, np.inf))
     rms = float(np.sqrt(np.mean(result.fun**2)))
     return Calibration(_efficiency(result.x, fitted), fitted, len(runs), rms)
 
 
+def medians_by_config(rows: Iterable[Mapping]) -> list[dict]:
+    """One row per configuration (``records.CONFIG_KEYS``) of the ok runs: the median step
+    time and the median peak over its repeats (sweeps run again into other directories), the
+    rest from its first run. On a shared host one run's step times and probe samples follow
+    the load of the moment; medians over repeats are what a prediction is held to."""
+    from scaling.records import config_key
+
+    groups: dict[tuple, list[Mapping]] = {}
+    for row in rows:
+        if row.get("status", "ok") == "ok":
+            groups.setdefault(config_key(row), []).append(row)
+    out = []
+    for repeats in groups.values():
+        row = dict(repeats[0])
+        for column in ("step_time_s_median", "peak_flops_per_device"):
+            row[column] = float(np.median([float(r[column]) for r in repeats]))
+        row["repeats"] = len(repeats)
+        out.append(row)
+    return out
+
+
 def calibrate_rows(rows: Iterable[Mapping]) -> Calibration:
-    """``fit`` on recorded ok runs."""
-    return fit(run_terms(r) for r in rows if r.get("status", "ok") == "ok")
+    """``fit`` on recorded ok runs, a point per configuration (``medians_by_config``)."""
+    return fit(run_terms(r) for r in medians_by_config(rows))

@@ -3,8 +3,11 @@ MFU ceiling it implies on a hardware profile.
 
 Overlap model (per device, one step):
 
-- compute: hardware matmul FLOPs / (peak · η_compute). Matmuls are compute-bound at training
-  batch sizes; their operand reads stream under their FLOPs.
+- compute: hardware matmul FLOPs / (peak · η_compute). Each matmul is its own roofline
+  (``traffic.matmuls``): max(FLOPs / peak, operand and result bytes / HBM bandwidth); at
+  training batch sizes on accelerators they are compute-bound and their operands stream under
+  their FLOPs, while narrow ones (small models, CPU hosts) wait on memory: that wait is
+  ``matmul_memory_s``, counted with the memory term.
 - memory: HBM bytes of the memory-bound work (``traffic``: activations written and re-read,
   unfused attention scores, gradients, AdamW, casts) / (HBM bandwidth · η_hbm). These
   kernels run between the matmuls, not under them, so the device time is compute + memory.
@@ -31,9 +34,7 @@ from scaling.estimate.hardware import HardwareProfile
 from scaling.estimate.memory import MemoryEstimate, memory_per_device
 from scaling.estimate.mesh import effective_mesh, tensor_split, validate
 from scaling.estimate.params import ParamCounts, param_counts
-from scaling.estimate.traffic import TrafficEstimate, hbm_traffic_per_device
-
-BINDING_TERMS = ("compute", "memory", "communication")
+from scaling.estimate.traffic import TrafficEstimate, hbm_traffic_per_device, matmuls
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,19 @@ class Estimate:
     comm_s: float
     elementwise_flops_per_device: float = 0.0  # per step, XLA's convention, not in compute_s
     traffic: TrafficEstimate | None = None  # HBM bytes per device per step
-    memory_s: float = 0.0  # HBM traffic time
+    memory_s: float = 0.0  # HBM traffic time of the memory-bound (non-matmul) work
+    matmul_memory_s: float = 0.0  # time memory-bound matmuls wait beyond their FLOPs
     efficiency: Efficiency = DATASHEET
 
     @property
     def device_s(self) -> float:
         """Time on the device's own cores and memory: compute + memory-bound work + overhead."""
-        return self.compute_s + self.memory_s + self.efficiency.overhead_s
+        return self.compute_s + self.memory_time_s + self.efficiency.overhead_s
+
+    @property
+    def memory_time_s(self) -> float:
+        """All time the device waits on its memory: memory-bound work and matmuls."""
+        return self.memory_s + self.matmul_memory_s
 
     @property
     def predicted_step_s(self) -> float:
@@ -99,9 +106,9 @@ class Estimate:
     @property
     def binding(self) -> str:
         """The term the predicted step waits on: compute, memory or communication."""
-        if self.comm_s > self.compute_s + self.memory_s:
+        if self.comm_s > self.compute_s + self.memory_time_s:
             return "communication"
-        return "compute" if self.compute_s >= self.memory_s else "memory"
+        return "compute" if self.compute_s >= self.memory_time_s else "memory"
 
     @property
     def predicted_mfu(self) -> float:
@@ -142,7 +149,8 @@ class Estimate:
             "hbm_bytes_per_device_per_step": self.traffic.total if self.traffic else 0.0,
             "hbm_bytes_by_kind": self.traffic.to_dict() if self.traffic else {},
             "predicted_compute_s": self.compute_s,
-            "predicted_memory_s": self.memory_s,
+            "predicted_memory_s": self.memory_time_s,
+            "predicted_matmul_memory_s": self.matmul_memory_s,
             "predicted_comm_s": self.comm_s,
             "predicted_binding": self.binding,
             "efficiency": self.efficiency.to_dict(),
@@ -192,6 +200,9 @@ def estimate(
     workers = m[0] * tensor_split(mode, m[1])  # devices that split the work (not replicas)
     hardware_per_device = flops.hardware_per_step / workers
     traffic = hbm_traffic_per_device(cfg, mode=mode, mesh=m, batch=batch, seq=seq)
+    flop_rate, byte_rate = peak * efficiency.compute, hbm * efficiency.hbm
+    products = matmuls(cfg, mode=mode, mesh=m, batch=batch, seq=seq)
+    matmul_wait = sum(max(0.0, p.bytes / byte_rate - p.flops / flop_rate) for p in products)
     link = hardware.interconnect_bandwidth_bytes_per_s * efficiency.link
     comm_s = 0.0 if comm.total == 0 else comm.total / link
     return Estimate(
@@ -209,10 +220,11 @@ def estimate(
         peak_flops_per_device=peak,
         hardware_flops_per_device=hardware_per_device,
         model_flops_per_device=flops.model_per_step / n,
-        compute_s=hardware_per_device / (peak * efficiency.compute),
+        compute_s=hardware_per_device / flop_rate,
         comm_s=comm_s,
         traffic=traffic,
-        memory_s=traffic.total / (hbm * efficiency.hbm),
+        memory_s=traffic.total / byte_rate,
+        matmul_memory_s=matmul_wait,
         efficiency=efficiency,
         elementwise_flops_per_device=elementwise_flops(
             cfg, batch=batch, seq=seq, mode=mode, mesh=m

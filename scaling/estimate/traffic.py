@@ -18,9 +18,10 @@ What counts (bytes per device; the sizes are those of ``memory.activation_terms`
   moments (12); with bf16 compute the gradient is produced in bf16 first (written and read,
   2·c) and each used weight is cast once (read 4, write c).
 
-Matmul operand reads are left out: at training batch sizes a matmul is compute-bound and its
-operands stream under its FLOPs (``flops`` and the compute term cover them). Collective
-buffers belong to the communication term.
+Matmul operands are not in this total: each matmul is its own roofline (``matmuls``): it
+takes max(FLOPs / peak, bytes / bandwidth), so a large one is compute-bound and its operands
+stream under its FLOPs, while a small one (narrow models, CPU hosts) waits on memory.
+Collective buffers belong to the communication term.
 """
 
 from __future__ import annotations
@@ -38,6 +39,63 @@ GRAD_WRITE = F32_BYTES  # float32 gradient written once
 ADAMW_BYTES = 4 * F32_BYTES + 3 * F32_BYTES  # read p, g, m, v; write p, m, v
 SCORE_FORWARD = 3 * F32_BYTES  # raw scores written, read for the row max and for exp
 SCORE_BACKWARD_F32 = 2 * F32_BYTES  # the scores' gradient written and read
+
+
+@dataclass(frozen=True)
+class Matmul:
+    """``count`` executions per device per step of an (m, k) @ (k, n) product whose operands
+    and result move once each, ``bytes_per_element`` wide."""
+
+    name: str
+    count: float
+    m: int
+    k: int
+    n: int
+    bytes_per_element: int
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.k * self.n * self.count
+
+    @property
+    def bytes(self) -> float:
+        return (
+            self.bytes_per_element
+            * (self.m * self.k + self.k * self.n + self.m * self.n)
+            * self.count
+        )
+
+
+def matmuls(
+    cfg: ModelConfig, *, mode: str, mesh: tuple[int, int] | None, batch: int, seq: int
+) -> tuple[Matmul, ...]:
+    """Every matmul one device executes in a training step, grouped by shape.
+
+    Forward, and in the backward the input and weight gradients (3 products of the same
+    FLOPs and sizes); remat ``full`` recomputes every layer product but w2's, ``dots`` the two
+    attention einsums (see ``flops.remat_flops_per_token``). Rows of the projections: b·t (the
+    batch split over data); heads, FFN width and vocabulary split over tensor where the mode
+    splits them. The FLOPs sum to ``Estimate.hardware_flops_per_device``."""
+    validate(cfg, mode, mesh, batch, seq)
+    m = effective_mesh(mode, mesh)
+    ts = tensor_split(mode, m[1])
+    c = DTYPE_BYTES[cfg.dtype]
+    rows, t, d, k = math.ceil(batch / m[0]) * seq, seq, cfg.d_model, cfg.d_head
+    heads, kv = math.ceil(cfg.n_heads / ts), math.ceil(cfg.kv_heads / ts)
+    ffn = math.ceil(cfg.d_ff / ts)
+    full, dots = cfg.remat == "full", cfg.remat == "dots"
+    layer = 3 * cfg.n_layers + (cfg.n_layers if full else 0)
+    projections = [("q", d, heads * k), ("k", d, kv * k), ("v", d, kv * k), ("o", heads * k, d),
+                   ("ffn in", d, ffn)]  # fmt: skip
+    if cfg.ffn == "swiglu":
+        projections.append(("ffn gate", d, ffn))
+    out = [Matmul(name, layer, rows, k_in, n_out, c) for name, k_in, n_out in projections]
+    out.append(Matmul("ffn out", 3 * cfg.n_layers, rows, ffn, d, c))
+    per_head = cfg.n_layers * math.ceil(batch / m[0]) * heads * (3 + (1 if full or dots else 0))
+    out += [Matmul("attention q·kᵀ", per_head, t, k, t, c),
+            Matmul("attention weights·v", per_head, t, t, k, c)]  # fmt: skip
+    out.append(Matmul("read-out", 3, rows, d, math.ceil(cfg.vocab_size / ts), c))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ from scaling.estimate import (
     memory_per_device,
 )
 from scaling.estimate.hardware import HARDWARE, HardwareProfile
+from scaling.estimate.roofline import DATASHEET, Efficiency
 
 METHOD_LOWERING = "unrolled lowering"
 METHOD_COMPILE = "unrolled compile (per device)"
@@ -256,6 +257,7 @@ def report(
     hardware: HardwareProfile,
     causal_halving: bool = False,
     compile: bool = False,
+    efficiency: Efficiency | None = None,
 ) -> list[dict[str, Any]]:
     """One flat dict per run: ``Estimate.to_dict()`` and, with ``compile``, the XLA
     cross-check (``xla_cross_check``) merged in. Raises ``ValueError`` for bad input."""
@@ -263,7 +265,7 @@ def report(
     for run in runs:
         est = estimate(
             run.model, mode=run.mode, mesh=run.mesh, batch=run.batch, seq=run.seq,
-            hardware=hardware, causal_halving=causal_halving,
+            hardware=hardware, causal_halving=causal_halving, efficiency=efficiency or DATASHEET,
         )  # fmt: skip
         row: dict[str, Any] = est.to_dict()
         row["peak_source"] = hardware.source
