@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from scaling.estimate.calibrate import Calibration, fit, medians_by_config, run_terms
+from scaling.estimate.calibrate import Calibration, fit, prepared, run_terms
 from scaling.report.axes import FigureResult, legend_outside, new_figure
 from scaling.report.predicted import identity_line
 from scaling.report.record import RUN_ID_COLUMNS, Record
@@ -33,7 +33,7 @@ def calibrated_predictions(
     configuration; one row per configuration, medians over its repeated runs (repeat a sweep
     into other directories and pass them all)."""
     runs = _usable(rec)
-    configs = pd.DataFrame(medians_by_config(r for _, r in runs.iterrows()))
+    configs = pd.DataFrame(prepared(r for _, r in runs.iterrows()))
     if configs.empty or not configs["size"].isin(list(calibrate_on)).any():
         sizes = ", ".join(dict.fromkeys(runs["size"])) or "none"
         raise ValueError(
