@@ -20,7 +20,25 @@ Remat = Literal["none", "full", "dots"]
 FAMILIES: tuple[str, ...] = ("llama", "gpt2")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 REMATS: tuple[str, ...] = ("none", "full", "dots")
-__all__ = ["DTYPES", "FAMILIES", "MODES", "REMATS", "ModelConfig", "RunConfig", "parse_mesh"]
+# The muP knobs (ModelConfig fields), settable from the CLI and sweep specs under these names.
+MUP_KNOBS: tuple[str, ...] = (
+    "mup_base_width",
+    "mup_base_head_dim",
+    "mup_input_multiplier",
+    "mup_output_multiplier",
+    "mup_attn_multiplier",
+    "mup_zero_readout",
+)
+__all__ = [
+    "DTYPES",
+    "FAMILIES",
+    "MODES",
+    "MUP_KNOBS",
+    "REMATS",
+    "ModelConfig",
+    "RunConfig",
+    "parse_mesh",
+]
 
 
 @dataclass(frozen=True)
@@ -50,12 +68,15 @@ class ModelConfig:
     remat: Remat = "none"
     scan_layers: bool = True  # False unrolls the layer loop (used to let XLA count FLOPs)
     init_std: float = 0.02  # std of embeddings (and of the muP base for hidden matrices)
-    # muP (Tensor Programs V); with mup=False the model is standard parametrization.
+    # muP (Tensor Programs V, microsoft/mup); with mup=False the model is standard
+    # parametrization and these knobs are ignored. The rules are in ``scaling.mup``.
     mup: bool = False
-    mup_base_width: int = 128
-    mup_input_multiplier: float = 1.0
-    mup_output_multiplier: float = 1.0
-    mup_zero_readout: bool = False  # muP option: zero-initialised untied head
+    mup_base_width: int = 128  # d_model of the base model the hyperparameters were tuned at
+    mup_base_head_dim: int | None = None  # d_head of the base model; None: this d_head
+    mup_input_multiplier: float = 1.0  # α_in: embedding output × α_in
+    mup_output_multiplier: float = 1.0  # α_out: logits × α_out / m
+    mup_attn_multiplier: float = 1.0  # α_attn: attention logits × α_attn·√d_head_base / d_head
+    mup_zero_readout: bool = False  # zero-initialised untied head
 
     def __post_init__(self) -> None:
         validate_model(self)
@@ -114,8 +135,23 @@ def validate_model(cfg: ModelConfig) -> None:
             "muP needs an untied head (input and output embeddings scale differently); "
             "set tied_embeddings=False"
         )
-    if cfg.mup and cfg.mup_base_width <= 0:
+    if cfg.mup:
+        _validate_mup(cfg)
+
+
+def _validate_mup(cfg: ModelConfig) -> None:
+    if cfg.mup_base_width <= 0:
         raise ValueError(f"mup_base_width must be positive, got {cfg.mup_base_width}")
+    base_head = cfg.mup_base_head_dim or cfg.d_head
+    if base_head <= 0 or cfg.mup_base_width % base_head:
+        raise ValueError(
+            f"mup_base_width={cfg.mup_base_width} is not a multiple of the base head width "
+            f"{base_head}; choose a base width divisible by it"
+        )
+    for name in ("mup_input_multiplier", "mup_output_multiplier", "mup_attn_multiplier"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value}")
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,8 @@ class TokenFileBatches:
     def __call__(self, index: int) -> np.ndarray:
         tokens = self.source.tokens()
         rng = np.random.default_rng([self.seed, int(index)])
-        offsets = rng.integers(0, len(tokens) - self.seq - 1, size=self.batch)[self.rows]
+        # valid starts: 0 .. len - (seq + 1), the last window ending at the file's last token
+        offsets = rng.integers(0, len(tokens) - self.seq, size=self.batch)[self.rows]
         return np.stack([tokens[o : o + self.seq + 1] for o in offsets]).astype(np.int32)
 
 
@@ -173,8 +174,10 @@ def _checked(source: TokenSource, vocab_size: int, seq: int) -> TokenSource:
     tokens, path = source.tokens(), source.path
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"data file {str(path)!r} must hold a 1-D array of integer token ids")
-    if len(tokens) < seq + 2:
-        raise ValueError(f"data file {str(path)!r} has {len(tokens)} tokens; need > {seq + 1}")
+    if len(tokens) < seq + 1:
+        raise ValueError(
+            f"data file {str(path)!r} has {len(tokens)} tokens; need at least seq + 1 = {seq + 1}"
+        )
     largest = int(tokens.max())
     if largest >= vocab_size:
         raise ValueError(

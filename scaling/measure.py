@@ -29,6 +29,7 @@ from scaling.estimate.hardware import (
     HardwareProfile,
     cached_cpu_peak,
     cpu_profile,
+    custom_profile,
     host_memory_bytes,
     match_device_kind,
     store_cpu_peak,
@@ -48,7 +49,7 @@ class MatmulProbe:
     def __init__(self, n: int = 2048, dtype: str = "float32"):
         if n <= 0:
             raise ValueError(f"n must be positive, got n={n}")
-        self.n = n
+        self.n, self.dtype = n, dtype
         key_a, key_b = jax.random.split(jax.random.key(0))
         jdtype = jnp.dtype(dtype)
         self._a = jax.random.normal(key_a, (n, n), jnp.float32).astype(jdtype)
@@ -86,11 +87,11 @@ class MatmulProbe:
 
 def probe_schedule(measured_steps: int, samples: int = PROBE_SAMPLES) -> set[int]:
     """Indices of the measured steps (0-based) after which the probe is sampled: at most
-    ``samples`` of them, spread evenly over the measured steps."""
+    ``samples`` of them, spread evenly over the measured steps, the first one included."""
     if measured_steps <= 0:
         return set()
-    every = max(1, measured_steps // samples)
-    return {i for i in range(0, measured_steps, every)}
+    count = min(samples, measured_steps)
+    return {i * measured_steps // count for i in range(count)}
 
 
 @dataclass
@@ -180,27 +181,121 @@ def memory_figures(compiled) -> dict[str, float]:
     }
 
 
+PARTITIONED_PASS = "spmd-partitioning"  # the HLO pass whose output holds every collective
+
+
+def partitioned_hlo(lowered) -> str:
+    """The HLO text of ``lowered`` right after XLA's SPMD partitioner, from a compile that dumps
+    that one pass into a temporary directory (deleted afterwards), or the final HLO where no
+    partitioner runs (one device). Read by ``scaling.estimate.hlo_comm``: the final CPU HLO has
+    bf16 collectives rewritten to f32, the partitioned one keeps the dtype moved. The compile
+    skips LLVM's expensive optimisations: only its HLO matters, never its speed. Seconds on
+    small models, like any compile; not part of a run's timed stages."""
+    import glob
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="scaling-hlo-") as tmp:
+        options = {
+            "xla_dump_to": tmp,
+            "xla_dump_hlo_pass_re": f"^{PARTITIONED_PASS}$",
+            "xla_dump_disable_metadata": True,
+            "xla_backend_optimization_level": 0,
+            "xla_llvm_disable_expensive_passes": True,
+        }
+        compiled = lowered.compile(compiler_options=options)
+        dumps = sorted(glob.glob(os.path.join(tmp, f"*after_{PARTITIONED_PASS}.*.txt")))
+        if dumps:
+            with open(dumps[-1]) as f:
+                return f.read()
+    return compiled.as_text()
+
+
 # ----------------------------------------------------------------------------- peaks, MFU, memory
 
 
-def device_peak(device, probe: MatmulProbe | None) -> tuple[HardwareProfile, str]:
-    """The profile a device is measured against and where its peak comes from: the datasheet
-    of a known accelerator, else (CPU) this process's probe, shared by the simulated devices."""
-    profile = match_device_kind(device.device_kind)
-    if profile is not None:
-        return profile, f"{profile.name}: {profile.source}"
+def local_device():
+    """This process's first device: the one whose kind decides the peak."""
+    return jax.local_devices()[0]
+
+
+CPU_PROBE = (2048, "float32")  # FACTS.md: bf16 is no faster on these CPUs
+ACCELERATOR_PROBE = (8192, "bfloat16")  # 1.1 TFLOP a call: long enough to time on a GPU
+
+
+def probe_for(device) -> MatmulProbe:
+    """The matmul probe that measures ``device``'s peak: f32 2048² on a CPU host, bf16 8192²
+    on an accelerator without a datasheet profile."""
+    n, dtype = CPU_PROBE if device.platform == "cpu" else ACCELERATOR_PROBE
+    return MatmulProbe(n, dtype)
+
+
+def device_memory_bytes(device) -> int:
+    """The allocator's limit on ``device`` (``memory_stats()["bytes_limit"]``), 0 if unknown."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return int((stats or {}).get("bytes_limit", 0))
+
+
+def device_peak(
+    device,
+    probe: MatmulProbe | None,
+    *,
+    peak_tflops: float | None = None,
+    hbm_gbps: float | None = None,
+) -> tuple[HardwareProfile, str]:
+    """The profile a device is measured against and where its peak comes from, in this order:
+    ``peak_tflops`` given (``--peak-tflops``); the datasheet of a known kind; on a CPU host,
+    this process's probe shared by the simulated devices; on any other accelerator, the bf16
+    probe of this one device, per device (never divided by the device count, never a CPU).
+    ``hbm_gbps`` (``--hbm-gbps``) replaces the HBM bandwidth wherever it is given."""
+    known = match_device_kind(device.device_kind)
+    name = known.name if known else device.device_kind.strip().lower().replace(" ", "-")
+    if peak_tflops is not None:
+        source = f"{device.device_kind}: given --peak-tflops {peak_tflops:g} (per device)"
+        memory = None if known else device_memory_bytes(device)
+        profile = custom_profile(known, name=name, peak_tflops=peak_tflops, hbm_gbps=hbm_gbps,
+                                 memory_bytes=memory, source=source)  # fmt: skip
+        return profile, source
+    if known is not None:
+        if hbm_gbps is not None:
+            known = custom_profile(known, name=name, hbm_gbps=hbm_gbps)
+        return known, f"{known.name}: {known.source}"
     if probe is None or not probe.samples:
         raise ValueError(f"no peak for device kind {device.device_kind!r} and no probe samples")
+    median = f"median {probe.median / 1e9:.1f} GFLOP/s of {len(probe.samples)}"
+    if device.platform == "cpu":
+        source = (
+            f"cpu matmul probe ({probe.n}² {probe.dtype}) sampled after measured steps, same "
+            f"process: {median}, shared by the devices"
+        )
+        return cpu_profile(probe.median, host_memory_bytes()), source
     source = (
-        f"cpu matmul probe (2048² f32) sampled after measured steps, same process: median "
-        f"{probe.median / 1e9:.1f} GFLOP/s of {len(probe.samples)}, shared by the devices"
+        f"{device.device_kind}: no datasheet profile; {probe.dtype} matmul probe ({probe.n}²) on "
+        f"this device after measured steps: {median}, per device (not divided by the device "
+        "count); HBM "
+        + (f"{hbm_gbps:g} GB/s given" if hbm_gbps else "bandwidth unknown (memory term left out)")
     )
-    return cpu_profile(probe.median, host_memory_bytes()), source
+    profile = custom_profile(None, name=name, peak_tflops=probe.median / 1e12, hbm_gbps=hbm_gbps,
+                             memory_bytes=device_memory_bytes(device), source=source)  # fmt: skip
+    return profile, source
 
 
-def needs_probe(device) -> bool:
-    """Whether this device's peak must be measured (no datasheet profile matches it)."""
-    return match_device_kind(device.device_kind) is None
+def needs_probe(device, peak_tflops: float | None = None) -> bool:
+    """Whether this device's peak must be measured (none given, no datasheet profile)."""
+    return peak_tflops is None and match_device_kind(device.device_kind) is None
+
+
+def run_mfu(run_cfg, result, device, probe, **peaks) -> dict[str, Any]:
+    """MFU of a finished ``train.run`` result against ``device_peak(device, probe, **peaks)``:
+    ``{"mfu", "peak_flops_per_device", "peak_source"}``."""
+    from scaling.estimate import estimate
+
+    profile, source = device_peak(device, probe, **peaks)
+    est = estimate(run_cfg.model, mode=run_cfg.mode, mesh=result.mesh, batch=run_cfg.batch,
+                   seq=run_cfg.seq, hardware=profile)  # fmt: skip
+    step_s, n = result.step_time_s_median, result.n_devices
+    mfu = utilisation(est.flops.model_per_step, step_s, n, est.peak_flops_per_device)
+    return {"mfu": mfu, "peak_flops_per_device": est.peak_flops_per_device, "peak_source": source}
 
 
 def utilisation(flops_per_step: float, step_s: float, n_devices: int, peak: float) -> float:

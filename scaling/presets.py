@@ -6,13 +6,19 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from scaling.config import FAMILIES, Family, ModelConfig, RunConfig, parse_mesh
+from scaling.config import FAMILIES, MUP_KNOBS, Family, ModelConfig, RunConfig, parse_mesh
 from scaling.prepared import is_prepared, open_prepared, padded_vocab
 
 
 def swiglu_hidden(d_model: int, multiple: int = 64) -> int:
     """SwiGLU width with the parameter count of a 4·d_model GELU MLP: 8/3·d, rounded up."""
     return multiple * math.ceil(8 * d_model / 3 / multiple)
+
+
+def ffn_width(family: str, d_model: int) -> int:
+    """The FFN width the presets use at ``d_model``: 4·d (gpt2's GELU MLP) or SwiGLU's ≈ 8/3·d
+    rounded up to 64 (llama), so both families hold the same FFN parameters."""
+    return 4 * d_model if family == "gpt2" else swiglu_hidden(d_model)
 
 
 GPT3_VOCAB = 50304  # GPT-2's 50257 padded to a multiple of 64 (nanoGPT's choice)
@@ -64,7 +70,6 @@ def with_width(cfg: ModelConfig, width: int) -> ModelConfig:
     axis of muP studies."""
     if width <= 0 or width % cfg.d_head:
         raise ValueError(f"width {width} must be a positive multiple of d_head={cfg.d_head}")
-    d_ff = 4 * width if cfg.family == "gpt2" else swiglu_hidden(width)
     return dataclasses.replace(
         cfg,
         name=f"{cfg.name}@{width}",
@@ -72,7 +77,7 @@ def with_width(cfg: ModelConfig, width: int) -> ModelConfig:
         n_heads=width // cfg.d_head,
         n_kv_heads=None,
         head_dim=None,
-        d_ff=d_ff,
+        d_ff=ffn_width(cfg.family, width),
     )
 
 
@@ -80,8 +85,7 @@ def with_family(cfg: ModelConfig, family: Family) -> ModelConfig:
     """The same widths in the other family (gpt2 uses a 4·d_model GELU MLP)."""
     if family == cfg.family:
         return cfg
-    d_ff = 4 * cfg.d_model if family == "gpt2" else swiglu_hidden(cfg.d_model)
-    return dataclasses.replace(cfg, family=family, d_ff=d_ff)
+    return dataclasses.replace(cfg, family=family, d_ff=ffn_width(family, cfg.d_model))
 
 
 def build_run(
@@ -95,10 +99,12 @@ def build_run(
     width: int | None = None,
     tied: bool | None = None,
     layers: int | None = None,
+    mup_knobs: dict[str, object] | None = None,
     **run_fields,
 ) -> RunConfig:
     """A RunConfig from a preset name plus overrides (what the CLI and sweeps call). With a
-    prepared data directory the model's vocabulary is the data's (``prepared.padded_vocab``)."""
+    prepared data directory the model's vocabulary is the data's (``prepared.padded_vocab``).
+    ``mup_knobs``: ``config.MUP_KNOBS`` values (None entries keep the default)."""
     model = get_preset(size)
     if width is not None:
         model = with_width(model, width)
@@ -111,6 +117,11 @@ def build_run(
         overrides["tied_embeddings"] = bool(tied)
     if layers is not None:
         overrides.update(n_layers=layers, name=f"{model.name}-L{layers}")
+    for key, value in (mup_knobs or {}).items():
+        if key not in MUP_KNOBS:
+            raise ValueError(f"unknown muP option {key!r}; valid: {', '.join(MUP_KNOBS)}")
+        if value is not None:
+            overrides[key] = value
     if mup:
         if tied:
             raise ValueError("muP needs an untied head; drop tied=true or use mup=false")

@@ -96,6 +96,7 @@ class RunRecord:
     peak_memory_source: str = ""  # "memory_stats" or "xla_memory_analysis"
     est_memory_bytes: float = math.nan  # analytic, per device
     est_comm_bytes: float = math.nan  # analytic, per device per step
+    xla_comm_bytes: float = math.nan  # XLA: partitioned step's collectives, per device per step
     xla_flops_per_step_global: float = math.nan  # XLA cost_analysis, unrolled step, all devices
     xla_argument_bytes: float = math.nan  # XLA memory_analysis of the step, per device
     xla_output_bytes: float = math.nan

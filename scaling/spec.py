@@ -8,7 +8,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scaling.config import RunConfig
+from scaling.config import MUP_KNOBS, RunConfig
 from scaling.presets import build_run, get_preset
 from scaling.sharding import MODES
 
@@ -29,6 +29,7 @@ SWEEP_AXES = (
     "tokens",
     "layers",
     "mesh",
+    *MUP_KNOBS,
 )
 # Optional settings: absent from SWEEP_DEFAULTS (so run ids of sweeps that do not set them stay
 # what they were); RunConfig's defaults apply when a spec leaves them out.
@@ -57,7 +58,12 @@ SWEEP_FIXED = (
     "mup",
     *SHAPE_AND_LENGTH,
     *LOADER_AND_EVAL,
+    *MUP_KNOBS,
+    "peak_tflops",  # a device's peak / HBM bandwidth when it has no profile (measurement only)
+    "hbm_gbps",
 )
+# The muP knobs (``MUP_KNOBS``) have no entry in SWEEP_DEFAULTS: absent, the ModelConfig
+# default applies and the run id of a spec that does not name them stays what it was.
 # Setting names of earlier versions: a spec that uses one is told the new name.
 RENAMED_SETTINGS = {"warmup_steps": "timing_warmup_steps", "lr_warmup": "lr_warmup_steps"}
 SWEEP_DEFAULTS: dict[str, object] = {
@@ -214,4 +220,5 @@ def run_config_from_settings(settings: dict) -> RunConfig:
         data=settings["data"],
         timing_warmup_steps=settings["timing_warmup_steps"],
         **{k: settings[k] for k in LOADER_AND_EVAL if settings.get(k) is not None},
+        mup_knobs={key: settings.get(key) for key in MUP_KNOBS},
     )

@@ -38,7 +38,8 @@ from scaling.records import (
 )
 from scaling.spec import SweepSpec
 
-NOT_CONFIG = ("sweep", "timeout_s")  # settings that do not change what a run computes
+# settings that do not change what a run computes (peaks only change what it is measured against)
+NOT_CONFIG = ("sweep", "timeout_s", "peak_tflops", "hbm_gbps")
 
 
 def run_id_of(settings: dict) -> str:

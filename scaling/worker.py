@@ -60,13 +60,14 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
     from scaling.spec import run_config_from_settings
 
     run_cfg = run_config_from_settings(settings)
-    device = jax.local_devices()[0]
+    device = measure.local_device()
     record.device_kind, record.platform = device.device_kind, device.platform
     record.jax_version, record.flax_version = jax.__version__, flax.__version__
     record.n_processes = jax.process_count()
-    probe = measure.MatmulProbe() if measure.needs_probe(device) else None
+    peaks = {"peak_tflops": settings.get("peak_tflops"), "hbm_gbps": settings.get("hbm_gbps")}
+    probe = measure.probe_for(device) if measure.needs_probe(device, peaks["peak_tflops"]) else None
     result = train.run(run_cfg, on_step=_print_step, profile_dir=profile_dir, probe=probe)
-    profile, record.peak_source = measure.device_peak(device, probe)
+    profile, record.peak_source = measure.device_peak(device, probe, **peaks)
     n = result.n_devices
     record.n_devices, record.mesh = n, f"{result.mesh[0]}x{result.mesh[1]}"
     est = estimate.estimate(
@@ -80,6 +81,7 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
     _fill_measured(record, result, device)
     _fill_predicted(record, est, result, n)
     record.xla_flops_per_step_global = xla_global_flops(run_cfg)
+    record.xla_comm_bytes = xla_comm_total(run_cfg)
     record.status = "diverged" if result.diverged else "ok"
     if result.diverged:
         record.error = f"non-finite loss at step {result.start_step + len(result.losses) - 1}"
@@ -148,6 +150,18 @@ def xla_global_flops(run_cfg) -> float:
         return math.nan
     value = check.get("xla_flops_global_per_step")
     return math.nan if value is None else float(value)
+
+
+def xla_comm_total(run_cfg) -> float:
+    """Collective bytes per device per step of the compiled step's partitioned HLO
+    (scaling.estimate.xla_check.xla_comm_bytes); NaN if the cross-check fails."""
+    from scaling.estimate.xla_check import xla_comm_bytes
+
+    try:
+        return float(xla_comm_bytes(run_cfg)["total"])
+    except Exception:  # a cross-check must never fail the measured run
+        traceback.print_exc()
+        return math.nan
 
 
 def main(argv: list[str]) -> int:

@@ -65,6 +65,12 @@ def test_train_json_reports_losses_per_step():
         (["sweep", "dp", "--sizes", "tiny", "--shard", "3/2"], "bad shard '3/2'"),
         (["sweep", "--spec", "missing.toml"], "sweep spec 'missing.toml' not found"),
         (["sweep", "dp"], "give MODES and --sizes"),
+        (["train", "--mup", "--mup-attn-multiplier", "-1"], "mup_attn_multiplier must be"),
+        (["train", "--mup", "--mup-base-width", "72"], "mup_base_width=72 is not a multiple"),
+        (
+            ["sweep", "none", "--sizes", "tiny", "--mup", "on", "--mup-output-multiplier", "0"],
+            "mup_output_multiplier must be",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, message):

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import last_json
+from helpers import last_json, make_run_record, write_runs
 from rich.console import Console
 from typer.testing import CliRunner
 
 from scaling.cli.estimate import render, simulate_devices
 from scaling.cli.main import app
+from scaling.estimate.calibrate import run_terms
+from scaling.spec import SWEEP_DEFAULTS
 
 DATA = Path(__file__).parent / "data"
 runner = CliRunner()
@@ -63,7 +67,42 @@ def test_json_keys_and_values():
         assert row["peak_flops_per_device"] == 989e12  # bf16 on h100
         assert row["comm_bytes_per_device_per_step"] > 0 and row["fits"] is True
         assert "xla_flops_per_step_per_device" not in row  # only with --compile
+        assert row["predicted_binding"] in ("compute", "memory", "communication")
+        assert row["hbm_bytes_per_device_per_step"] > 0 and row["predicted_memory_s"] > 0
+        assert row["efficiency"] == {"compute": 1.0, "hbm": 1.0, "link": 1.0, "overhead_s": 0.0}
     assert rows[0]["n_params"] < rows[1]["n_params"]
+
+
+def test_calibrate_predicts_with_fitted_efficiencies(tmp_path):
+    # Two recorded tiny CPU runs whose step times are 4x the datasheet compute term: the fitted
+    # compute efficiency is 1/4 and the estimate uses it.
+    rows = []
+    for i, size in enumerate(("tiny", "10m")):
+        settings = {**SWEEP_DEFAULTS, "sweep": "c", "size": size, "batch": 8, "seq": 64}
+        row = make_run_record(
+            f"c{i}",
+            size=size,
+            mode="none",
+            mesh="1x1",
+            n_devices=1,
+            settings_json=json.dumps(settings),
+            peak_flops_per_device=1e11,
+        )
+        terms = run_terms(dataclasses.asdict(row))
+        row.step_time_s_median = 4 * terms.compute_s + terms.memory_s
+        rows.append(row)
+    write_runs(tmp_path / "cal", rows)
+    result = invoke("--sizes", "30m", "--hardware", "cpu", "--peak-tflops", "0.1",
+                    "--calibrate", str(tmp_path / "cal"), "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    row = last_json(result.stdout)[0]
+    assert row["efficiency"]["compute"] == pytest.approx(0.25, rel=1e-3)
+    assert row["calibration"]["n_runs"] == 2 and row["calibration"]["record"]
+    assert row["predicted_compute_s"] == pytest.approx(
+        row["hardware_flops_per_device"] / (0.25 * 1e11), rel=1e-6
+    )
+    missing = invoke("--sizes", "30m", "--calibrate", str(tmp_path / "nope"))
+    assert missing.exit_code == 2 and "holds no sweep record" in missing.output
 
 
 def test_causal_halving_and_seq_default():

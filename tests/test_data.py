@@ -62,6 +62,23 @@ def test_token_file_windows_are_contiguous_text(tmp_path):
     assert np.all(np.diff(batch, axis=1) == 1)
 
 
+def test_token_file_sampler_reaches_both_ends(tmp_path):
+    # A file of exactly seq + 1 tokens holds one window, and it is accepted.
+    seq = 10
+    exact = tmp_path / "exact.bin"
+    np.arange(seq + 1, dtype=np.uint16).tofile(exact)
+    batch = batch_dataset(str(exact), vocab_size=64, batch=4, seq=seq, seed=0)[0]
+    assert batch.shape == (4, seq + 1) and np.all(batch == np.arange(seq + 1))
+    # Three windows (starts 0, 1, 2): over many batches every start is drawn, the last too.
+    three = tmp_path / "three.bin"
+    np.arange(seq + 3, dtype=np.uint16).tofile(three)
+    data = batch_dataset(str(three), vocab_size=64, batch=8, seq=seq, seed=0)
+    starts = {int(row[0]) for i in range(40) for row in data[i]}
+    assert starts == {0, 1, 2}
+    with pytest.raises(ValueError, match="has 11 tokens; need at least seq \\+ 1 = 12"):
+        load_token_file(exact, 64, seq + 1)
+
+
 def test_token_file_errors(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         load_token_file(tmp_path / "missing.bin", 256, 8)

@@ -169,7 +169,9 @@ def np_attention(x, positions, p, cfg: ModelConfig):
         pos_k = np.broadcast_to(positions[:, :, None], (b, t, kvh))
         q = np_rope(q, pos_q, cfg.rope_theta)
         k = np_rope(k, pos_k, cfg.rope_theta)
-    scale = 1.0 / dk if cfg.mup else 1.0 / np.sqrt(dk)
+    # muP: α_attn·√d_head_base / d_head (microsoft/mup's 8/d_head at a base head width of 64)
+    base_dk = cfg.mup_base_head_dim or dk
+    scale = cfg.mup_attn_multiplier * np.sqrt(base_dk) / dk if cfg.mup else 1.0 / np.sqrt(dk)
     causal = np.tril(np.ones((t, t), dtype=bool))
     rep = h // kvh
     out = np.zeros((b, t, h, dk))
@@ -585,6 +587,8 @@ LM_CASES = {
         mup_base_width=8,
         mup_input_multiplier=2.0,
         mup_output_multiplier=3.0,
+        mup_attn_multiplier=1.5,
+        mup_base_head_dim=2,
     ),
 }
 

@@ -11,7 +11,7 @@ from flax import nnx
 
 from scaling.coord_check import coord_check
 from scaling.model import build_model
-from scaling.mup import lr_multipliers
+from scaling.mup import attention_scale, fan_in_ratios, lr_multipliers
 from scaling.presets import build_run, get_preset, with_width
 from scaling.train import decay_mask, make_optimizer
 
@@ -40,22 +40,52 @@ def test_hidden_init_std_scales_as_one_over_sqrt_m_under_mup():
     assert float(np.std(large.head.weight[...])) == pytest.approx(0.02 * TRUNCATED_STD, rel=0.05)
 
 
-def test_lr_multiplier_tree_is_one_over_m_on_hidden_matrices_only():
-    cfg = _cfg(512, True)  # m = 4
+def test_lr_multiplier_is_the_fan_in_ratio_of_each_hidden_matrix():
+    # microsoft/mup's MuAdam divides a matrix's LR by its fan-in width multiplier. At width 512
+    # (base 128): q/k/v/w1/w3 read d_model (×4), o reads h·k = 512 (×4), w2 reads d_ff:
+    # SwiGLU widths 1408 vs 384 at the base (×3.667, not d_model's ×4).
+    cfg = _cfg(512, True)
     params = nnx.to_pure_dict(nnx.state(build_model(cfg)))
+    base = nnx.to_pure_dict(nnx.state(build_model(_cfg(128, True))))
     multipliers = lr_multipliers(params, cfg)
     flat = jax.tree_util.tree_flatten_with_path(multipliers)[0]
-    assert flat
+    assert {getattr(p[0], "key", None) for p, _ in flat} >= {"embed", "head", "final_norm"}
     for path, value in flat:
         names = [getattr(k, "key", k) for k in path]
-        expected = 0.25 if names[-2] in HIDDEN else 1.0
-        assert value == expected, names
-    assert {n[0] for n in (tuple(getattr(k, "key", k) for k in p) for p, _ in flat)} >= {
-        "embed",
-        "head",
-        "final_norm",
-        "blocks",
-    }
+        if names[-2] in HIDDEN:
+            leaf, base_leaf = params, base
+            for n in names:
+                leaf, base_leaf = leaf[n], base_leaf[n]
+            expected = base_leaf.shape[-2] / leaf.shape[-2]  # (L, fan_in, fan_out)
+        else:
+            expected = 1.0
+        assert value == pytest.approx(expected), names
+    w2 = multipliers["blocks"]["ffn"]["w2"]["weight"]
+    assert w2 == pytest.approx(384 / 1408) and multipliers["blocks"]["attn"]["q"]["weight"] == 0.25
+
+
+def test_w2_multiplier_follows_d_ff_not_d_model():
+    # width 32: d_ff 128 against the base's 384, so w2's LR is ×3 (fan-in), q's ×4 (d_model).
+    ratios = fan_in_ratios(_cfg(32, True))
+    assert ratios[("blocks", "ffn", "w2", "weight")] == pytest.approx(128 / 384)
+    assert ratios[("blocks", "attn", "q", "weight")] == pytest.approx(32 / 128)
+    assert ratios[("blocks", "attn", "o", "weight")] == pytest.approx(32 / 128)
+
+
+def test_attention_scale_is_base_normalised():
+    # Heads added at a fixed head width (16): muP keeps the standard 1/√d_head at every width,
+    # not 1/d_head (4× flatter at d_head 16).
+    for width in (64, 256):
+        assert attention_scale(_cfg(width, True)) == pytest.approx(1 / math.sqrt(16))
+        assert attention_scale(_cfg(width, True)) == attention_scale(_cfg(width, False))
+    # Head width growing from a base of 64: α·√64 / d_head (microsoft/mup's 8/d_head).
+    grown = dataclasses.replace(
+        _cfg(512, True), n_heads=4, mup_base_head_dim=64, mup_attn_multiplier=2.0
+    )
+    assert grown.d_head == 128
+    assert attention_scale(grown) == pytest.approx(2.0 * 8 / 128)
+    model = build_model(_cfg(256, True))
+    assert model.blocks.attn.scale == pytest.approx(0.25)
 
 
 def _hand_adamw(params, grads_seq, *, lr, b1, b2, eps, wd, clip, multipliers, decay):
@@ -151,10 +181,9 @@ def test_mup_at_base_width_is_sp_up_to_the_documented_differences():
             b = b[n]
         if names[0] != "head":
             np.testing.assert_array_equal(a, b, err_msg=str(names))
-    # With the SP head copied in and the SP attention scale (1/√d_head instead of 1/d_head),
-    # the muP model computes exactly the SP logits: the multipliers are 1 at m = 1.
+    # With the SP head copied in, the muP model computes exactly the SP logits: the
+    # multipliers are 1 at m = 1 and the attention scale is the standard 1/√d_head.
     mu.head.weight[...] = sp.head.weight[...]
-    mu.blocks.attn.scale = sp.blocks.attn.scale
     tokens = jnp.arange(32, dtype=jnp.int32).reshape(2, 16) % 64
     np.testing.assert_allclose(mu(tokens), sp(tokens), rtol=1e-6, atol=1e-6)
     assert set(jax.tree.leaves(lr_multipliers(mu_params, mup_cfg))) == {1.0}

@@ -204,3 +204,23 @@ def test_sweep_with_two_local_processes_records_one_row_like_one_process(tmp_pat
     import numpy as np
 
     np.testing.assert_allclose(steps_two, steps_one, rtol=1e-5)
+
+
+def test_mup_knobs_are_sweep_keys_that_reach_the_model():
+    from scaling.spec import run_config_from_settings
+
+    spec = SweepSpec(
+        "knobs",
+        axes={"size": ["tiny"], "mup": [True], "mup_attn_multiplier": [0.5, 2.0]},
+        fixed={"mup_base_width": 64, "mup_output_multiplier": 3.0, "mup_zero_readout": True},
+    )
+    models = [run_config_from_settings(s).model for s in spec.grid()]
+    assert [m.mup_attn_multiplier for m in models] == [0.5, 2.0]
+    assert {(m.mup_base_width, m.mup_output_multiplier, m.mup_zero_readout) for m in models} == {
+        (64, 3.0, True)
+    }
+    # Absent knobs leave the run id of an existing spec unchanged (no new default settings).
+    plain = SweepSpec("x", axes={"size": ["tiny"]}).grid()[0]
+    assert not any(k.startswith("mup_") for k in plain)
+    with pytest.raises(ValueError, match="unknown sweep setting 'mup_alpha'"):
+        SweepSpec("x", axes={"size": ["tiny"]}, fixed={"mup_alpha": 1.0})

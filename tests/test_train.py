@@ -71,3 +71,14 @@ def test_loss_falls_toward_the_entropy_floor_and_never_below():
     assert tail - floor < 0.6, f"last-10 mean {tail:.3f} is not near the floor {floor:.3f}"
     assert losses.min() > floor - 0.1, "a loss below the entropy floor means a bug"
     assert len(result.step_times_s) == 100 and result.compile_s > 0
+
+
+def test_probe_schedule_samples_at_most_eight_measured_steps():
+    from scaling.measure import MIN_PROBE_SAMPLES, PROBE_SAMPLES, probe_schedule
+
+    assert PROBE_SAMPLES == 8 and MIN_PROBE_SAMPLES == 3  # README states both numbers
+    for measured in (1, 3, 8, 10, 15, 16, 100):
+        chosen = probe_schedule(measured)
+        assert len(chosen) == min(8, measured), measured
+        assert min(chosen) == 0 and max(chosen) < measured
+    assert probe_schedule(0) == set()

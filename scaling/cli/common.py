@@ -42,5 +42,35 @@ def _jsonable(value):
     return str(value)
 
 
+PEAK_HELP = {
+    "peak_tflops": "Peak dense TFLOP/s per device for an accelerator without a profile "
+    "(default: a bf16 matmul probe).",
+    "hbm_gbps": "HBM bandwidth per device, GB/s (replaces the profile's).",
+}
+MUP_HELP = {
+    "base_width": "muP base width: the d_model the hyperparameters were tuned at (128).",
+    "base_head_dim": "muP base head width (default: the model's d_head).",
+    "alpha_in": "muP α_in: embedding output multiplier (1).",
+    "alpha_out": "muP α_out: logits × α_out / m (1).",
+    "alpha_attn": "muP α_attn: attention logits × α_attn·√d_head_base / d_head (1).",
+    "zero_readout": "muP: zero-initialise the untied head.",
+}
+
+
+def mup_knobs(
+    base_width: int | None,
+    base_head_dim: int | None,
+    alpha_in: float | None,
+    alpha_out: float | None,
+    alpha_attn: float | None,
+    zero_readout: bool | None,
+) -> dict[str, object]:
+    """The muP options of `train`/`sweep` as ``config.MUP_KNOBS`` values (only those given)."""
+    values = (base_width, base_head_dim, alpha_in, alpha_out, alpha_attn, zero_readout)
+    from scaling.config import MUP_KNOBS
+
+    return {k: v for k, v in zip(MUP_KNOBS, values, strict=True) if v is not None}
+
+
 def split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]

@@ -29,7 +29,13 @@ def estimate(
     seq: Annotated[int | None, Opt(help="Sequence length (default: min(2048, context)).")] = None,
     dtype: Annotated[str | None, Opt(help="Compute dtype: float32 | bfloat16.")] = None,
     remat: Annotated[str | None, Opt(help="Rematerialisation: none | full | dots.")] = None,
-    hardware: Annotated[str, Opt(help="h100 | h200 | a100 | tpu-v4/v5e/v5p/v6e | cpu.")] = "h100",
+    hardware: Annotated[
+        str, Opt(help="h100 h200 a100 b200 gh200 l4 a10g mi300x tpu-v4/v5e/v5p/v6e cpu.")
+    ] = "h100",
+    peak_tflops: Annotated[
+        float | None, Opt(help="Replace the profile's peak: dense TFLOP/s per device.")
+    ] = None,
+    hbm_gbps: Annotated[float | None, Opt(help="Replace the profile's HBM GB/s.")] = None,
     hf_config: Annotated[
         str | None, Opt(help="A Hugging Face config.json (replaces --sizes).")
     ] = None,
@@ -46,6 +52,13 @@ def estimate(
     devices: Annotated[
         int | None, Opt(help="Simulate N CPU devices for --compile (default: D·T of --mesh).")
     ] = None,
+    calibrate: Annotated[
+        str | None,
+        Opt(
+            help="A sweep record DIR: fit the roofline's efficiencies to its ok runs and "
+            "predict with them."
+        ),
+    ] = None,  # fmt: skip
     json_: Annotated[bool, Opt("--json", help="Last stdout line: a JSON list, one per size.")] = (
         False
     ),
@@ -56,10 +69,17 @@ def estimate(
                           dtype=dtype, remat=remat)  # fmt: skip
         if compile_ and (devices is not None or mode != "none"):
             simulate_devices(devices, runs[0].mesh)
-        profile = resolve_hardware(hardware)
+        profile = resolve_hardware(hardware, peak_tflops=peak_tflops, hbm_gbps=hbm_gbps)
         if compile_ and not json_:
             err_console.print(f"lowering and compiling {len(runs)} step(s) for XLA's counts…")
-        rows = report(runs, hardware=profile, causal_halving=causal_halving, compile=compile_)
+        calibration = calibrated(calibrate) if calibrate else None
+        rows = report(
+            runs, hardware=profile, causal_halving=causal_halving, compile=compile_,
+            efficiency=calibration.efficiency if calibration else None,
+        )  # fmt: skip
+        if calibration is not None:
+            for row in rows:
+                row["calibration"] = {**calibration.to_dict(), "record": calibrate}
     if json_:
         print_json(rows)
     else:
@@ -102,15 +122,43 @@ def build_runs(
     ]  # fmt: skip
 
 
-def resolve_hardware(name: str):
-    """A hardware profile; ``cpu`` is calibrated (a jitted matmul) when no cache exists."""
-    from scaling.estimate.hardware import CPU_NAME, cached_cpu_peak, get_hardware
+def resolve_hardware(name: str, *, peak_tflops: float | None = None, hbm_gbps: float | None = None):
+    """A hardware profile; ``cpu`` is calibrated (a jitted matmul) when no cache exists and no
+    peak is given. ``peak_tflops``/``hbm_gbps`` replace the profile's figures (an accelerator
+    without a profile: its closest profile for memory and links, and its own peak)."""
+    from scaling.estimate.hardware import CPU_NAME, cached_cpu_peak, custom_profile, get_hardware
 
-    if name.strip().lower() == CPU_NAME and cached_cpu_peak() is None:
+    key = name.strip().lower()
+    if key == CPU_NAME and cached_cpu_peak() is None and peak_tflops is None:
         from scaling.measure import cpu_hardware
 
-        return cpu_hardware()
-    return get_hardware(name)
+        profile = cpu_hardware()
+    elif key == CPU_NAME and peak_tflops is not None:
+        from scaling.estimate.hardware import cpu_profile, host_memory_bytes
+
+        profile = cpu_profile(peak_tflops * 1e12, host_memory_bytes())
+    else:
+        profile = get_hardware(name)
+    if peak_tflops is None and hbm_gbps is None:
+        return profile
+    given = ", ".join(
+        f"{label} {value:g}"
+        for label, value in (("--peak-tflops", peak_tflops), ("--hbm-gbps", hbm_gbps))
+        if value is not None
+    )
+    source = f"{profile.name} with {given} given; {profile.source}"
+    return custom_profile(
+        profile, name=profile.name, peak_tflops=peak_tflops, hbm_gbps=hbm_gbps, source=source
+    )
+
+
+def calibrated(directories: str):
+    """The efficiencies fitted to the ok runs of sweep records (``estimate.calibrate``)."""
+    from scaling.estimate.calibrate import calibrate_rows
+    from scaling.records import load_runs
+
+    runs = load_runs(*split_list(directories))
+    return calibrate_rows(r for _, r in runs[runs["status"] == "ok"].iterrows())
 
 
 def simulate_devices(devices: int | None, mesh: tuple[int, int] | None) -> None:
@@ -181,8 +229,13 @@ def _rows(compiled: bool) -> list[tuple[str, Any]]:
         ("  total / capacity", _memory_total),
         ("fits in memory?", _fits),
         ("comm bytes / device / step", lambda r: si(r["comm_bytes_per_device_per_step"], "B")),
+        ("HBM bytes / device / step", lambda r: si(r["hbm_bytes_per_device_per_step"], "B")),
+        ("time: compute", lambda r: seconds(r["predicted_compute_s"])),
+        ("  memory (HBM)", lambda r: seconds(r["predicted_memory_s"])),
+        ("  communication", lambda r: seconds(r["predicted_comm_s"])),
         ("step time (overlap – none)",
          lambda r: f"{seconds(r['predicted_step_s'])} – {seconds(r['predicted_step_s_upper'])}"),
+        ("binding term", lambda r: r["predicted_binding"]),
         ("predicted MFU ceiling", lambda r: f"{100 * r['predicted_mfu']:.1f} %"),
     ]  # fmt: skip
     if compiled:
@@ -195,12 +248,25 @@ def _rows(compiled: bool) -> list[tuple[str, Any]]:
             ("XLA memory: argument + temp",
              lambda r: si(_xla_memory(r), "B") if r.get("xla_memory") else "–"),
             ("  XLA / analytic memory", lambda r: ratio(r.get("xla_memory_ratio"))),
+            ("XLA comm bytes / device / step",
+             lambda r: si(r.get("xla_comm_bytes_per_device_per_step"), "B")),
+            ("  XLA / analytic comm", lambda r: ratio(r.get("xla_comm_ratio"))),
         ]  # fmt: skip
     return rows
 
 
 def _xla_memory(row: dict[str, Any]) -> float:
     return row["xla_memory"]["argument"] + row["xla_memory"]["temp"]
+
+
+def efficiency_note(row: dict[str, Any]) -> str:
+    eff = row.get("efficiency") or {}
+    if not eff or all(eff.get(k) == 1.0 for k in ("compute", "hbm", "link")):
+        return "; datasheet roofline (efficiencies 1)"
+    return (
+        f"; calibrated efficiencies: compute {eff['compute']:.3g}, HBM {eff['hbm']:.3g}, "
+        f"link {eff['link']:.3g}, overhead {seconds(eff.get('overhead_s', 0.0))} per step"
+    )
 
 
 def render(rows: list[dict[str, Any]], *, compiled: bool = False) -> Table:
@@ -229,7 +295,10 @@ def render(rows: list[dict[str, Any]], *, compiled: bool = False) -> Table:
         f"add remat recompute and always the full t×t. Peak {si(first['peak_flops_per_device'])}"
         f"FLOP/s per device ({first['dtype']}); source: {first['peak_source']}. Memory in "
         "decimal units (GB = 10⁹ bytes); capacity is the device's full memory. Step time: "
-        "roofline, compute and communication fully overlapped – not overlapped; MFU at the "
-        "lower bound."
+        "compute + memory (HBM traffic of the memory-bound work) on the device, communication "
+        "fully overlapped with it – not overlapped; MFU at the overlapped figure. "
+        f"HBM {si(first['hbm_bandwidth_bytes_per_s'])}B/s, links "
+        f"{si(first['interconnect_bandwidth_bytes_per_s'])}B/s per device"
+        f"{efficiency_note(first)}."
     )
     return table

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from scaling.cli.common import err_console, out_console, user_errors
+from scaling.cli.common import err_console, out_console, split_list, user_errors
 
 Opt = typer.Option
 
@@ -26,13 +26,21 @@ def report(
         Path | None,
         Opt(help="A baseline record: tokens/s and MFU ratios per matched configuration."),
     ] = None,
+    calibrate_on: Annotated[
+        str | None,
+        Opt(
+            help="Sizes to calibrate the roofline on (e.g. tiny,10m,30m); the others are "
+            "predicted as held-out runs."
+        ),
+    ] = None,  # fmt: skip
 ) -> None:
     """Render figures (PNG + the CSV of each figure's data) and index.html / report.md from
     stored sweep records; reads only the parquet, never re-runs anything."""
     from scaling.report import build_report
 
     with user_errors():
-        result = build_report(dirs, out=out, formats=format_, baseline=baseline)
+        sizes = split_list(calibrate_on) if calibrate_on else None
+        result = build_report(dirs, out=out, formats=format_, baseline=baseline, calibrate_on=sizes)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     pages = [p for p in result.files if p.suffix in (".html", ".md")]

@@ -9,7 +9,16 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from scaling.cli.common import err_console, out_console, print_json, split_list, user_errors
+from scaling.cli.common import (
+    MUP_HELP,
+    PEAK_HELP,
+    err_console,
+    mup_knobs,
+    out_console,
+    print_json,
+    split_list,
+    user_errors,
+)
 
 Opt = typer.Option
 CPU_DEFAULTS = {"batch": 8, "seq": 128, "steps": 6, "timing_warmup_steps": 1}
@@ -58,6 +67,12 @@ def sweep(
     ] = None,
     sizes: Annotated[str | None, Opt(help="Comma list of presets, e.g. 125m,350m.")] = None,
     mup: Annotated[str, Opt(help="muP: off | on | both.")] = "off",
+    mup_base_width: Annotated[int | None, Opt(help=MUP_HELP["base_width"])] = None,
+    mup_base_head_dim: Annotated[int | None, Opt(help=MUP_HELP["base_head_dim"])] = None,
+    mup_input_multiplier: Annotated[float | None, Opt(help=MUP_HELP["alpha_in"])] = None,
+    mup_output_multiplier: Annotated[float | None, Opt(help=MUP_HELP["alpha_out"])] = None,
+    mup_attn_multiplier: Annotated[float | None, Opt(help=MUP_HELP["alpha_attn"])] = None,
+    mup_zero_readout: Annotated[bool | None, Opt(help=MUP_HELP["zero_readout"])] = None,
     steps: Annotated[int | None, Opt(help="Steps per run.")] = None,
     timing_warmup_steps: Annotated[
         int | None,
@@ -76,6 +91,8 @@ def sweep(
     eval_every: Annotated[int | None, Opt(help="Validation loss every K steps.")] = None,
     eval_batches: Annotated[int | None, Opt(help="Validation batches per eval.")] = None,
     timeout: Annotated[float | None, Opt(help="Per-run timeout (s).")] = None,
+    peak_tflops: Annotated[float | None, Opt(help=PEAK_HELP["peak_tflops"])] = None,
+    hbm_gbps: Annotated[float | None, Opt(help=PEAK_HELP["hbm_gbps"])] = None,
     spec: Annotated[str | None, Opt(help="Sweep spec, e.g. sweeps/smoke.toml.")] = None,
     out: Annotated[Path, Opt(help="Record directory.")] = Path("runs"),
     shard: Annotated[str, Opt(help="Run every N-th run starting at I: I/N.")] = "0/1",
@@ -88,6 +105,7 @@ def sweep(
 ) -> None:
     """Run MODES × sizes (× muP) on the shared model; record everything under --out."""
     from scaling import records
+    from scaling.estimate.hardware import validate_peaks
     from scaling.spec import run_config_from_settings
     from scaling.sweep import Distributed, parse_shard, run_sweep
 
@@ -105,8 +123,19 @@ def sweep(
         "eval_every": eval_every,
         "eval_batches": eval_batches,
         "timeout_s": timeout,
+        "peak_tflops": peak_tflops,
+        "hbm_gbps": hbm_gbps,
+        **mup_knobs(
+            mup_base_width,
+            mup_base_head_dim,
+            mup_input_multiplier,
+            mup_output_multiplier,
+            mup_attn_multiplier,
+            mup_zero_readout,
+        ),
     }
     with user_errors():
+        validate_peaks(peak_tflops, hbm_gbps)
         grid_spec = spec_from_options(
             modes, sizes, mup, {k: v for k, v in given.items() if v is not None}, spec
         )

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from scaling.cli.common import err_console, out_console, print_json, user_errors
+from scaling.cli.common import (
+    MUP_HELP,
+    PEAK_HELP,
+    err_console,
+    mup_knobs,
+    out_console,
+    print_json,
+    user_errors,
+)
 
 Opt = typer.Option
 
@@ -38,6 +46,12 @@ def train(
     family: Annotated[str | None, Opt(help="Model family: llama | gpt2.")] = None,
     layers: Annotated[int | None, Opt(help="Override the preset's depth.")] = None,
     mup: Annotated[bool, Opt("--mup/--no-mup", help="muP parametrization.")] = False,
+    mup_base_width: Annotated[int | None, Opt(help=MUP_HELP["base_width"])] = None,
+    mup_base_head_dim: Annotated[int | None, Opt(help=MUP_HELP["base_head_dim"])] = None,
+    mup_input_multiplier: Annotated[float | None, Opt(help=MUP_HELP["alpha_in"])] = None,
+    mup_output_multiplier: Annotated[float | None, Opt(help=MUP_HELP["alpha_out"])] = None,
+    mup_attn_multiplier: Annotated[float | None, Opt(help=MUP_HELP["alpha_attn"])] = None,
+    mup_zero_readout: Annotated[bool | None, Opt(help=MUP_HELP["zero_readout"])] = None,
     data: Annotated[str, Opt(help="synthetic | .bin/.npy file | prepared dir.")] = "synthetic",
     eval_every: Annotated[int, Opt(help="Validation loss every K steps (0: at the end).")] = 0,
     eval_batches: Annotated[int, Opt(help="Batches of fixed validation windows per eval.")] = 8,
@@ -47,6 +61,8 @@ def train(
     mode: Annotated[str, Opt(help="Sharding: none | dp | fsdp | tp | fsdp_tp.")] = "none",
     mesh: Annotated[str | None, Opt(help="Mesh DxT, e.g. 4x2 (default: per mode).")] = None,
     devices: Annotated[int | None, Opt(help="Simulate N CPU devices.")] = None,
+    peak_tflops: Annotated[float | None, Opt(help=PEAK_HELP["peak_tflops"])] = None,
+    hbm_gbps: Annotated[float | None, Opt(help=PEAK_HELP["hbm_gbps"])] = None,
     checkpoint_dir: Annotated[str | None, Opt(help="Orbax checkpoint directory.")] = None,
     checkpoint_every: Annotated[int, Opt(help="Save every K steps (0: at the end).")] = 0,
     resume: Annotated[bool, Opt(help="Resume from the latest checkpoint.")] = False,
@@ -72,6 +88,7 @@ def train(
         raise typer.Exit(spawn_local(args, local_processes, timeout))
 
     from scaling import parallel
+    from scaling.estimate.hardware import validate_peaks
     from scaling.presets import build_run
     from scaling.spec import LOADER_AND_EVAL
 
@@ -82,6 +99,14 @@ def train(
             dtype=dtype,
             remat=remat,
             mup=mup,
+            mup_knobs=mup_knobs(
+                mup_base_width,
+                mup_base_head_dim,
+                mup_input_multiplier,
+                mup_output_multiplier,
+                mup_attn_multiplier,
+                mup_zero_readout,
+            ),
             mesh=mesh,
             layers=layers,
             steps=steps,
@@ -103,13 +128,16 @@ def train(
             parallel.set_cpu_devices(devices)
         if coordinator is not None or num_processes is not None:
             parallel.init_distributed(coordinator, num_processes, process_id)
-        result = _train_with_progress(run_cfg, show=not json_)
+        validate_peaks(peak_tflops, hbm_gbps)
+        result, mfu = _train_with_progress(
+            run_cfg, show=not json_, peaks={"peak_tflops": peak_tflops, "hbm_gbps": hbm_gbps}
+        )
     import jax
 
     if jax.process_index() != 0:
         return
     if json_:
-        print_json({"size": size, **result.summary()})
+        print_json({"size": size, **result.summary(), **mfu})
     else:
         summary = result.summary()
         val = ""
@@ -120,16 +148,18 @@ def train(
         out_console.print(
             f"{result.model_name} · {result.mode} {result.mesh[0]}x{result.mesh[1]} · "
             f"final loss {result.final_loss:.4f}{val} · {result.tokens_per_s:,.0f} tokens/s · "
-            f"median step {result.step_time_s_median * 1e3:.1f} ms · "
+            f"median step {result.step_time_s_median * 1e3:.1f} ms · MFU {mfu['mfu']:.1%} · "
             f"data wait {result.data_wait_fraction:.1%} of step · "
             f"compile {result.compile_s:.2f} s"
         )
 
 
-def _train_with_progress(run_cfg, show: bool):
+def _train_with_progress(run_cfg, show: bool, peaks: dict):
+    """The run's result and its MFU against the device's peak (``measure.run_mfu``)."""
     import jax
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from scaling import measure
     from scaling.train import run
 
     show = show and jax.process_index() == 0
@@ -154,7 +184,10 @@ def _train_with_progress(run_cfg, show: bool):
             info += f" · {tokens / metrics['step_time_s']:,.0f} tok/s"
         progress.update(task, completed=step + 1, info=info)
 
+    device = measure.local_device()
+    probe = measure.probe_for(device) if measure.needs_probe(device, peaks["peak_tflops"]) else None
     try:
-        return run(run_cfg, on_step=on_step)
+        result = run(run_cfg, on_step=on_step, probe=probe)
     finally:
         progress.stop()
+    return result, measure.run_mfu(run_cfg, result, device, probe, **peaks)

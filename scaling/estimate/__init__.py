@@ -16,9 +16,11 @@ What the model computes (scaling/model.py), which every count here follows:
 - remat wraps each layer (the scanned body), never the embedding or the head.
 
 Modules: ``params`` (counts, what a device holds), ``flops`` (model, hardware and XLA-convention
-elementwise FLOPs), ``memory``, ``comm``, ``roofline`` (``estimate``: all of it for one
-configuration), ``hardware`` (peak figures with sources), ``hf_config`` (Hugging Face configs),
-``xla_check`` (XLA's own counts of the compiled step).
+elementwise FLOPs), ``memory``, ``comm``, ``traffic`` (HBM bytes), ``roofline`` (``estimate``:
+all of it for one configuration, the overlap model and the binding term), ``calibrate``
+(efficiencies fitted to measured runs), ``hardware`` (peak figures with sources), ``hf_config``
+(Hugging Face configs), ``hlo_comm`` (collective bytes of a partitioned HLO), ``xla_check``
+(XLA's own counts of the compiled step).
 """
 
 from scaling.estimate.comm import CommEstimate, comm_bytes_per_device
@@ -45,7 +47,8 @@ from scaling.estimate.memory import (
 )
 from scaling.estimate.mesh import DTYPE_BYTES, effective_mesh, n_devices
 from scaling.estimate.params import ParamCounts, param_counts, params_per_device
-from scaling.estimate.roofline import Estimate, estimate
+from scaling.estimate.roofline import Efficiency, Estimate, estimate
+from scaling.estimate.traffic import Matmul, TrafficEstimate, hbm_traffic_per_device, matmuls
 
 __all__ = [
     "CONVENTION_CAUSAL",
@@ -53,11 +56,14 @@ __all__ = [
     "DTYPE_BYTES",
     "ActivationTerm",
     "CommEstimate",
+    "Efficiency",
     "ElementwiseFlops",
     "Estimate",
     "FlopCounts",
+    "Matmul",
     "MemoryEstimate",
     "ParamCounts",
+    "TrafficEstimate",
     "activation_terms",
     "attention_flops_per_token",
     "comm_bytes_per_device",
@@ -67,8 +73,10 @@ __all__ = [
     "flop_counts",
     "flops_per_step",
     "flops_per_token",
+    "hbm_traffic_per_device",
     "hardware_flops_per_token",
     "korthikanti_activation_bytes_per_layer",
+    "matmuls",
     "memory_capacity_per_device",
     "memory_per_device",
     "n_devices",

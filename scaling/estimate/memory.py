@@ -253,9 +253,8 @@ def memory_per_device(
     )
     activations = sum(term.bytes for term in terms)
     total = params + grads + optimizer + activations
-    capacity = (
-        None if hardware is None else memory_capacity_per_device(hardware, n_devices(mode, mesh))
-    )
+    known = hardware is not None and hardware.memory_bytes > 0  # 0: capacity not known
+    capacity = memory_capacity_per_device(hardware, n_devices(mode, mesh)) if known else None
     dtypes = {
         "params": "float32",
         "grads": "float32",

@@ -44,6 +44,13 @@ grads + optimizer + activations). What remains different:
   the model constrained its residual stream to batch-over-data, fsdp_tp came out at 2.7-3.0×:
   GSPMD had carried the parameters' width-over-data split into the activations.)
 
+Communication. The real (scanned) step is compiled once more and the collectives of its HLO
+right after SPMD partitioning are summed per device per step (``hlo_comm``: ring bytes, scan
+bodies × their trip counts, the dtype moved before CPU's f32 rewrite), next to the analytic
+``comm_bytes_per_device``. ``xla_comm_ratio`` = XLA ÷ analytic; measured on tiny and 10m,
+every mode, f32 and bf16, remat none/full/dots, tied and untied: 0.998-1.002 (gpt2 with
+learned positions 0.94-1.06).
+
 jax is imported on first use, so importing this module (and ``scaling estimate`` without
 ``--compile``) stays fast.
 """
@@ -55,8 +62,14 @@ import time
 from typing import Any
 
 from scaling.config import RunConfig
-from scaling.estimate import elementwise_flops, estimate, memory_per_device
+from scaling.estimate import (
+    comm_bytes_per_device,
+    elementwise_flops,
+    estimate,
+    memory_per_device,
+)
 from scaling.estimate.hardware import HARDWARE, HardwareProfile
+from scaling.estimate.roofline import DATASHEET, Efficiency
 
 METHOD_LOWERING = "unrolled lowering"
 METHOD_COMPILE = "unrolled compile (per device)"
@@ -78,8 +91,10 @@ def xla_cross_check(
     flops: bool = True,
     memory: bool = True,
     per_device_flops: bool = True,
+    comm: bool = True,
 ) -> dict[str, Any]:
-    """XLA's FLOPs and memory for ``run``'s train step, next to the analytic figures.
+    """XLA's FLOPs, memory and communication for ``run``'s train step, next to the analytic
+    figures.
 
     ``run.mode``/``run.mesh`` pick the sharding as ``scaling.train.plan`` does (the mesh
     defaults per mode over all devices; ``none`` uses one). FLOPs come from the unrolled step
@@ -98,6 +113,8 @@ def xla_cross_check(
         out.update(_flop_check(run, jax, plan, per_device_flops))
     if memory:
         out.update(_memory_check(run, jax, plan))
+    if comm:
+        out.update(_comm_check(run))
     if not out:
         return out
     out["xla_backend"] = jax.default_backend()
@@ -196,12 +213,51 @@ def _memory_check(run: RunConfig, jax, plan) -> dict[str, Any]:
     return out
 
 
+def xla_comm_bytes(run: RunConfig) -> dict[str, float]:
+    """Bytes one device sends per step by collective kind (and ``total``), read off the
+    partitioned HLO of ``run``'s real step (``hlo_comm``); all zero on one device, without
+    compiling."""
+    return _partitioned_comm(run)[0]
+
+
+def _partitioned_comm(run: RunConfig) -> tuple[dict[str, float], tuple[int, int] | None]:
+    from scaling.estimate.hlo_comm import comm_bytes_by_kind
+
+    if run.mode == "none":
+        return comm_bytes_by_kind("ENTRY %main () -> () {\n}\n"), None
+    import jax
+
+    from scaling.measure import partitioned_hlo
+    from scaling.train import plan
+
+    p = plan(run)
+    with jax.set_mesh(p.mesh):
+        text = partitioned_hlo(p.step.lower(*p.abstract_inputs()))
+    return comm_bytes_by_kind(text), p.mesh_shape
+
+
+def _comm_check(run: RunConfig) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    xla, mesh = _partitioned_comm(run)
+    analytic = comm_bytes_per_device(
+        run.model, mode=run.mode, mesh=mesh, batch=run.batch, seq=run.seq
+    )
+    return {
+        "xla_comm_bytes_per_device_per_step": xla["total"],
+        "xla_comm_bytes_by_collective": {k: v for k, v in xla.items() if k != "total"},
+        "analytic_comm_bytes_per_device_per_step": analytic.total,
+        "xla_comm_ratio": _ratio(xla["total"], analytic.total),
+        "xla_comm_compile_s": time.perf_counter() - t0,
+    }
+
+
 def report(
     runs: list[RunConfig],
     *,
     hardware: HardwareProfile,
     causal_halving: bool = False,
     compile: bool = False,
+    efficiency: Efficiency | None = None,
 ) -> list[dict[str, Any]]:
     """One flat dict per run: ``Estimate.to_dict()`` and, with ``compile``, the XLA
     cross-check (``xla_cross_check``) merged in. Raises ``ValueError`` for bad input."""
@@ -209,7 +265,7 @@ def report(
     for run in runs:
         est = estimate(
             run.model, mode=run.mode, mesh=run.mesh, batch=run.batch, seq=run.seq,
-            hardware=hardware, causal_halving=causal_halving,
+            hardware=hardware, causal_halving=causal_halving, efficiency=efficiency or DATASHEET,
         )  # fmt: skip
         row: dict[str, Any] = est.to_dict()
         row["peak_source"] = hardware.source

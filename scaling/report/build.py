@@ -11,6 +11,7 @@ import pandas as pd
 from scaling import records
 from scaling.report.axes import FigureResult
 from scaling.report.baseline import fig_baseline, ratio_table, unmatched_table
+from scaling.report.calibration import calibration_results
 from scaling.report.laws import (
     fig_heldout,
     fig_isoflop,
@@ -19,7 +20,7 @@ from scaling.report.laws import (
     laws_table,
 )
 from scaling.report.loss import fig_loss_vs_compute, fig_loss_vs_step, fig_val_loss
-from scaling.report.mup import fig_coord_check, fig_mup_lr
+from scaling.report.mup import fig_coord_check, fig_mup_lr, transfer_table
 from scaling.report.pages import Report, render_html, render_markdown
 from scaling.report.performance import fig_compile_time, fig_throughput
 from scaling.report.predicted import fig_memory_vs_estimate, fig_step_time_vs_roofline
@@ -68,6 +69,7 @@ def build_report(
     out: str | Path | None = None,
     formats: Sequence[str] = FORMATS,
     baseline: str | Path | None = None,
+    calibrate_on: Sequence[str] | None = None,
 ) -> Report:
     """Load the records, draw every figure they have data for, write PNG + CSV per figure and
     the html/md pages. Raises ValueError on a missing, empty or foreign folder."""
@@ -88,6 +90,9 @@ def build_report(
     laws = laws_table(rec)
     if laws is not None:
         tables.append(laws)
+    transfer = transfer_table(rec)
+    if transfer is not None:
+        tables.append(transfer)
     if base is not None:
         baseline_figures, baseline_tables, baseline_notes = _against_baseline(
             rec, base, baseline, style
@@ -95,6 +100,10 @@ def build_report(
         figures += baseline_figures
         tables += baseline_tables
         notes += baseline_notes
+    if calibrate_on:
+        figure, table = calibration_results(rec, style, calibrate_on)
+        figures.append(figure)
+        tables.append(table)
     failed = failed_table(rec)
     if failed is not None:
         tables.append(failed)

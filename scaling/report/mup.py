@@ -4,6 +4,7 @@ coordinate check (activation RMS against width, a line per step)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from scaling import records
 from scaling.report.axes import FigureResult, new_figure
 from scaling.report.record import Record
 from scaling.report.style import Style, ramp
+from scaling.report.tables import Table
 
 MAX_COORD_STEPS = 8  # more recorded steps than this: 8 spread over them
 
@@ -49,6 +51,95 @@ def _lr_study(rec: Record) -> pd.DataFrame | None:
     best = data[swept].groupby(["mup", "width"])["final_loss"].idxmin()
     data.loc[best.to_numpy(), "is_optimum"] = True
     return data
+
+
+@dataclass(frozen=True)
+class TransferVerdict:
+    """How one parametrization's LR optimum and best loss move with width."""
+
+    mup: bool
+    widths: list[int]
+    best_log2_lr: list[float]
+    best_loss: list[float]  # mean over seeds at the best LR
+    spread: list[float]  # max − min over seeds at the best LR
+    grid_step: float  # log₂ spacing of the LR grid
+
+    @property
+    def drift_steps(self) -> float:
+        """Range of the best log₂ LR across widths, in grid steps."""
+        return (max(self.best_log2_lr) - min(self.best_log2_lr)) / self.grid_step
+
+    @property
+    def rises(self) -> list[bool]:
+        """Per width after the first: its best loss exceeds the previous width's by more than
+        the two widths' seed spread."""
+        return [
+            self.best_loss[i] > self.best_loss[i - 1] + max(self.spread[i], self.spread[i - 1])
+            for i in range(1, len(self.widths))
+        ]
+
+    @property
+    def non_increasing(self) -> bool:
+        return not any(self.rises)
+
+    @property
+    def transfers(self) -> bool:
+        """microsoft/mup's test of a working setup: the optimum stays within one grid step and
+        wider is never worse at it."""
+        return self.drift_steps <= 1 and self.non_increasing
+
+
+def transfer_verdicts(rec: Record) -> list[TransferVerdict]:
+    """One verdict per parametrization with an LR sweep at two or more widths."""
+    runs = rec.ok
+    runs = runs[(runs["lr"] > 0) & np.isfinite(runs["final_loss"]) & (runs["d_model"] > 0)]
+    out = []
+    for mup, part in runs.groupby("mup"):
+        per_lr = part.groupby(["d_model", "lr"])["final_loss"].agg(["mean", "min", "max"])
+        per_lr = per_lr.reset_index()
+        swept = per_lr.groupby("d_model")["lr"].nunique() > 1
+        per_lr = per_lr[per_lr["d_model"].isin(swept[swept].index)]
+        if per_lr["d_model"].nunique() < 2:
+            continue
+        best = per_lr.loc[per_lr.groupby("d_model")["mean"].idxmin()].sort_values("d_model")
+        log2 = np.unique(np.log2(per_lr["lr"]))
+        step = float(np.min(np.diff(log2))) if len(log2) > 1 else 1.0
+        out.append(TransferVerdict(
+            bool(mup), [int(w) for w in best["d_model"]], list(np.log2(best["lr"])),
+            list(best["mean"]), list(best["max"] - best["min"]), step,
+        ))  # fmt: skip
+    return out
+
+
+def transfer_table(rec: Record) -> Table | None:
+    """The verdict table of an LR-transfer study: best log₂ LR and its loss per width, the
+    drift of the optimum and whether wider is never worse, for SP and muP."""
+    verdicts = transfer_verdicts(rec)
+    if not verdicts:
+        return None
+    rows, notes = [], []
+    for v in verdicts:
+        name = "muP" if v.mup else "SP"
+        rises = [False, *v.rises]
+        for i, w in enumerate(v.widths):
+            rows.append([
+                name, str(w), f"{v.best_log2_lr[i]:g}", f"{v.best_loss[i]:.4f}",
+                f"{v.spread[i]:.4f}", "-" if i == 0 else ("rises" if rises[i] else "no rise"),
+            ])  # fmt: skip
+        span = max(v.widths) / min(v.widths)
+        notes.append(
+            f"{name}: best log₂ LR {min(v.best_log2_lr):g} … {max(v.best_log2_lr):g}, drift "
+            f"{v.drift_steps:g} grid step(s) over a {span:g}× width range; loss at the best LR "
+            f"{'non-increasing' if v.non_increasing else 'RISES'} with width (within the seed "
+            f"spread): {'transfers' if v.transfers else 'does not transfer'}."
+        )
+    columns = ["parametrization", "width", "best log₂ LR", "loss at best LR (mean of seeds)",
+               "seed spread", "vs narrower"]  # fmt: skip
+    note = (
+        " ".join(notes) + " A setup transfers when the optimum moves at most one grid step "
+        "and the loss at it never rises with width beyond the seed spread (microsoft/mup)."
+    )
+    return Table("muP learning-rate transfer: verdict", columns, rows, note)
 
 
 def _draw_lr_panel(ax, part: pd.DataFrame, mup: bool, colors: dict) -> None:

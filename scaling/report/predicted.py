@@ -54,7 +54,7 @@ def _versus(
             gid=f"{r['source']}/{r['run_id']}",
             **style.edge(color, r["mup"]),
         )
-    lo, hi = _identity_line(ax, data, [x, y] + ([xerr_hi] if xerr_hi else []))
+    lo, hi = identity_line(ax, data, [x, y] + ([xerr_hi] if xerr_hi else []))
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
@@ -72,7 +72,7 @@ def _versus(
     legend_outside(ax, handles)
 
 
-def _identity_line(ax, data: pd.DataFrame, columns: list[str]) -> tuple[float, float]:
+def identity_line(ax, data: pd.DataFrame, columns: list[str]) -> tuple[float, float]:
     """Draw y = x over the span of ``columns`` (with a margin) on log axes; the span."""
     values = np.concatenate([data[c].to_numpy(float) for c in columns])
     values = values[np.isfinite(values) & (values > 0)]
@@ -117,10 +117,13 @@ def fig_step_time_vs_roofline(rec: Record, style: Style) -> FigureResult | None:
         title="Step time: measured vs roofline",
     )
     caption = (
-        "Measured median step time against the roofline prediction (s per step, log-log)."
-        " The marker sits at the lower bound (max of compute and memory time); the bar "
-        "extends to the upper bound (compute + communication). Labels: measured ÷ "
-        "predicted lower bound; points above y = x are slower than predicted."
+        "Measured median step time against the roofline prediction (s per step, log-log),"
+        " at datasheet (or probed) peaks. The marker sits at the prediction: compute + memory"
+        " (HBM) time on the device, with communication overlapped, max(device, communication),"
+        " or added on a shared host such as simulated CPU devices; the bar extends to the "
+        "no-overlap upper bound (device + communication). Records made before the memory term"
+        " existed predict max(compute, communication). Labels: measured ÷ predicted; points "
+        "above y = x are slower than predicted."
     )
     return FigureResult("step_time_vs_roofline", "Step time vs roofline", caption, fig, data)
 
