@@ -105,9 +105,10 @@ def test_plan_cli_writes_toml_to_stdout_and_bad_input_exits_2(cli, tmp_path):
 
 @pytest.mark.slow
 def test_plan_sweep_fit_end_to_end(cli, tmp_path):
-    """README's study in miniature: plan → sweep → fit --holdout largest --json."""
+    """README's "done when" chain in miniature: plan isoflop → sweep → fit --law chinchilla
+    --holdout largest --json (9 runs on synthetic data, validation loss at the end)."""
     plan = cli(
-        "plan", "isoflop", "--budgets", "2e10,6e10", "--sizes", "1x16,1x32,2x32,2x48",
+        "plan", "isoflop", "--budgets", "5e9,1.5e10,4.5e10", "--sizes", "1x16,1x32,2x32,2x48",
         "--points-per-budget", "3", "--seq", "32", "--batch", "4", "--min-steps", "10",
     )  # fmt: skip
     assert plan.exit_code == 0, plan.output
@@ -116,8 +117,9 @@ def test_plan_sweep_fit_end_to_end(cli, tmp_path):
     out = tmp_path / "iso"
     sweep = cli("sweep", "--spec", spec, "--out", out, "--json")
     assert sweep.exit_code == 0, sweep.output
-    assert {r["status"] for r in last_json(sweep.stdout)} == {"ok"}
-    fit = cli("fit", out, "--law", "loss-vs-compute", "--holdout", "largest", "--json")
+    assert [r["status"] for r in last_json(sweep.stdout)] == ["ok"] * 9
+    fit = cli("fit", out, "--law", "chinchilla", "--holdout", "largest", "--json")
     assert fit.exit_code == 0, fit.output
     (group,) = last_json(fit.stdout)
-    assert group["runs"] == 6 and len(group["heldout"]) >= 1
+    assert group["runs"] == 9 and group["parametric"]["n_points"] == 9 - len(group["heldout"])
+    assert all(abs(h["error"]) < 1 for h in group["heldout"])

@@ -23,6 +23,7 @@ JAX_FREE = (
     "scaling.check",
     "scaling.report",
     "scaling.laws",
+    "scaling.plan",
     "scaling.cli.main",
     "scaling.corpus",
     "scaling.tokenizer",
