@@ -255,3 +255,11 @@ def test_chinchilla_intervals_cover_the_truth_in_most_of_20_noisy_records():
             covered[name] += study.params[name].covers(value)
     # nominal 95 %: P(X ≤ 15 of 20) ≈ 1.6 %; measured here (40 records, 0.1 % noise): 85–95 %
     assert all(count >= 16 for count in covered.values()), covered
+
+
+def test_a_floor_the_runs_do_not_constrain_is_noted():
+    # pure power laws (E = 0): the fit puts E at its bound and the study says so
+    runs = record_frame(ChinchillaLaw(E=0.0, A=406.4, alpha=0.34, B=410.7, beta=0.28), mup=False)
+    (study,) = study_record(runs, pd.DataFrame(columns=["run_id"]), StudyOptions(resamples=0))
+    assert study.parametric.fit.law.params()["E"] < 0.01
+    assert any("sits at its lower bound" in note for note in study.notes)

@@ -240,6 +240,7 @@ def _fit_law(study: GroupStudy, train: pd.DataFrame, held: pd.DataFrame, opts: S
                 seed=opts.seed,
             )
             predicted = list(study.parametric.predictions)
+            _note_degenerate(study, train)
     except ValueError as exc:
         study.notes.append(f"{opts.law} fit skipped: {exc}")
         return
@@ -247,6 +248,18 @@ def _fit_law(study: GroupStudy, train: pd.DataFrame, held: pd.DataFrame, opts: S
         HeldOut(r.run_id, str(r.size), r.N, r.D, r.C, r.loss, p)
         for r, p in zip(held.itertuples(), predicted, strict=True)
     ]
+
+
+def _note_degenerate(study: GroupStudy, train: pd.DataFrame) -> None:
+    """Say so when the fitted floor E sits at ~0: the runs do not constrain it, and the law
+    reduces to A/N^α + B/D^β (an extrapolation then never levels off)."""
+    law = study.parametric.fit.law
+    floor = law.params().get("E", np.inf)
+    if floor < 0.01 * float(train["loss"].min()):
+        study.notes.append(
+            f"the fitted E = {floor:.3g} sits at its lower bound: these runs do not constrain "
+            "the loss floor, so predictions far beyond them decrease without limit."
+        )
 
 
 def study_group(points: pd.DataFrame, steps: pd.DataFrame, opts: StudyOptions) -> GroupStudy:
