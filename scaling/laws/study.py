@@ -284,6 +284,11 @@ def study_group(points: pd.DataFrame, steps: pd.DataFrame, opts: StudyOptions) -
         )
     curves = curves_of(points, steps, opts.loss) if not steps.empty else []
     study.envelope = fit_envelope(curves, resamples=opts.resamples, seed=opts.seed)
+    if study.envelope is None and curves:
+        study.notes.append(
+            "Envelope fit (approach 1) skipped: fewer than 2 model sizes are the lowest-loss "
+            "run at some compute with a smaller and a larger size beside them."
+        )
     return study
 
 
