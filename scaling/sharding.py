@@ -80,6 +80,20 @@ _MESH_RULES: dict[str, tuple[bool, bool, bool]] = {
 }
 
 
+# Simulated CPU devices share one host's cores and memory, and each adds XLA client state and
+# threads; a few hundred is already far past anything useful, and 100,000 made jax hang.
+MAX_SIMULATED_DEVICES = 512
+
+
+def check_device_count(n: int, option: str = "--devices") -> int:
+    """``n`` itself, or one ``ValueError`` for a device count outside 1..MAX_SIMULATED_DEVICES."""
+    if not 0 < n <= MAX_SIMULATED_DEVICES:
+        raise ValueError(
+            f"{option} must be in 1..{MAX_SIMULATED_DEVICES} (simulated CPU devices), got {n}"
+        )
+    return n
+
+
 def check_mode(mode: str) -> str:
     """``mode`` itself, or the one ``ValueError`` for an unknown mode."""
     if mode not in RULES:

@@ -77,4 +77,48 @@ def write_runs(out: Path, rows: list[RunRecord], steps: dict | None = None) -> P
     return out
 
 
-__all__ = ["DATA", "ROOT", "StepRecord", "last_json", "make_run_record", "write_runs"]
+__all__ = [
+    "DATA",
+    "ROOT",
+    "StepRecord",
+    "in_namespace",
+    "last_json",
+    "make_run_record",
+    "needs_mounts",
+    "write_runs",
+]
+
+
+def private_mounts_work() -> bool:
+    """Whether this host lets a process mount a tmpfs in its own mount namespace."""
+    import subprocess
+
+    try:
+        probe = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(
+    not private_mounts_work(),
+    reason="cannot mount a tiny tmpfs in a private mount namespace (unshare -rm) here",
+)
+
+
+def in_namespace(script: str, timeout: float = 300):
+    """Run the shell ``script`` in a private mount namespace: its mounts (a tiny tmpfs, a
+    read-only remount) vanish with it, nothing on the host changes."""
+    import subprocess
+
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
