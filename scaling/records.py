@@ -352,10 +352,10 @@ def _read_checked(path: Path, required: tuple[str, ...]) -> tuple[pd.DataFrame |
         raise
     except Exception as exc:  # pyarrow raises several kinds for a damaged file
         first = (str(exc).strip().splitlines() or [""])[0][:120]
-        return None, f"is not a readable parquet file ({type(exc).__name__}: {first})"
+        return None, f"is not a readable sweep record file ({type(exc).__name__}: {first})"
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        return None, f"is not a scaling record (no column {', '.join(missing)})"
+        return None, f"is not a scaling sweep record file (no column {', '.join(missing)})"
     return frame, ""
 
 
@@ -398,7 +398,7 @@ def check_writable(out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"record directory {str(out_dir)!r} is a file; give a directory")
-    probe = pd.DataFrame({"probe": [0.0] * 2048})  # about the size of one run's record
+    probe = pd.DataFrame({"probe": [i * 1.1 for i in range(4096)]})  # ~25 kB: about one run row
     for sub in ("steps", "runs"):
         folder = out_dir / sub
         if folder.exists() and not folder.is_dir():

@@ -385,7 +385,7 @@ def run_sweep(
     hooks = Hooks(on_run_start, on_step, on_run_end, on_note)
     removed = remove_stale_run_dirs()
     if removed:
-        hooks.note(f"removed {len(removed)} temporary run director(ies) of killed sweeps")
+        hooks.note(f"removed {len(removed)} temporary directories of killed sweeps")
     if distributed.is_recorder:
         for note in repair_record(out_dir):
             hooks.note(note)

@@ -173,3 +173,16 @@ def test_os_and_number_errors_become_one_line_naming_the_path_or_value():
         assert describe(exc) == "the name 'rec-\\udcff' is not valid UTF-8; use a UTF-8 file name"
     assert describe(OverflowError("int too big")) == "a number is out of range: int too big"
     assert describe(MemoryError("Unable to allocate 12.0 TiB")).startswith("out of memory")
+
+
+def test_a_sweep_records_runs_that_cannot_fit_as_oom_predicted_without_running_them(cli, tmp_path):
+    """175b needs ~3 TB by the estimate: recorded oom-predicted by its worker before any
+    allocation, beside a tiny run that trains."""
+    result = cli(*SWEEP, "--sizes", "tiny,175b", "--out", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["size"]: r for r in json.loads(result.stdout.strip().splitlines()[-1])}
+    assert rows["tiny"]["status"] == "ok"
+    assert rows["175b"]["status"] == "oom-predicted"
+    assert "the memory estimate is" in rows["175b"]["error"] and "--force" in rows["175b"]["error"]
+    assert rows["175b"]["n_params"] == 0  # nothing was built
+    assert "1 run(s) not run: the memory estimate says they do not fit" in result.stderr

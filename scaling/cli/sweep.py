@@ -150,11 +150,13 @@ def sweep(
                 on_note=progress.on_note,
                 force=force,
             )
-        if not distributed.is_recorder:
-            return
-        ids = {run.run_id for run in planned}
-        runs = records.load_runs(out)
-    runs = runs[runs["run_id"].isin(ids)]
+        if distributed.is_recorder:
+            _render(records.load_runs(out), planned, grid_spec.name, out, json_)
+
+
+def _render(runs, planned, name: str, out: Path, json_: bool) -> None:
+    """This sweep's rows: a JSON list or a table, and a note on runs predicted not to fit."""
+    runs = runs[runs["run_id"].isin({run.run_id for run in planned})]
     predicted = int((runs["status"] == "oom-predicted").sum())
     if predicted:
         err_console.print(
@@ -164,10 +166,12 @@ def sweep(
     if json_:
         print_json(runs.to_dict(orient="records"))
     else:
-        out_console.print(summary_table(runs, grid_spec.name))
+        out_console.print(summary_table(runs, name))
+        shown = str(out).encode("utf-8", "backslashreplace").decode()  # a non-UTF-8 name
         out_console.print(
-            f"record: {out}/runs, {out}/steps "
-            f"({sum(r.skip for r in planned)} runs already recorded, skipped)"
+            f"record: {shown}/runs, {shown}/steps "
+            f"({sum(r.skip for r in planned)} runs already recorded, skipped)",
+            highlight=False,
         )
 
 

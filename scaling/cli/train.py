@@ -73,22 +73,8 @@ def train(
     with user_errors():
         validate_processes(coordinator, num_processes, process_id, local_processes)
         validate_timeout(init_timeout, "--init-timeout")
-        if local_processes:
-            validate_timeout(timeout, "--timeout")
     if local_processes:
-        with user_errors():
-            if devices is not None and devices % local_processes:
-                raise ValueError(
-                    f"--devices {devices} is not divisible by --local-processes {local_processes}"
-                )
-        from scaling.cli.common import terminate_cleanly
-        from scaling.launch import spawn_local
-
-        args = strip_option(sys.argv[1:], "--local-processes")
-        if devices is not None:
-            args = [*strip_option(args, "--devices"), "--devices", str(devices // local_processes)]
-        with terminate_cleanly():
-            raise typer.Exit(spawn_local(args, local_processes, timeout))
+        raise typer.Exit(_spawn(local_processes, devices, timeout))
 
     from scaling import parallel
     from scaling.presets import build_run
@@ -125,6 +111,28 @@ def train(
             parallel.init_distributed(coordinator, num_processes, process_id, init_timeout)
         _preflight(run_cfg, force)
         result = _train_with_progress(run_cfg, show=not json_)
+    _render(result, size, json_)
+
+
+def _spawn(local_processes: int, devices: int | None, timeout: float) -> int:
+    """Run this same command as ``local_processes`` processes; their exit code."""
+    from scaling.cli.common import terminate_cleanly
+    from scaling.launch import spawn_local, validate_timeout
+
+    with user_errors():
+        validate_timeout(timeout, "--timeout")
+        if devices is not None and devices % local_processes:
+            raise ValueError(
+                f"--devices {devices} is not divisible by --local-processes {local_processes}"
+            )
+    args = strip_option(sys.argv[1:], "--local-processes")
+    if devices is not None:
+        args = [*strip_option(args, "--devices"), "--devices", str(devices // local_processes)]
+    with terminate_cleanly():
+        return spawn_local(args, local_processes, timeout)
+
+
+def _render(result, size: str, json_: bool) -> None:
     import jax
 
     if jax.process_index() != 0:
