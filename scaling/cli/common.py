@@ -32,6 +32,7 @@ _OS_HINTS = {
     errno.ENAMETOOLONG: "use a shorter name",
     errno.EISDIR: "give a file, not a directory",
     errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EEXIST: "a file is where a directory should be",
 }
 
 
