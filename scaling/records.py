@@ -303,12 +303,15 @@ def write_frame_atomic(frame: pd.DataFrame, path: str | Path) -> None:
 
 def write_json_atomic(obj, path: str | Path, *, indent: int | None = None) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, default=float, indent=indent, sort_keys=indent is not None))
+        tmp.write_text(
+            json.dumps(obj, default=float, indent=indent, sort_keys=indent is not None),
+            encoding="utf-8",
+        )
 
 
 def write_text_atomic(text: str, path: str | Path) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_outcome(out_dir: str | Path, outcome: RunOutcome) -> None:

@@ -1,0 +1,140 @@
+"""The report's tables (runs, failures, environment, the fit), as strings ready for a page."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from scaling.report.axes import mib
+from scaling.report.fit import ScalingFit
+from scaling.report.record import Record
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+def fmt(value: float, spec: str) -> str:
+    """``value`` in ``spec``, or "-" when it is missing or not finite."""
+    return spec.format(value) if isinstance(value, int | float) and np.isfinite(value) else "-"
+
+
+def summary_table(rec: Record) -> Table:
+    lr_varies = rec.runs["lr"].nunique() > 1
+    cols = [
+        "size",
+        "mode",
+        "mesh",
+        "muP",
+        *(["lr"] if lr_varies else []),
+        "status",
+        "step time (s)",
+        "roofline (s)",
+        "step ÷ roofline",
+        "tokens/s",
+        "MFU",
+        "peak mem (MiB)",
+        "est. mem (MiB)",
+        "mem ÷ est.",
+        "final loss (nats)",
+    ]
+    multi = rec.runs["source"].nunique() > 1
+    if multi:
+        cols.insert(0, "record")
+    rows = []
+    for _, r in rec.runs.iterrows():
+        ok = r["status"] == "ok"
+        v = (lambda x: x) if ok else (lambda x: math.nan)  # noqa: E731
+        row = [
+            r["size"],
+            r["mode"],
+            r["mesh"],
+            "on" if r["mup"] else "off",
+            *([f"{r['lr']:g}"] if lr_varies else []),
+            r["status"],
+            fmt(v(r["step_time_s_median"]), "{:.4g}"),
+            fmt(v(r["predicted_step_s"]), "{:.3g}"),
+            fmt(v(r["step_time_s_median"] / r["predicted_step_s"]), "{:.2f}"),
+            fmt(v(r["tokens_per_s"]), "{:,.0f}"),
+            fmt(v(r["mfu"] * 100), "{:.1f} %"),
+            fmt(v(mib(r["peak_memory_bytes"])), "{:,.1f}"),
+            fmt(mib(r["est_memory_bytes"]), "{:,.1f}"),
+            fmt(v(r["peak_memory_bytes"] / r["est_memory_bytes"]), "{:.2f}"),
+            fmt(v(r["final_loss"]), "{:.4f}"),
+        ]
+        rows.append(([r["source"]] if multi else []) + row)
+    return Table(
+        "Runs",
+        cols,
+        rows,
+        "Step time: median over the timed steps (after warm-up); "
+        "memory per device; ratios are measured ÷ predicted.",
+    )
+
+
+def failed_table(rec: Record) -> Table | None:
+    failed = rec.runs[rec.runs["status"] != "ok"]
+    if failed.empty:
+        return None
+    rows = []
+    for _, r in failed.iterrows():
+        error = " ".join(str(r["error"]).split()) or "(no message)"
+        if len(error) > 600:
+            error = error[:600] + " …"
+        rows.append([r["label"], r["run_id"], r["status"], error])
+    return Table("Failed runs", ["run", "run_id", "status", "error"], rows)
+
+
+_ENVIRONMENT_COLUMNS = {  # run column: page heading
+    "source": "record",
+    "device_kind": "device",
+    "platform": "platform",
+    "n_devices": "devices",
+    "n_processes": "processes",
+    "jax_version": "jax",
+    "flax_version": "flax",
+    "git_sha": "git",
+    "hostname": "host",
+    "peak_source": "peak FLOP/s source",
+}
+
+
+def environment_table(rec: Record) -> Table:
+    cols = list(_ENVIRONMENT_COLUMNS)
+    env = rec.runs.copy()
+    env[cols] = env[cols].astype(str)
+    groups = (
+        env.groupby(cols, sort=False)
+        .agg(runs=("run_id", "size"), first=("started_at", "min"), last=("started_at", "max"))
+        .reset_index()
+    )
+    rows = [
+        [
+            *(str(r[c]) for c in cols),
+            str(r["runs"]),
+            f"{r['first']} … {r['last']}" if r["first"] != r["last"] else str(r["first"]),
+        ]
+        for _, r in groups.iterrows()
+    ]
+    names = [*_ENVIRONMENT_COLUMNS.values(), "runs", "started (UTC)"]
+    return Table("Environment", names, rows)
+
+
+def fit_table(fit: ScalingFit) -> Table:
+    rows = [
+        ["E (nats)", f"{fit.E:.5g}", fmt(fit.E_se, "{:.3g}")],
+        ["A", f"{fit.A:.5g}", fmt(fit.A_se, "{:.3g}")],
+        ["α", f"{fit.alpha:.5g}", fmt(fit.alpha_se, "{:.3g}")],
+    ]
+    return Table(
+        "Scaling-law fit L(C) = E + A·C^(−α)",
+        ["parameter", "value", "std. error"],
+        rows,
+        f"{fit.n_points} points, {fit.method}, RMS residual of log L {fit.rmse_log:.3g}.",
+    )
