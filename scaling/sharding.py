@@ -81,7 +81,8 @@ _MESH_RULES: dict[str, tuple[bool, bool, bool]] = {
 
 
 # Simulated CPU devices share one host's cores and memory, and each adds XLA client state and
-# threads; a few hundred is already far past anything useful, and 100,000 made jax hang.
+# threads; a few hundred is already far past anything useful. Measured on the 2-core host:
+# 64 and 512 devices start in ~8 s, 4096 in 20 s (0.66 GB), 100,000 not within 90 s.
 MAX_SIMULATED_DEVICES = 512
 
 

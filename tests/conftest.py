@@ -25,6 +25,15 @@ def last_json(text: str):
     return json.loads(text.strip().splitlines()[-1])
 
 
+def one_error_line(result) -> str:
+    """The one stderr line of a refused command (exit code 2, no traceback)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
 @pytest.fixture
 def cli():
     """``cli("train", "--size", "tiny")``: invoke the `scaling` app in-process."""
@@ -85,6 +94,7 @@ __all__ = [
     "last_json",
     "make_run_record",
     "needs_mounts",
+    "one_error_line",
     "write_runs",
 ]
 

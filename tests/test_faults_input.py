@@ -5,18 +5,11 @@ import errno
 import json
 
 import pytest
+from conftest import one_error_line
 
 from scaling.cli.common import describe
 
 SWEEP = ["sweep", "none", "--sizes", "tiny", "--steps", "1", "--seq", "16", "--batch", "4"]
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.mark.parametrize(

@@ -13,21 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import in_namespace, make_run_record, needs_mounts, write_runs
+from conftest import in_namespace, make_run_record, needs_mounts, one_error_line, write_runs
 
 from scaling import records, sweep
 from scaling.spec import SweepSpec
 from scaling.sweep import run_id_of
 
 SMALL = {"steps": 1, "seq": 16, "batch": 4, "timing_warmup_steps": 0}
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def spec_of(*modes: str) -> SweepSpec:
