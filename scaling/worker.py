@@ -1,9 +1,12 @@
 """One sweep run, in its own process: ``python -m scaling.worker SETTINGS_JSON RESULT_PATH``.
 
-The process sets its device count before jax starts, optionally joins ``jax.distributed``,
-trains, measures, and writes a ``RunOutcome`` as JSON to RESULT_PATH (atomically). Progress goes
-to stdout as one JSON object per step, for the sweep's progress bar. Failures are classified
-into the record's ``status`` (oom, diverged, error) rather than lost.
+The process dies with the sweep that started it, sets its device count before jax starts,
+optionally joins ``jax.distributed``, checks that the run fits in memory (else records
+``oom-predicted`` without building anything, unless the payload says ``force``), trains,
+measures, and writes a ``RunOutcome`` as JSON to RESULT_PATH (atomically). Each finished step
+goes to stdout as one JSON object: the sweep's progress bar, and the steps a run stopped by its
+timeout keeps. Failures are classified into the record's ``status`` (oom, diverged, error)
+rather than lost.
 """
 
 from __future__ import annotations
