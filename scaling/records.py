@@ -354,7 +354,7 @@ def _read_checked(path: Path, required: tuple[str, ...]) -> tuple[pd.DataFrame |
     except OSError:
         raise
     except Exception as exc:  # pyarrow raises several kinds for a damaged file
-        first = (str(exc).strip().splitlines() or [""])[0][:120]
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]  # one sentence
         return None, f"is not a readable sweep record file ({type(exc).__name__}: {first})"
     missing = [c for c in required if c not in frame.columns]
     if missing:
