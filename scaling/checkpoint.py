@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,26 @@ from scaling.records import write_text_atomic
 
 DAMAGED_DIR = "damaged"
 _UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
+
+
+def _drop_closed_loop_noise() -> None:
+    """When orbax gives up on a damaged checkpoint (or a full disk), tensorstore reads and
+    writes still in flight complete later into orbax's closed asyncio loop, and Python prints
+    each ``RuntimeError('Event loop is closed')`` as an unraisable exception: dozens of
+    tracebacks after the one error that matters, which this module reports itself. Drop
+    exactly those; everything else goes to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_noise", False):
+        return
+
+    def hook(unraisable) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.drops_closed_loop_noise = True
+    sys.unraisablehook = hook
 
 
 def check_directory(path: str | Path) -> Path:
@@ -145,6 +166,7 @@ def digest(state) -> tuple[dict[str, int], list[str]]:
 def save(mgr: ocp.CheckpointManager, step: int, state, iterator_state: dict, run: RunConfig):
     """Start saving ``step`` (orbax writes in the background; a failure of an earlier save
     surfaces here or in ``finish``, as an ``OSError`` naming the directory)."""
+    _drop_closed_loop_noise()
     finish(mgr)  # the previous save's bytes are on disk before the free space is counted
     check_space(Path(mgr.directory), state_bytes(state), f"checkpoint step {step}")
     sums, _ = digest(state)
@@ -204,6 +226,7 @@ def restore(mgr: ocp.CheckpointManager, plan, run: RunConfig):
     Returns ``((state, iterator_state) or None, notes)``: None with a note when the directory
     holds no checkpoint. Damaged steps are named in the notes and moved aside; a ``ValueError``
     when every step is damaged, or when the saved run differs from ``run`` (see module doc)."""
+    _drop_closed_loop_noise()
     path = Path(mgr.directory)
     steps = sorted(step_dirs(path), reverse=True)
     if not steps:
@@ -300,5 +323,7 @@ def _first_line(exc: BaseException) -> str:
     """The first line of the innermost cause (orbax wraps tensorstore's precise message)."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    text = (str(exc).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
+    text = (str(exc).strip().splitlines() or [""])[0]
+    for tail in (" See full TensorStore", " [tensorstore_spec"):  # a spec dump follows
+        text = text.split(tail)[0]
     return f"{type(exc).__name__}: {text[:240]}"
