@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from scaling.config import RunConfig, resume_differences
+from scaling.config import ModelConfig, RunConfig, resume_differences
 from scaling.records import write_text_atomic
 
 DAMAGED_DIR = "damaged"
@@ -127,6 +127,14 @@ def open_manager(run: RunConfig, state: object = None) -> tuple[ocp.CheckpointMa
         check_space(path, state_bytes(state), "a checkpoint")
     options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     return ocp.CheckpointManager(path, options=options), notes
+
+
+def manager(run: RunConfig | str | Path) -> ocp.CheckpointManager:
+    """The checkpoint manager of a run (its ``checkpoint_dir``) or of a directory, as it is
+    (``open_manager`` is what a training run uses)."""
+    directory = run.checkpoint_dir if isinstance(run, RunConfig) else run
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
 def config_json(run: RunConfig) -> dict:
@@ -220,7 +228,7 @@ def _saving(mgr: ocp.CheckpointManager) -> Iterator[None]:
         raise ValueError(f"cannot save a checkpoint to {where!r}: {_first_line(exc)}") from exc
 
 
-def restore(mgr: ocp.CheckpointManager, plan, run: RunConfig):
+def restore_intact(mgr: ocp.CheckpointManager, plan, run: RunConfig):
     """The newest intact checkpoint into ``plan``'s abstract, sharded state.
 
     Returns ``((state, iterator_state) or None, notes)``: None with a note when the directory
@@ -242,6 +250,43 @@ def restore(mgr: ocp.CheckpointManager, plan, run: RunConfig):
         f"no intact checkpoint in {str(path)!r} ({listed}); delete the directory or train "
         "without --resume"
     )
+
+
+def restore(mgr: ocp.CheckpointManager, plan, step: int | None = None):
+    """A checkpoint (default: the latest) into ``plan``'s abstract, sharded state; returns
+    (state, iterator state). No checks: ``restore_intact`` is what a resumed run uses."""
+    target, _ = plan.abstract_inputs()
+    restored = mgr.restore(
+        mgr.latest_step() if step is None else step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
+        ),
+    )
+    return type(target)(*restored.state), restored.data
+
+
+def saved_run(mgr: ocp.CheckpointManager, step: int | None = None) -> tuple[int, RunConfig]:
+    """The step and the RunConfig a checkpoint was saved with (default: the latest step)."""
+    steps = mgr.all_steps()
+    if not steps:
+        raise ValueError(f"no checkpoint found in {str(mgr.directory)!r}")
+    step = max(steps) if step is None else step
+    if step not in steps:
+        raise ValueError(f"no checkpoint of step {step}; saved steps: {sorted(steps)}")
+    restored = mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return step, run_config_from_json(restored.config)
+
+
+def run_config_from_json(data: dict) -> RunConfig:
+    """Inverse of ``config_json``; fields a newer or older version wrote are ignored."""
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)} - {"model"}
+    model = ModelConfig(**{k: v for k, v in data["model"].items() if k in model_fields})
+    run = {k: v for k, v in data.items() if k in run_fields}
+    for key in ("mesh", "allow_config_change"):  # tuples, written as JSON lists
+        if run.get(key) is not None:
+            run[key] = tuple(run[key])
+    return RunConfig(model=model, **run)
 
 
 def _restore_step(mgr, path: Path, step: int, plan, run: RunConfig):

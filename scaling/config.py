@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from scaling.prepared import is_prepared
 from scaling.sharding import MODES, check_mode
 
 Family = Literal["llama", "gpt2"]
@@ -133,7 +134,7 @@ class RunConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     seed: int = 0
-    data: str = "synthetic"  # "synthetic" or a path to a .bin/.npy token file
+    data: str = "synthetic"  # "synthetic", a .bin/.npy token file, or a prepared directory
     mode: str = "none"  # one of scaling.sharding.MODES
     mesh: tuple[int, int] | None = None  # (data, tensor); None picks the mode's default
     checkpoint_dir: str | None = None
@@ -142,6 +143,13 @@ class RunConfig:
     overwrite: bool = False  # a fresh run may delete the checkpoints found in checkpoint_dir
     allow_config_change: tuple[str, ...] = ()  # fields a resumed run may change (RESUME_CHANGEABLE)
     timing_warmup_steps: int = 1  # steps excluded from timing statistics (not the LR warm-up)
+    # Validation loss every K steps and after the last one (0: only after the last step, and
+    # only when the data has a validation split, i.e. a prepared directory).
+    eval_every: int = 0
+    eval_batches: int = 8  # batches of ``batch`` fixed validation windows per evaluation
+    data_threads: int = 2  # Grain read threads preparing batches ahead of the loop (0: inline)
+    data_prefetch: int = 8  # batches buffered ahead
+    data_processes: int = 0  # Grain worker processes (0: threads of this process only)
 
     def __post_init__(self) -> None:
         validate_run(self)
@@ -149,6 +157,11 @@ class RunConfig:
     @property
     def tokens_per_step(self) -> int:
         return self.batch * self.seq
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run measures validation loss (see ``eval_every``)."""
+        return self.eval_every > 0 or is_prepared(self.data)
 
 
 MAX_STEPS = 2**31 - 1  # the step counter of the train state is int32
@@ -171,6 +184,12 @@ def validate_run(run: RunConfig) -> None:
     check_mode(run.mode)
     if run.checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0, got {run.checkpoint_every}")
+    for name in ("eval_every", "data_threads", "data_processes"):
+        if getattr(run, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(run, name)}")
+    for name in ("eval_batches", "data_prefetch"):
+        if getattr(run, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(run, name)}")
     unknown = [f for f in run.allow_config_change if f not in RESUME_CHANGEABLE]
     if unknown:
         raise ValueError(
@@ -180,8 +199,8 @@ def validate_run(run: RunConfig) -> None:
 
 
 # Resuming a checkpoint under another RunConfig (scaling.checkpoint): fields named bare,
-# model fields without their "model." prefix. Free: how the run is laid out and saved, not
-# what it computes (the state is resharded to another mode or mesh on restore).
+# model fields without their "model." prefix. Free: how the run is laid out, loaded, evaluated
+# and saved, not what it trains (the state is resharded to another mode or mesh on restore).
 RESUME_FREE = (
     "mode",
     "mesh",
@@ -191,6 +210,11 @@ RESUME_FREE = (
     "overwrite",
     "allow_config_change",
     "timing_warmup_steps",
+    "eval_every",
+    "eval_batches",
+    "data_threads",
+    "data_prefetch",
+    "data_processes",
     "name",
     "remat",
     "scan_layers",

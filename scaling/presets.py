@@ -7,6 +7,7 @@ import dataclasses
 import math
 
 from scaling.config import FAMILIES, Family, ModelConfig, RunConfig, parse_mesh
+from scaling.prepared import is_prepared, open_prepared, padded_vocab
 
 
 def swiglu_hidden(d_model: int, multiple: int = 64) -> int:
@@ -96,7 +97,8 @@ def build_run(
     layers: int | None = None,
     **run_fields,
 ) -> RunConfig:
-    """A RunConfig from a preset name plus overrides (what the CLI and sweeps call)."""
+    """A RunConfig from a preset name plus overrides (what the CLI and sweeps call). With a
+    prepared data directory the model's vocabulary is the data's (``prepared.padded_vocab``)."""
     model = get_preset(size)
     if width is not None:
         model = with_width(model, width)
@@ -113,6 +115,10 @@ def build_run(
         if tied:
             raise ValueError("muP needs an untied head; drop tied=true or use mup=false")
         overrides.update(mup=True, tied_embeddings=False)
+    data = run_fields.get("data")
+    if data is not None and is_prepared(data):
+        # The data decides the vocabulary (padded to a multiple of 64 for tensor splits).
+        overrides["vocab_size"] = padded_vocab(open_prepared(data).vocab_size)
     model = dataclasses.replace(model, **overrides)
     if isinstance(mesh, str):
         mesh = parse_mesh(mesh)

@@ -13,7 +13,11 @@ file or the new one, never a partial one. Steps are written before the run row, 
 exists only once its steps do.
 
 Schema versions: 2 renamed two ambiguous version-1 columns (``RENAMED_COLUMNS``) and added
-``tied``; ``load_runs`` reads version-1 files under the new names.
+``tied``; ``load_runs`` reads version-1 files under the new names. 3 added validation loss
+(``final_val_loss``, ``final_val_bpb``, per step ``val_loss``), ``tokens_seen`` and the data
+wait (per step ``data_wait_s``, per run ``data_wait_s_median``); older files read with NaN there.
+A prepared data directory is written through ``atomic_directory`` (a temporary directory, then a
+rename).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pandas is imported where frames are built, so writers stay light
     import pandas as pd
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # oom-predicted: not run, the memory pre-flight (scaling.preflight) says it cannot fit
 STATUSES = ("ok", "oom", "oom-predicted", "diverged", "error", "timeout")
 # version 1 name → version 2 name
@@ -102,6 +106,12 @@ class RunRecord:
     predicted_step_s_upper: float = math.nan  # roofline upper bound (compute + comm)
     predicted_mfu: float = math.nan
     final_loss: float = math.nan
+    # Validation loss after the last step on the data's fixed validation windows (nats/token),
+    # and in bits per UTF-8 byte where the data knows its bytes; NaN where not measured.
+    final_val_loss: float = math.nan
+    final_val_bpb: float = math.nan
+    tokens_seen: float = math.nan  # training tokens by the end: batch · seq · steps completed
+    data_wait_s_median: float = math.nan  # loader wait before a measured step (outside timing)
     entropy_floor_nats: float = math.nan  # known best loss (synthetic data only)
     peak_flops_per_device: float = math.nan
     peak_source: str = ""
@@ -127,6 +137,8 @@ class StepRecord:
     step_time_s: float
     lr: float
     grad_norm: float
+    val_loss: float = math.nan  # validation loss after this step; NaN where none was measured
+    data_wait_s: float = math.nan  # waiting for this step's batch, outside step_time_s
 
 
 @dataclass
@@ -294,6 +306,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; when the block succeeds, fsync its
+    files and rename it onto ``path``. On any error (or interrupt) the temporary directory is
+    removed and ``path`` is untouched. An existing ``path`` is an error unless ``replace``; then
+    it is renamed aside first and removed after the new one is in place."""
+    import shutil
+
+    path = Path(path)
+    if path.exists() and not replace:
+        raise ValueError(f"output {str(path)!r} already exists; remove it or pass --overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:12]
+    tmp = path.with_name(f".{path.name}.{tag}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+        old = path.with_name(f".{path.name}.{tag}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_frame_atomic(frame: pd.DataFrame, path: str | Path) -> None:

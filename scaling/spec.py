@@ -28,6 +28,9 @@ SWEEP_AXES = (
     "width",
     "tied",
 )
+# Optional settings: absent from SWEEP_DEFAULTS (so run ids of sweeps that do not set them stay
+# what they were); RunConfig's defaults apply when a spec leaves them out.
+LOADER_AND_EVAL = ("eval_every", "eval_batches", "data_threads", "data_prefetch", "data_processes")
 SWEEP_FIXED = (
     "mode",
     "width",
@@ -47,6 +50,7 @@ SWEEP_FIXED = (
     "seed",
     "timeout_s",
     "mup",
+    *LOADER_AND_EVAL,
 )
 # Setting names of earlier versions: a spec that uses one is told the new name.
 RENAMED_SETTINGS = {"warmup_steps": "timing_warmup_steps", "lr_warmup": "lr_warmup_steps"}
@@ -227,4 +231,5 @@ def run_config_from_settings(settings: dict) -> RunConfig:
         seed=settings["seed"],
         data=settings["data"],
         timing_warmup_steps=settings["timing_warmup_steps"],
+        **{k: settings[k] for k in LOADER_AND_EVAL if settings.get(k) is not None},
     )

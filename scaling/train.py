@@ -7,6 +7,7 @@ This module returns results and never prints.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -22,19 +23,13 @@ from jaxtyping import Array, Float, Int
 
 from scaling import parallel
 from scaling.config import RunConfig
-from scaling.data import batch_dataset, entropy_floor
+from scaling.data import batch_dataset, entropy_floor, loader
 from scaling.estimate import param_counts
+from scaling.evaluate import Evaluator, cross_entropy
 from scaling.measure import MatmulProbe, StepClock, median_s, memory_figures
 from scaling.model import build_model
 from scaling.mup import lr_multipliers
 from scaling.roles import param_path, role_of
-
-
-def cross_entropy(logits: Float[Array, "b t v"], targets: Int[Array, "b t"]) -> Float[Array, ""]:
-    """Mean of ``logsumexp(logits) - logits[target]`` (nats/token), in float32."""
-    logits = logits.astype(jnp.float32)
-    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - target_logits)
 
 
 def cosine_lr(step, *, max_lr: float, min_lr: float, warmup: int, total: int):
@@ -201,6 +196,14 @@ class RunResult:
     device_kind: str = ""
     xla: dict[str, float] = field(default_factory=dict)
     diverged: bool = False  # stopped early on a non-finite loss
+    # Time each step waited for its batch (loader + host-to-device placement), outside the
+    # step's timed window; NaN-free, one per step.
+    data_wait_s: list[float] = field(default_factory=list)
+    # Validation loss after each step (NaN where the step had no evaluation) and its bits per
+    # byte (NaN where the data does not know its bytes).
+    val_losses: list[float] = field(default_factory=list)
+    val_bpbs: list[float] = field(default_factory=list)
+    eval_tokens: int = 0  # predicted tokens per evaluation
     notes: list[str] = field(default_factory=list)  # what the user should know (checkpoints)
 
     @property
@@ -225,6 +228,26 @@ class RunResult:
     def final_loss(self) -> float:
         return self.losses[-1] if self.losses else float("nan")
 
+    @property
+    def final_val_loss(self) -> float:
+        """The last step's validation loss (NaN when the last step had none)."""
+        return self.val_losses[-1] if self.val_losses else float("nan")
+
+    @property
+    def final_val_bpb(self) -> float:
+        return self.val_bpbs[-1] if self.val_bpbs else float("nan")
+
+    @property
+    def tokens_seen(self) -> int:
+        """Training tokens consumed by the end of the run (resumed runs count from step 0)."""
+        return self.tokens_per_step * (self.start_step + len(self.losses))
+
+    @property
+    def data_wait_fraction(self) -> float:
+        """Median data wait ÷ median step time over the measured steps."""
+        waits = self.data_wait_s[self.timing_warmup_steps :] or self.data_wait_s
+        return median_s(waits) / self.step_time_s_median if waits else float("nan")
+
     def summary(self) -> dict[str, Any]:
         return {
             "model": self.model_name,
@@ -247,7 +270,22 @@ class RunResult:
             "device_kind": self.device_kind,
             "xla": self.xla,
             "notes": self.notes,
+            "evals": [
+                {"step": self.start_step + i, "val_loss": v, "val_bpb": b}
+                for i, (v, b) in enumerate(zip(self.val_losses, self.val_bpbs, strict=True))
+                if math.isfinite(v)
+            ],
+            "final_val_loss": _or_none(self.final_val_loss),
+            "final_val_bpb": _or_none(self.final_val_bpb),
+            "eval_tokens": self.eval_tokens,
+            "tokens_seen": self.tokens_seen,
+            "data_wait_s": self.data_wait_s,
+            "data_wait_fraction": _or_none(self.data_wait_fraction),
         }
+
+
+def _or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -269,21 +307,24 @@ def run(
     from scaling import checkpoint  # orbax is slow to import; only runs need it
 
     p = plan(run_cfg)
-    iterator = iter(_dataset(run_cfg, p).to_iter_dataset())
+    iterator = _loader(run_cfg, p)
     manager, notes = (
         checkpoint.open_manager(run_cfg, p.abstract_state) if run_cfg.checkpoint_dir else (None, [])
     )
-    with jax.set_mesh(p.mesh), checkpoint.settled(manager):
+    # closing stops the loader's prefetch threads/workers; settled lets saves in flight end
+    with jax.set_mesh(p.mesh), contextlib.closing(iterator), checkpoint.settled(manager):
         state = _start_state(run_cfg, p, manager, iterator, notes)
         start = int(state.step)
         if start >= run_cfg.steps:  # resumed at the end: nothing to train or compile
             result = _new_result(run_cfg, p, start, math.nan, None)
             result.notes = notes
             return result
+        evaluator = Evaluator(run_cfg, p, run_cfg.eval_batches) if run_cfg.evaluates else None
         t0 = time.perf_counter()
         compiled = p.step.lower(*p.abstract_inputs()).compile()
         result = _new_result(run_cfg, p, start, time.perf_counter() - t0, compiled)
         result.notes = notes
+        result.eval_tokens = evaluator.tokens if evaluator else 0
         clock = StepClock(
             run_cfg.timing_warmup_steps,
             max(run_cfg.steps - start - run_cfg.timing_warmup_steps, 0),
@@ -291,11 +332,14 @@ def run(
             profile_dir=profile_dir,
         )
         for step in range(start, run_cfg.steps):
+            waited = time.perf_counter()
             tokens = parallel.place_batch(
                 np.asarray(next(iterator)), p.batch_sharding, p.batch_shape
             )
+            result.data_wait_s.append(time.perf_counter() - waited)
             state, metrics = clock.time(compiled, state, tokens)
             metrics = _record_step(result, metrics, clock.step_times_s[-1])
+            _evaluate_if_due(run_cfg, evaluator, step, state, result, metrics)
             if on_step is not None:
                 on_step(step, metrics)
             clock.after_step()
@@ -317,7 +361,7 @@ def _start_state(run_cfg: RunConfig, p: Plan, manager, iterator, notes: list[str
     from scaling import checkpoint
 
     if manager is not None and run_cfg.resume:
-        restored, more = checkpoint.restore(manager, p, run_cfg)
+        restored, more = checkpoint.restore_intact(manager, p, run_cfg)
         notes += more
         if restored is not None:
             state, iterator_state = restored
@@ -346,8 +390,8 @@ def memory_problem(run_cfg: RunConfig, devices=None) -> str | None:
     )
 
 
-def _dataset(run_cfg: RunConfig, p: Plan):
-    return batch_dataset(
+def _loader(run_cfg: RunConfig, p: Plan):
+    dataset = batch_dataset(
         run_cfg.data,
         vocab_size=run_cfg.model.vocab_size,
         batch=run_cfg.batch,
@@ -355,6 +399,28 @@ def _dataset(run_cfg: RunConfig, p: Plan):
         seed=run_cfg.seed,
         rows=parallel.local_rows(p.batch_sharding, p.batch_shape),
     )
+    return loader(
+        dataset,
+        threads=run_cfg.data_threads,
+        prefetch=run_cfg.data_prefetch,
+        processes=run_cfg.data_processes,
+    )
+
+
+def _evaluate_if_due(run_cfg, evaluator, step: int, state, result: RunResult, metrics) -> None:
+    """Validation loss after every ``eval_every``-th step and after the last step (outside
+    the step's timed window; the evaluation is its own compiled function)."""
+    done = step + 1
+    due = evaluator is not None and (
+        done == run_cfg.steps or bool(run_cfg.eval_every and done % run_cfg.eval_every == 0)
+    )
+    loss = evaluator(state.params) if due else math.nan
+    bpb = evaluator.bits_per_byte(loss) if due else math.nan
+    result.val_losses.append(loss)
+    result.val_bpbs.append(bpb)
+    if due:
+        metrics["val_loss"], metrics["val_bpb"] = loss, bpb
+    metrics["data_wait_s"] = result.data_wait_s[-1]
 
 
 def _new_result(run_cfg: RunConfig, p: Plan, start: int, compile_s: float, compiled) -> RunResult:

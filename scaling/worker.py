@@ -77,11 +77,11 @@ def measure_run(
     record.status = "diverged" if result.diverged else "ok"
     if result.diverged:
         record.error = f"non-finite loss at step {result.start_step + len(result.losses) - 1}"
+    columns = (result.losses, result.step_times_s, result.lrs, result.grad_norms)
+    columns += (result.val_losses, result.data_wait_s)
     steps = [
-        StepRecord(record.run_id, result.start_step + i, loss, t, lr, g)
-        for i, (loss, t, lr, g) in enumerate(
-            zip(result.losses, result.step_times_s, result.lrs, result.grad_norms, strict=True)
-        )
+        StepRecord(record.run_id, result.start_step + i, *values)
+        for i, values in enumerate(zip(*columns, strict=True))
     ]
     return RunOutcome(record, steps)
 
@@ -103,6 +103,11 @@ def _fill_measured(record: RunRecord, result, device) -> None:
         setattr(record, f"xla_{name}_bytes", result.xla.get(f"{name}_bytes", math.nan))
     record.peak_memory_bytes, record.peak_memory_source = measure.peak_memory(device, result.xla)
     record.final_loss = result.final_loss
+    record.final_val_loss, record.final_val_bpb = result.final_val_loss, result.final_val_bpb
+    record.tokens_seen = result.tokens_seen
+    record.data_wait_s_median = measure.median_s(
+        result.data_wait_s[result.timing_warmup_steps :] or result.data_wait_s
+    )
     record.entropy_floor_nats = (
         math.nan if result.entropy_floor_nats is None else result.entropy_floor_nats
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import last_json, make_run_record, write_runs
+from helpers import last_json, make_run_record, write_runs
 from typer.testing import CliRunner
 
 from scaling import check, sharding

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import last_json
+from helpers import last_json
 from typer.testing import CliRunner
 
 from scaling.cli.main import app

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import last_json
+from helpers import last_json
 from rich.console import Console
 from typer.testing import CliRunner
 

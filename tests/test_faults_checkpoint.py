@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import in_namespace, last_json, needs_mounts
+from helpers import in_namespace, last_json, needs_mounts
 
 # batch 8: divisible by the 8 simulated devices, so --mode dp works in the same process
 TRAIN = ["train", "--size", "tiny", "--seq", "16", "--batch", "8", "--warmup", "1"]

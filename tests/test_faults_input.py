@@ -5,7 +5,7 @@ import errno
 import json
 
 import pytest
-from conftest import one_error_line
+from helpers import one_error_line
 
 from scaling.cli.common import describe
 

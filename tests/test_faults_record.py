@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import in_namespace, make_run_record, needs_mounts, one_error_line, write_runs
+from helpers import in_namespace, make_run_record, needs_mounts, one_error_line, write_runs
 
 from scaling import records, sweep
 from scaling.spec import SweepSpec

@@ -4,7 +4,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import last_json
+from helpers import last_json
 from jax.sharding import PartitionSpec as P
 
 from scaling import parallel

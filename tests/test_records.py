@@ -8,7 +8,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import make_run_record, write_runs
+from helpers import make_run_record, write_runs
 
 from scaling import check, records
 from scaling.report import load_record
@@ -46,7 +46,7 @@ def test_version_1_records_read_under_version_2_names(tmp_path):
 def test_json_codec_round_trips_an_outcome():
     outcome = records.RunOutcome(
         make_run_record("rt", final_loss=1.25),
-        [records.StepRecord("rt", 0, 2.5, 0.1, 1e-3, 0.5)],
+        [records.StepRecord("rt", 0, 2.5, 0.1, 1e-3, 0.5, val_loss=2.75, data_wait_s=1e-4)],
     )
     text = json.dumps(records.outcome_to_json(outcome))
     back = records.outcome_from_json(json.loads(text))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from scaling.cli import check, data, estimate, mup, presets, report, sweep, train
+from scaling.cli import check, data, estimate, evaluate, mup, presets, report, sweep, train
 
 app = typer.Typer(
     name="scaling",
@@ -19,5 +19,6 @@ app.command("estimate")(estimate.estimate)
 app.command("sweep")(sweep.sweep)
 app.command("report")(report.report)
 app.command("check")(check.check)
+app.command("eval")(evaluate.eval_)
 app.add_typer(data.app, name="data")
 app.add_typer(mup.app, name="mup")

@@ -77,7 +77,11 @@ def sweep(
     dtype: Annotated[str | None, Opt(help="float32 | bfloat16.")] = None,
     remat: Annotated[str | None, Opt(help="none | full | dots.")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
-    data: Annotated[str | None, Opt(help="'synthetic' or a token file.")] = None,
+    data: Annotated[
+        str | None, Opt(help="'synthetic', a token file, or a `data prepare` directory.")
+    ] = None,
+    eval_every: Annotated[int | None, Opt(help="Validation loss every K steps.")] = None,
+    eval_batches: Annotated[int | None, Opt(help="Validation batches per eval.")] = None,
     timeout: Annotated[float | None, Opt(help="Per-run timeout (s).")] = None,
     spec: Annotated[str | None, Opt(help="Sweep spec, e.g. sweeps/smoke.toml.")] = None,
     out: Annotated[Path, Opt(help="Record directory.")] = Path("runs"),
@@ -112,6 +116,8 @@ def sweep(
         "remat": remat,
         "lr": lr,
         "data": data,
+        "eval_every": eval_every,
+        "eval_batches": eval_batches,
         "timeout_s": timeout,
     }
     with user_errors():
@@ -233,10 +239,12 @@ def summary_table(runs, title: str) -> Table:
         "tokens/s",
         "MFU",
         "final loss",
+        "val loss",
     ):
         table.add_column(col, justify="right")
     for r in runs.sort_values(["size", "mode", "mup"]).itertuples():
         ok = r.status == "ok"
+        val = getattr(r, "final_val_loss", float("nan"))
         table.add_row(
             r.size,
             r.mode,
@@ -247,5 +255,6 @@ def summary_table(runs, title: str) -> Table:
             f"{r.tokens_per_s:,.0f}" if ok else "-",
             f"{r.mfu:.1%}" if ok else "-",
             f"{r.final_loss:.3f}" if ok else "-",
+            f"{val:.3f}" if ok and val == val else "-",  # NaN: not measured
         )
     return table

@@ -39,7 +39,12 @@ def train(
     family: Annotated[str | None, Opt(help="Model family: llama | gpt2.")] = None,
     layers: Annotated[int | None, Opt(help="Override the preset's depth.")] = None,
     mup: Annotated[bool, Opt("--mup/--no-mup", help="muP parametrization.")] = False,
-    data: Annotated[str, Opt(help="'synthetic' or a .bin/.npy token file.")] = "synthetic",
+    data: Annotated[str, Opt(help="synthetic | .bin/.npy file | prepared dir.")] = "synthetic",
+    eval_every: Annotated[int, Opt(help="Validation loss every K steps (0: at the end).")] = 0,
+    eval_batches: Annotated[int, Opt(help="Batches of fixed validation windows per eval.")] = 8,
+    data_threads: Annotated[int, Opt(help="Loader threads preparing batches ahead.")] = 2,
+    data_prefetch: Annotated[int, Opt(help="Batches buffered ahead of the step.")] = 8,
+    data_processes: Annotated[int, Opt(help="Loader worker processes (0: threads only).")] = 0,
     mode: Annotated[str, Opt(help="Sharding: none | dp | fsdp | tp | fsdp_tp.")] = "none",
     mesh: Annotated[str | None, Opt(help="Mesh DxT, e.g. 4x2 (default: per mode).")] = None,
     devices: Annotated[int | None, Opt(help="Simulate N CPU devices.")] = None,
@@ -66,7 +71,7 @@ def train(
     timeout: Annotated[float, Opt(help="Timeout for --local-processes workers (s).")] = 600,
     json_: Annotated[bool, Opt("--json", help="Last stdout line: a JSON result.")] = False,
 ) -> None:
-    """Train a preset on synthetic data (default) or a token file."""
+    """Train a preset on synthetic data (default), a token file or a prepared directory."""
     from scaling.launch import die_with_parent, validate_processes, validate_timeout
 
     die_with_parent()  # a --local-processes worker goes when its launcher goes
@@ -78,6 +83,7 @@ def train(
 
     from scaling import parallel
     from scaling.presets import build_run
+    from scaling.spec import LOADER_AND_EVAL
 
     # orbax logs a traceback from its background thread for a failed save; the error itself
     # reaches the user as one line (checkpoint.finish)
@@ -104,6 +110,7 @@ def train(
             resume=resume,
             overwrite=overwrite,
             allow_config_change=tuple(split_list(allow_config_change)),
+            **{k: v for k, v in locals().items() if k in LOADER_AND_EVAL},
         )
         if devices is not None:
             parallel.set_cpu_devices(devices)
@@ -147,10 +154,17 @@ def _render(result, size: str, json_: bool) -> None:
             "nothing to train. To train on, raise --steps and pass --allow-config-change steps."
         )
     else:
+        summary = result.summary()
+        val = ""
+        if summary["final_val_loss"] is not None:
+            val = f" · val loss {summary['final_val_loss']:.4f}"
+            if summary["final_val_bpb"] is not None:
+                val += f" ({summary['final_val_bpb']:.3f} bits/byte)"
         out_console.print(
             f"{result.model_name} · {result.mode} {result.mesh[0]}x{result.mesh[1]} · "
-            f"final loss {result.final_loss:.4f} · {result.tokens_per_s:,.0f} tokens/s · "
+            f"final loss {result.final_loss:.4f}{val} · {result.tokens_per_s:,.0f} tokens/s · "
             f"median step {result.step_time_s_median * 1e3:.1f} ms · "
+            f"data wait {result.data_wait_fraction:.1%} of step · "
             f"compile {result.compile_s:.2f} s"
         )
 
@@ -188,6 +202,8 @@ def _train_with_progress(run_cfg, show: bool):
         if not progress.live.is_started:
             progress.start()  # only once training runs, so bad input never shows a bar
         info = f"loss {metrics['loss']:.4f}"
+        if "val_loss" in metrics:
+            info += f" · val {metrics['val_loss']:.4f}"
         if metrics.get("step_time_s"):
             info += f" · {tokens / metrics['step_time_s']:,.0f} tok/s"
         progress.update(task, completed=step + 1, info=info)

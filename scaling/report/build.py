@@ -11,7 +11,7 @@ import pandas as pd
 from scaling import records
 from scaling.report.axes import FigureResult
 from scaling.report.baseline import fig_baseline, ratio_table, unmatched_table
-from scaling.report.loss import fig_loss_vs_compute, fig_loss_vs_step
+from scaling.report.loss import fig_loss_vs_compute, fig_loss_vs_step, fig_val_loss
 from scaling.report.mup import fig_coord_check, fig_mup_lr
 from scaling.report.pages import Report, render_html, render_markdown
 from scaling.report.performance import fig_compile_time, fig_throughput
@@ -27,6 +27,7 @@ FORMATS = ("html", "md")
 # FigureResult, or None when the record lacks its data.
 FIGURES = (
     fig_loss_vs_step,
+    fig_val_loss,
     fig_loss_vs_compute,
     fig_throughput,
     fig_step_time_vs_roofline,

@@ -147,3 +147,56 @@ def fig_loss_vs_compute(rec: Record, style: Style) -> FigureResult | None:
         ]
     ]
     return FigureResult("loss_vs_compute", "Loss vs compute", caption, fig, data)
+
+
+def val_table(rec: Record) -> pd.DataFrame:
+    """The steps of the runs that measured validation loss, long form: one row per (run, step,
+    split) with ``split`` train (every step) or val (the evaluated steps)."""
+    if "val_loss" not in rec.steps.columns:
+        return pd.DataFrame()
+    steps = step_table(rec).assign(val_loss=lambda s: pd.to_numeric(s["val_loss"], errors="coerce"))
+    measured = steps.groupby(["source", "run_id"])["val_loss"].transform(
+        lambda v: np.isfinite(v).any()
+    )
+    steps = steps[measured.astype(bool)]
+    keep = ["source", "run_id", "label", "size", "mode", "step"]
+    train = steps[keep].assign(split="train", loss=steps["loss"])
+    val = steps[np.isfinite(steps["val_loss"])]
+    val = val[keep].assign(split="val", loss=val["val_loss"])
+    return pd.concat([train, val], ignore_index=True)
+
+
+def fig_val_loss(rec: Record, style: Style) -> FigureResult | None:
+    """Training loss (thin line) and validation loss (markers on a thick line) per run."""
+    data = val_table(rec)
+    if data.empty:
+        return None
+    runs = rec.runs.set_index(["source", "run_id"])
+    fig, (ax,) = new_figure(9, 4.8)
+    for (source, run_id), run in data.groupby(["source", "run_id"], sort=False):
+        r = runs.loc[(source, run_id)]
+        color = style.run_color(r)
+        train, val = run[run["split"] == "train"], run[run["split"] == "val"]
+        ax.plot(train["step"], train["loss"], color=color, linewidth=1.0, alpha=0.45)
+        ax.plot(
+            val["step"],
+            val["loss"],
+            color=color,
+            linewidth=2.0,
+            marker=style.marker(r["size"]),
+            markerfacecolor=style.face(r["mup"]),
+            label=f"{r['label']} (val)",
+            gid=f"{source}/{run_id}",
+        )
+    ax.set(
+        xlabel="optimizer step", ylabel="loss (nats/token)", title="Training and validation loss"
+    )
+    ax.grid(alpha=0.3)
+    legend_outside(ax)
+    caption = (
+        "Validation loss (markers, thick line) on the data's fixed validation windows, the "
+        "same windows for every run, beside the training loss of each step (thin line, same "
+        f"colour; colour: {style.color_meaning}). The training loss is one batch per step, "
+        "the validation loss the mean over the evaluation batches."
+    )
+    return FigureResult("val_loss", "Training and validation loss", caption, fig, data)

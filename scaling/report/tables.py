@@ -27,6 +27,7 @@ def fmt(value: float, spec: str) -> str:
 
 def summary_table(rec: Record) -> Table:
     lr_varies = rec.runs["lr"].nunique() > 1
+    has_val = bool(np.isfinite(rec.runs["final_val_loss"].astype(float)).any())
     cols = [
         "size",
         "mode",
@@ -43,6 +44,7 @@ def summary_table(rec: Record) -> Table:
         "est. mem (MiB)",
         "mem ÷ est.",
         "final loss (nats)",
+        *(["val loss (nats)", "val bits/byte"] if has_val else []),
     ]
     multi = rec.runs["source"].nunique() > 1
     if multi:
@@ -67,6 +69,11 @@ def summary_table(rec: Record) -> Table:
             fmt(mib(r["est_memory_bytes"]), "{:,.1f}"),
             fmt(v(r["peak_memory_bytes"] / r["est_memory_bytes"]), "{:.2f}"),
             fmt(v(r["final_loss"]), "{:.4f}"),
+            *(
+                [fmt(v(r["final_val_loss"]), "{:.4f}"), fmt(v(r["final_val_bpb"]), "{:.3f}")]
+                if has_val
+                else []
+            ),
         ]
         rows.append(([r["source"]] if multi else []) + row)
     return Table(
