@@ -214,9 +214,16 @@ def _read_progress(proc: subprocess.Popen, on_step: StepHook | None, finished: l
 
 
 def _steps_of(run_id: str, finished: list[dict]) -> list[StepRecord]:
+    """The StepRecords of the JSON lines a worker printed (one per finished step)."""
     keys = ("step", "loss", "step_time_s", "lr", "grad_norm")
+    optional = ("val_loss", "data_wait_s")
     return [
-        StepRecord(run_id, int(m["step"]), *(float(m[k]) for k in keys[1:]))
+        StepRecord(
+            run_id,
+            int(m["step"]),
+            *(float(m[k]) for k in keys[1:]),
+            **{k: float(m[k]) for k in optional if k in m},
+        )
         for m in finished
         if all(k in m for k in keys)
     ]

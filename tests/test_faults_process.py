@@ -178,7 +178,8 @@ def test_a_missing_peer_is_named_within_the_init_timeout(tmp_path):
 def test_the_worker_streams_one_json_line_per_finished_step(capsys):
     from scaling.worker import _print_step
 
-    _print_step(7, {"loss": 2.5, "grad_norm": 1.0, "lr": 1e-3, "step_time_s": 0.1})
+    metrics = {"loss": 2.5, "grad_norm": 1.0, "lr": 1e-3, "step_time_s": 0.1, "val_loss": 2.7}
+    _print_step(7, metrics)
     line = json.loads(capsys.readouterr().out)
     (step,) = sweep._steps_of("r", [line])
-    assert (step.step, step.loss, step.step_time_s) == (7, 2.5, 0.1)
+    assert (step.step, step.loss, step.step_time_s, step.val_loss) == (7, 2.5, 0.1, 2.7)
