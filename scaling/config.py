@@ -7,7 +7,7 @@ imports jax, so the CLI's ``presets``/``estimate`` commands start instantly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from scaling.prepared import is_prepared
@@ -176,6 +176,8 @@ class RunConfig:
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0  # 0: only at the end (when checkpoint_dir is set)
     resume: bool = False
+    overwrite: bool = False  # a fresh run may delete the checkpoints found in checkpoint_dir
+    allow_config_change: tuple[str, ...] = ()  # fields a resumed run may change (RESUME_CHANGEABLE)
     timing_warmup_steps: int = 1  # steps excluded from timing statistics (not the LR warm-up)
     # Validation loss every K steps and after the last one (0: only after the last step, and
     # only when the data has a validation split, i.e. a prepared directory).
@@ -198,9 +200,12 @@ class RunConfig:
         return self.eval_every > 0 or is_prepared(self.data)
 
 
+MAX_STEPS = 2**31 - 1  # the step counter of the train state is int32
+
+
 def validate_run(run: RunConfig) -> None:
-    if run.steps < 0:
-        raise ValueError(f"steps must be >= 0, got {run.steps}")
+    if not 0 < run.steps <= MAX_STEPS:
+        raise ValueError(f"steps must be in 1..{MAX_STEPS}, got {run.steps}")
     if run.batch <= 0:
         raise ValueError(f"batch must be positive, got {run.batch}")
     if run.seq <= 0 or run.seq > run.model.max_seq_len:
@@ -210,8 +215,8 @@ def validate_run(run: RunConfig) -> None:
         )
     if not run.lr > 0 or not math.isfinite(run.lr):
         raise ValueError(f"lr must be a positive finite number, got {run.lr}")
-    if run.lr_warmup_steps < 0:
-        raise ValueError(f"warmup must be >= 0, got {run.lr_warmup_steps}")
+    if not 0 <= run.lr_warmup_steps <= MAX_STEPS:
+        raise ValueError(f"warmup must be in 0..{MAX_STEPS}, got {run.lr_warmup_steps}")
     check_mode(run.mode)
     if run.checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0, got {run.checkpoint_every}")
@@ -221,6 +226,72 @@ def validate_run(run: RunConfig) -> None:
     for name in ("eval_batches", "data_prefetch"):
         if getattr(run, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(run, name)}")
+    unknown = [f for f in run.allow_config_change if f not in RESUME_CHANGEABLE]
+    if unknown:
+        raise ValueError(
+            f"--allow-config-change: unknown field {unknown[0]!r}; valid: "
+            f"{', '.join(RESUME_CHANGEABLE)}"
+        )
+
+
+# Resuming a checkpoint under another RunConfig (scaling.checkpoint): fields named bare,
+# model fields without their "model." prefix. Free: how the run is laid out, loaded, evaluated
+# and saved, not what it trains (the state is resharded to another mode or mesh on restore).
+RESUME_FREE = (
+    "mode",
+    "mesh",
+    "checkpoint_dir",
+    "checkpoint_every",
+    "resume",
+    "overwrite",
+    "allow_config_change",
+    "timing_warmup_steps",
+    "eval_every",
+    "eval_batches",
+    "data_threads",
+    "data_prefetch",
+    "data_processes",
+    "name",
+    "remat",
+    "scan_layers",
+)
+# Fixed: the shapes and structure of the saved state (muP adds an optimizer stage).
+RESUME_FIXED = (
+    "family",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "n_kv_heads",
+    "head_dim",
+    "d_ff",
+    "vocab_size",
+    "max_seq_len",
+    "tied_embeddings",
+    "mup",
+)
+# Everything else (batch, seed, data, LR schedule, optimizer, numerics) changes what the resumed
+# run computes: refused unless listed in allow_config_change.
+RESUME_CHANGEABLE = tuple(
+    name
+    for name in [f.name for f in fields(RunConfig) if f.name != "model"]
+    + [f.name for f in fields(ModelConfig)]
+    if name not in RESUME_FREE + RESUME_FIXED
+)
+
+
+def resume_differences(saved: dict, now: dict) -> tuple[dict, dict]:
+    """Differences between two ``dataclasses.asdict`` RunConfigs (JSON-normalised) as
+    ``({fixed field: (saved, now)}, {changeable field: (saved, now)})``. A field the saved
+    config lacks (an older version) is not compared."""
+    flat_saved = {**{k: v for k, v in saved.items() if k != "model"}, **saved.get("model", {})}
+    flat_now = {**{k: v for k, v in now.items() if k != "model"}, **now["model"]}
+    diffs = {
+        k: (flat_saved[k], v)
+        for k, v in flat_now.items()
+        if k in flat_saved and k not in RESUME_FREE and flat_saved[k] != v
+    }
+    fixed = {k: v for k, v in diffs.items() if k in RESUME_FIXED}
+    return fixed, {k: v for k, v in diffs.items() if k not in RESUME_FIXED}
 
 
 def parse_mesh(text: str) -> tuple[int, int]:

@@ -307,7 +307,13 @@ def text_to_tokens(text_path: str | Path, out_path: str | Path) -> int:
         raise ValueError(f"text file {str(text_path)!r} not found")
     if out_path.suffix != ".bin":
         raise ValueError(f"output {str(out_path)!r} must end in .bin (uint16 tokens)")
+    if out_path.is_dir():
+        raise ValueError(
+            f"output {str(out_path)!r} is a directory; give a file name ending in .bin"
+        )
     tokens = np.frombuffer(text_path.read_bytes(), dtype=np.uint8).astype(np.uint16)
+    if not len(tokens):
+        raise ValueError(f"text file {str(text_path)!r} is empty; there is nothing to tokenise")
     with atomic_path(out_path) as tmp:
         tokens.tofile(tmp)
     return len(tokens)

@@ -9,6 +9,8 @@ builds the mesh, places batches, simulates CPU devices and joins ``jax.distribut
 from __future__ import annotations
 
 import os
+import sys
+import threading
 
 import jax
 import numpy as np
@@ -102,6 +104,7 @@ def set_cpu_devices(n: int) -> None:
     it is accepted when the CPU backend already has ``n`` devices and refused otherwise."""
     from jax._src import xla_bridge
 
+    sharding.check_device_count(n)
     if xla_bridge.backends_are_initialized():
         have = len(jax.devices("cpu"))
         if have != n:
@@ -116,16 +119,58 @@ def set_cpu_devices(n: int) -> None:
     jax.config.update("jax_num_cpu_devices", n)
 
 
+DEFAULT_INIT_TIMEOUT_S = 120.0
+JAX_TIMEOUT_MARGIN_S = 30  # jax's own timeout (which aborts the process) comes after ours
+
+
 def init_distributed(
-    coordinator: str | None, num_processes: int | None, process_id: int | None, timeout_s: int = 120
+    coordinator: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    timeout_s: float = DEFAULT_INIT_TIMEOUT_S,
 ) -> None:
     """Join a multi-process job through ``jax.distributed`` (flags, or auto-detected by jax on
-    SLURM / Open MPI / Cloud TPU when no flags are given)."""
-    kwargs = {"initialization_timeout": timeout_s}
+    SLURM / Open MPI / Cloud TPU when no flags are given).
+
+    When not every process has joined within ``timeout_s``, this process prints one line
+    naming who is missing and exits with code 2 (jax itself would abort with a fatal log
+    line and exit 134 only later)."""
+    kwargs = {"initialization_timeout": int(timeout_s) + JAX_TIMEOUT_MARGIN_S}
     if coordinator is not None:
         kwargs.update(
             coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
         )
         if coordinator.startswith("127.0.0.1:") and process_id == 0:
             kwargs["coordinator_bind_address"] = coordinator
-    jax.distributed.initialize(**kwargs)
+    joined = threading.Event()
+    message = _missing_peer_message(coordinator, num_processes, process_id, timeout_s)
+    threading.Thread(target=_init_watchdog, args=(joined, timeout_s, message), daemon=True).start()
+    try:
+        jax.distributed.initialize(**kwargs)
+    finally:
+        joined.set()
+
+
+def _missing_peer_message(
+    coordinator: str | None, num_processes: int | None, process_id: int | None, timeout_s: float
+) -> str:
+    where = f" (coordinator {coordinator})" if coordinator else ""
+    hint = (
+        "start every process with the same --coordinator and --num-processes, "
+        "or raise --init-timeout"
+    )
+    if num_processes == 2 and process_id in (0, 1):
+        other = 1 - process_id
+        return f"process {other} of 2 did not join within {timeout_s:g} s{where}; {hint}"
+    this = "" if process_id is None else f" (this is process {process_id})"
+    count = f" {num_processes}" if num_processes else ""
+    return f"not all{count} processes joined within {timeout_s:g} s{where}{this}; {hint}"
+
+
+def _init_watchdog(joined: threading.Event, timeout_s: float, message: str) -> None:
+    # jax.distributed.initialize blocks in C++ (with the GIL released) and cannot be
+    # interrupted; leaving the process is the only way out before jax's own abort.
+    if not joined.wait(timeout_s):
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+        os._exit(2)

@@ -40,7 +40,8 @@ if TYPE_CHECKING:  # pandas is imported where frames are built, so writers stay 
     import pandas as pd
 
 SCHEMA_VERSION = 3
-STATUSES = ("ok", "oom", "diverged", "error", "timeout")
+# oom-predicted: not run, the memory pre-flight (scaling.preflight) says it cannot fit
+STATUSES = ("ok", "oom", "oom-predicted", "diverged", "error", "timeout")
 # version 1 name → version 2 name
 RENAMED_COLUMNS = {
     "warmup_steps": "timing_warmup_steps",
@@ -305,8 +306,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # name the file the caller asked for, not the temporary one
+        if exc.errno and exc.filename in (None, str(tmp)):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -340,8 +346,8 @@ def atomic_directory(path: str | Path, *, replace: bool = False) -> Iterator[Pat
 
 
 def write_frame_atomic(frame: pd.DataFrame, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: any path Python opens
+        frame.to_parquet(f, index=False)
 
 
 def write_json_atomic(obj, path: str | Path, *, indent: int | None = None) -> None:
@@ -373,13 +379,97 @@ def write_outcome(out_dir: str | Path, outcome: RunOutcome) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
-def recorded_status(out_dir: str | Path, run_id: str) -> str | None:
+# Columns without which a parquet file in runs/ or steps/ is not a record of this package.
+REQUIRED_RUN_COLUMNS = ("run_id", "status", "size", "mode")
+REQUIRED_STEP_COLUMNS = ("run_id", "step", "loss")
+QUARANTINE_DIR = "quarantine"
+
+
+def read_record_file(path: str | Path, required: tuple[str, ...]) -> pd.DataFrame:
+    """One parquet file of a record; ``ValueError`` naming the file when it does not read
+    (truncated, not parquet) or lacks the record's columns (a foreign file)."""
+    frame, problem = _read_checked(Path(path), required)
+    if problem:
+        raise ValueError(f"{str(path)!r} {problem}; move it out of {str(Path(path).parent)!r}")
+    return frame
+
+
+def _read_checked(path: Path, required: tuple[str, ...]) -> tuple[pd.DataFrame | None, str]:
     import pandas as pd
 
+    try:
+        with open(path, "rb") as f:
+            frame = pd.read_parquet(f)
+    except OSError:
+        raise
+    except Exception as exc:  # pyarrow raises several kinds for a damaged file
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]  # one sentence
+        return None, f"is not a readable sweep record file ({type(exc).__name__}: {first})"
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        return None, f"is not a scaling sweep record file (no column {', '.join(missing)})"
+    return frame, ""
+
+
+def damaged_files(out_dir: str | Path) -> list[tuple[Path, str]]:
+    """(file, what is wrong) for every unreadable or foreign parquet file in ``runs/`` and
+    ``steps/``, and for the run rows whose steps file is missing or damaged (such a run must be
+    redone)."""
+    out_dir = Path(out_dir)
+    bad: dict[Path, str] = {}
+    for sub, required in (("steps", REQUIRED_STEP_COLUMNS), ("runs", REQUIRED_RUN_COLUMNS)):
+        folder = out_dir / sub
+        for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+            _, problem = _read_checked(path, required)
+            steps = out_dir / "steps" / path.name
+            if problem:
+                bad[path] = problem
+            elif sub == "runs" and (not steps.is_file() or steps in bad):
+                bad[path] = "has no readable steps file"
+    return list(bad.items())
+
+
+def quarantine(out_dir: str | Path, files: list[Path]) -> Path:
+    """Move ``files`` into ``DIR/quarantine/<sub>/`` (kept for inspection, out of the
+    record's way); returns the quarantine directory."""
+    target = Path(out_dir) / QUARANTINE_DIR
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    for path in files:
+        dest = target / path.parent.name / f"{path.stem}.{stamp}{path.suffix}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+    return target
+
+
+def check_writable(out_dir: str | Path) -> None:
+    """Raise ``ValueError``/``OSError`` naming the directory when a record cannot be written
+    into ``out_dir`` (a file in its place, no permission, a read-only or full file system,
+    a name the file system refuses): checked before any run starts, not after it finished."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"record directory {str(out_dir)!r} is a file; give a directory")
+    probe = pd.DataFrame({"probe": [i * 1.1 for i in range(4096)]})  # ~25 kB: about one run row
+    for sub in ("steps", "runs"):
+        folder = out_dir / sub
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{str(folder)!r} is a file; the record needs a directory there")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / ".write-check"
+        write_frame_atomic(probe, path)
+        path.unlink()
+
+
+def recorded_status(out_dir: str | Path, run_id: str) -> str | None:
+    """The status of a recorded run, or None when it is not recorded (or does not read)."""
     path = Path(out_dir) / "runs" / f"{run_id}.parquet"
     if not path.is_file():
         return None
-    return str(pd.read_parquet(path, columns=["status"])["status"].iloc[0])
+    try:
+        return str(read_record_file(path, ("status",))["status"].iloc[0])
+    except (ValueError, IndexError):
+        return None
 
 
 def upgrade_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -387,17 +477,18 @@ def upgrade_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.rename(columns={k: v for k, v in RENAMED_COLUMNS.items() if k in runs.columns})
 
 
-def _load(folder: Path, columns: list[str]) -> pd.DataFrame:
+def _load(folder: Path, columns: list[str], required: tuple[str, ...]) -> pd.DataFrame:
     import pandas as pd
 
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
         return pd.DataFrame(columns=columns)
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return pd.concat([read_record_file(f, required) for f in files], ignore_index=True)
 
 
 def load_runs(*dirs: str | Path) -> pd.DataFrame:
-    """All run rows of one or more sweep directories (raises ValueError if there are none)."""
+    """All run rows of one or more sweep directories. Raises ValueError if there are none, or
+    naming a file in ``runs/`` that does not read or is not a run record."""
     import pandas as pd
 
     frames = []
@@ -405,7 +496,7 @@ def load_runs(*dirs: str | Path) -> pd.DataFrame:
         d = Path(d)
         if not (d / "runs").is_dir():
             raise ValueError(f"{str(d)!r} holds no sweep record (expected {str(d / 'runs')!r})")
-        frames.append(upgrade_runs(_load(d / "runs", RUN_COLUMNS)))
+        frames.append(upgrade_runs(_load(d / "runs", RUN_COLUMNS, REQUIRED_RUN_COLUMNS)))
     runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RUN_COLUMNS)
     if runs.empty:
         raise ValueError(f"no runs recorded in {', '.join(map(str, dirs))}")
@@ -413,9 +504,10 @@ def load_runs(*dirs: str | Path) -> pd.DataFrame:
 
 
 def load_steps(*dirs: str | Path) -> pd.DataFrame:
+    """All step rows; ValueError naming a file in ``steps/`` that does not read."""
     import pandas as pd
 
-    frames = [_load(Path(d) / "steps", STEP_COLUMNS) for d in dirs]
+    frames = [_load(Path(d) / "steps", STEP_COLUMNS, REQUIRED_STEP_COLUMNS) for d in dirs]
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=STEP_COLUMNS)
 

@@ -4,13 +4,15 @@ RunConfig of one grid point. Never imports jax."""
 from __future__ import annotations
 
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scaling.config import MUP_KNOBS, RunConfig
+from scaling.config import MUP_KNOBS, RunConfig, parse_mesh
 from scaling.presets import build_run, get_preset
-from scaling.sharding import MODES
+from scaling.roles import tensor_split_dims
+from scaling.sharding import MODES, check_device_count, default_mesh_shape, validate_plan
 
 SWEEP_AXES = (
     "size",
@@ -148,19 +150,31 @@ class SweepSpec:
         if any("tokens" in x for x in sources) and any("steps" in x for x in sources):
             raise ValueError("give 'steps' or 'tokens' (a token budget per run), not both")
 
+    def duplicates(self) -> dict[str, list]:
+        """Axis values listed more than once (``grid`` runs each once)."""
+        return {
+            key: [v for i, v in enumerate(values) if v in values[:i]]
+            for key, values in self.axes.items()
+            if len(_unique(values)) < len(values)
+        }
+
     def grid(self) -> list[dict[str, object]]:
         """Run settings, one dict per run, in a stable order (points, then axes varying
-        last-fastest)."""
+        last-fastest); a value repeated on an axis counts once."""
         keys = list(self.axes)
         runs = []
         for point in self.points or [{}]:
-            for values in itertools.product(*(self.axes[k] for k in keys)):
+            for values in itertools.product(*(_unique(self.axes[k]) for k in keys)):
                 chosen = dict(zip(keys, values, strict=True))
                 settings = {**SWEEP_DEFAULTS, **self.fixed, **point, **chosen}
                 if settings.get("tokens") is not None:
                     settings["steps"] = steps_of(settings)
                 runs.append({"sweep": self.name, **settings})
         return runs
+
+
+def _unique(values: list) -> list:
+    return [v for i, v in enumerate(values) if v not in values[:i]]
 
 
 def load_sweep_spec(path: str) -> SweepSpec:
@@ -196,6 +210,50 @@ def steps_of(settings: dict) -> int:
     if not (isinstance(tokens, int | float) and tokens > 0):
         raise ValueError(f"tokens must be a positive number, got {tokens!r}")
     return max(1, round(tokens / (settings["batch"] * settings["seq"])))
+
+
+CPU_DEFAULT_DEVICES = 4
+
+
+def default_devices(settings: dict) -> int:
+    """Simulated CPU devices a run needs: its mesh, else 4 for sharded modes, else 1.
+
+    Four, not eight: simulated devices share one host's RAM and cores, and each holds its own
+    XLA scratch space (measured: 350m fsdp_tp, batch 8 × 128, 8 devices 19.1 GB vs 4 devices
+    13.0 GB of host memory), so fewer devices keep GPT-3-sized presets within a 24 GiB host.
+    Ignored on accelerators, where the mesh spans the real devices."""
+    if settings.get("devices"):
+        return int(settings["devices"])
+    if settings.get("mesh"):
+        d, t = parse_mesh(str(settings["mesh"]))
+        return d * t
+    return 1 if settings["mode"] == "none" else CPU_DEFAULT_DEVICES
+
+
+def validate_settings(settings: dict) -> RunConfig:
+    """The RunConfig of one sweep run, after the checks a run would otherwise fail minutes
+    later: the device count, the timeout, and, when the mesh or the device count is given,
+    the plan (``scaling.sharding.validate_plan``, the one validation ``train`` uses)."""
+    run = run_config_from_settings(settings)
+    devices = settings.get("devices")
+    if devices is not None:
+        check_device_count(int(devices))
+    timeout = settings.get("timeout_s")
+    if timeout is not None and not (isinstance(timeout, int | float) and 0 < timeout < math.inf):
+        raise ValueError(f"--timeout must be a positive number of seconds, got {timeout}")
+    if devices is None and run.mesh is None:
+        return run  # the mode's default mesh spans the devices the worker finds
+    n = default_devices(settings)
+    mesh = run.mesh or default_mesh_shape(run.mode, n)
+    validate_plan(
+        run.mode,
+        mesh,
+        tensor_divides=tensor_split_dims(run.model),
+        batch=run.batch,
+        model_name=run.model.name,
+        n_devices=n if run.mode != "none" else None,
+    )
+    return run
 
 
 def run_config_from_settings(settings: dict) -> RunConfig:

@@ -204,6 +204,12 @@ class RunResult:
     val_losses: list[float] = field(default_factory=list)
     val_bpbs: list[float] = field(default_factory=list)
     eval_tokens: int = 0  # predicted tokens per evaluation
+    notes: list[str] = field(default_factory=list)  # what the user should know (checkpoints)
+
+    @property
+    def already_done(self) -> bool:
+        """Resumed from a checkpoint at (or past) the last step: nothing was trained."""
+        return self.start_step >= self.steps
 
     @property
     def timed_step_times_s(self) -> list[float]:
@@ -263,6 +269,7 @@ class RunResult:
             "entropy_floor_nats": self.entropy_floor_nats,
             "device_kind": self.device_kind,
             "xla": self.xla,
+            "notes": self.notes,
             "evals": [
                 {"step": self.start_step + i, "val_loss": v, "val_bpb": b}
                 for i, (v, b) in enumerate(zip(self.val_losses, self.val_bpbs, strict=True))
@@ -301,18 +308,22 @@ def run(
 
     p = plan(run_cfg)
     iterator = _loader(run_cfg, p)
-    manager = checkpoint.manager(run_cfg) if run_cfg.checkpoint_dir else None
-    with jax.set_mesh(p.mesh), contextlib.closing(iterator):  # stops prefetch threads/workers
-        if manager is not None and run_cfg.resume and manager.latest_step() is not None:
-            state, iterator_state = checkpoint.restore(manager, p)
-            iterator.set_state(iterator_state)
-        else:
-            state = p.init()
+    manager, notes = (
+        checkpoint.open_manager(run_cfg, p.abstract_state) if run_cfg.checkpoint_dir else (None, [])
+    )
+    # closing stops the loader's prefetch threads/workers; settled lets saves in flight end
+    with jax.set_mesh(p.mesh), contextlib.closing(iterator), checkpoint.settled(manager):
+        state = _start_state(run_cfg, p, manager, iterator, notes)
         start = int(state.step)
+        if start >= run_cfg.steps:  # resumed at the end: nothing to train or compile
+            result = _new_result(run_cfg, p, start, math.nan, None)
+            result.notes = notes
+            return result
         evaluator = Evaluator(run_cfg, p, run_cfg.eval_batches) if run_cfg.evaluates else None
         t0 = time.perf_counter()
         compiled = p.step.lower(*p.abstract_inputs()).compile()
         result = _new_result(run_cfg, p, start, time.perf_counter() - t0, compiled)
+        result.notes = notes
         result.eval_tokens = evaluator.tokens if evaluator else 0
         clock = StepClock(
             run_cfg.timing_warmup_steps,
@@ -339,9 +350,44 @@ def run(
                 checkpoint.save(manager, step + 1, state, iterator.get_state(), run_cfg)
         clock.finish()
         if manager is not None:
-            manager.wait_until_finished()
+            checkpoint.finish(manager)
     result.step_times_s = clock.step_times_s
     return result
+
+
+def _start_state(run_cfg: RunConfig, p: Plan, manager, iterator, notes: list[str]) -> TrainState:
+    """The newest intact checkpoint when resuming (the iterator moved to its position), else
+    a freshly initialised state."""
+    from scaling import checkpoint
+
+    if manager is not None and run_cfg.resume:
+        restored, more = checkpoint.restore_intact(manager, p, run_cfg)
+        notes += more
+        if restored is not None:
+            state, iterator_state = restored
+            iterator.set_state(iterator_state)
+            return state
+    return p.init()
+
+
+def memory_problem(run_cfg: RunConfig, devices=None) -> str | None:
+    """Why the estimator predicts that ``run_cfg`` will not fit in memory here, or None: the
+    pre-flight check of ``scaling.preflight`` with this process's devices."""
+    from scaling.preflight import device_memory_bytes
+    from scaling.preflight import memory_problem as check
+
+    devices = list(jax.devices() if devices is None else devices)
+    mesh_shape = run_cfg.mesh or parallel.default_mesh_shape(run_cfg.mode, len(devices))
+    used = devices[: mesh_shape[0] * mesh_shape[1]] if run_cfg.mode != "none" else devices[:1]
+    local = [d for d in used if d.process_index == jax.process_index()]
+    device = local[0] if local else jax.local_devices()[0]
+    return check(
+        run_cfg,
+        mesh_shape,
+        n_local_devices=max(len(local), 1),
+        platform=device.platform,
+        device_bytes=device_memory_bytes(device),
+    )
 
 
 def _loader(run_cfg: RunConfig, p: Plan):
@@ -392,7 +438,7 @@ def _new_result(run_cfg: RunConfig, p: Plan, start: int, compile_s: float, compi
         timing_warmup_steps=run_cfg.timing_warmup_steps,
         entropy_floor_nats=entropy_floor(run_cfg.data, run_cfg.model.vocab_size, run_cfg.seed),
         device_kind=jax.local_devices()[0].device_kind,
-        xla=memory_figures(compiled),
+        xla=memory_figures(compiled) if compiled is not None else {},
     )
 
 

@@ -1,9 +1,12 @@
 """One sweep run, in its own process: ``python -m scaling.worker SETTINGS_JSON RESULT_PATH``.
 
-The process sets its device count before jax starts, optionally joins ``jax.distributed``,
-trains, measures, and writes a ``RunOutcome`` as JSON to RESULT_PATH (atomically). Progress goes
-to stdout as one JSON object per step, for the sweep's progress bar. Failures are classified
-into the record's ``status`` (oom, diverged, error) rather than lost.
+The process dies with the sweep that started it, sets its device count before jax starts,
+optionally joins ``jax.distributed``, checks that the run fits in memory (else records
+``oom-predicted`` without building anything, unless the payload says ``force``), trains,
+measures, and writes a ``RunOutcome`` as JSON to RESULT_PATH (atomically). Each finished step
+goes to stdout as one JSON object: the sweep's progress bar, and the steps a run stopped by its
+timeout keeps. Failures are classified into the record's ``status`` (oom, diverged, error)
+rather than lost.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 import time
 import traceback
 
+from scaling.launch import die_with_parent
 from scaling.records import (
     RunOutcome,
     RunRecord,
@@ -22,26 +26,9 @@ from scaling.records import (
     outcome_to_json,
     write_json_atomic,
 )
+from scaling.spec import default_devices
 
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
-
-
-CPU_DEFAULT_DEVICES = 4
-
-
-def default_devices(settings: dict) -> int:
-    """Simulated CPU devices a run needs: its mesh, else 4 for sharded modes, else 1.
-
-    Four, not eight: simulated devices share one host's RAM and cores, and each holds its own
-    XLA scratch space (measured: 350m fsdp_tp, batch 8 × 128, 8 devices 19.1 GB vs 4 devices
-    13.0 GB of host memory), so fewer devices keep GPT-3-sized presets within a 24 GiB host.
-    Ignored on accelerators, where the mesh spans the real devices."""
-    if settings.get("devices"):
-        return int(settings["devices"])
-    if settings.get("mesh"):
-        d, t = (int(x) for x in str(settings["mesh"]).lower().split("x"))
-        return d * t
-    return 1 if settings["mode"] == "none" else CPU_DEFAULT_DEVICES
 
 
 def classify(exc: BaseException) -> str:
@@ -51,8 +38,11 @@ def classify(exc: BaseException) -> str:
     return "error"
 
 
-def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> RunOutcome:
-    """Train and fill in every measured and predicted column of ``record``."""
+def measure_run(
+    settings: dict, record: RunRecord, profile_dir: str | None, force: bool = False
+) -> RunOutcome:
+    """Train and fill in every measured and predicted column of ``record`` (or, without
+    ``force``, record ``oom-predicted`` when the memory pre-flight says it cannot fit)."""
     import flax
     import jax
 
@@ -64,6 +54,10 @@ def measure_run(settings: dict, record: RunRecord, profile_dir: str | None) -> R
     record.device_kind, record.platform = device.device_kind, device.platform
     record.jax_version, record.flax_version = jax.__version__, flax.__version__
     record.n_processes = jax.process_count()
+    problem = train.memory_problem(run_cfg)
+    if problem and not force:
+        record.status, record.error = "oom-predicted", problem
+        return RunOutcome(record, [])
     peaks = {"peak_tflops": settings.get("peak_tflops"), "hbm_gbps": settings.get("hbm_gbps")}
     probe = measure.probe_for(device) if measure.needs_probe(device, peaks["peak_tflops"]) else None
     result = train.run(run_cfg, on_step=_print_step, profile_dir=profile_dir, probe=probe)
@@ -165,10 +159,12 @@ def xla_comm_total(run_cfg) -> float:
 
 
 def main(argv: list[str]) -> int:
+    die_with_parent()  # a worker never outlives its sweep
     settings, result_path = json.loads(argv[0]), argv[1]
     run_id = settings.pop("run_id")
     distributed = settings.pop("distributed", None)
     profile_dir = settings.pop("profile_dir", None)
+    force = bool(settings.pop("force", False))
     record = base_record(settings, run_id)
     start = time.perf_counter()
     try:
@@ -177,7 +173,7 @@ def main(argv: list[str]) -> int:
         parallel.set_cpu_devices(default_devices(settings))
         if distributed:
             parallel.init_distributed(**distributed)
-        outcome = measure_run(settings, record, profile_dir)
+        outcome = measure_run(settings, record, profile_dir, force)
     except Exception as exc:  # the record keeps the failure; the sweep goes on
         record.status = classify(exc)
         first_line = (str(exc).strip().splitlines() or [""])[0]

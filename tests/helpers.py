@@ -5,7 +5,11 @@ A module of its own because tests/report has a conftest.py too, and two modules 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from scaling.records import RunOutcome, RunRecord, StepRecord, write_outcome
 
@@ -133,3 +137,43 @@ def stdlib_sample(folder: Path) -> Path:
 
 
 __all__ = ["StepRecord"]
+
+
+def one_error_line(result) -> str:
+    """The one stderr line of a refused command (exit code 2, no traceback)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def private_mounts_work() -> bool:
+    """Whether this host lets a process mount a tmpfs in its own mount namespace."""
+    try:
+        probe = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(
+    not private_mounts_work(),
+    reason="cannot mount a tiny tmpfs in a private mount namespace (unshare -rm) here",
+)
+
+
+def in_namespace(script: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the shell ``script`` in a private mount namespace: its mounts (a tiny tmpfs, a
+    read-only remount) vanish with it, nothing on the host changes."""
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )

@@ -55,7 +55,7 @@ def test_train_json_reports_losses_per_step():
     [
         (["train", "--size", "huge"], "unknown size 'huge'"),
         (["train", "--seq", "4096"], "seq=4096 is out of range; valid: 1..512"),
-        (["train", "--steps", "-3"], "steps must be >= 0"),
+        (["train", "--steps", "-3"], "steps must be in 1..2147483647, got -3"),
         (["train", "--data", "nope.bin"], "data file 'nope.bin' not found"),
         (["train", "--mode", "tp", "--mesh", "4x2"], "mode tp needs data=1"),
         (["train", "--mode", "dp", "--mesh", "2x1"], "needs 2 devices but 8 are available"),

@@ -26,7 +26,9 @@ def test_gpt3_ladder_fixes_the_two_inconsistent_rows():
     [
         ({"size": "nope"}, "unknown size 'nope'"),
         ({"seq": 10_000}, "seq=10000 is out of range"),
-        ({"steps": -1}, "steps must be >= 0"),
+        ({"steps": -1}, "steps must be in 1..2147483647"),
+        ({"steps": 0}, "steps must be in 1..2147483647, got 0"),
+        ({"steps": 2**31}, "steps must be in 1..2147483647"),
         ({"family": "bert"}, "unknown family 'bert'"),
         ({"dtype": "float16"}, "unknown dtype 'float16'"),
         ({"remat": "some"}, "unknown remat 'some'"),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import signal
 import sys
 from collections.abc import Iterator
 
@@ -20,13 +22,68 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+# What to do about an OS error, by errno (the message already names the path).
+_OS_HINTS = {
+    errno.ENOSPC: "free some space or choose another location",
+    errno.EDQUOT: "free some space or choose another location",
+    errno.EACCES: "choose a writable location",
+    errno.EPERM: "choose a writable location",
+    errno.EROFS: "the file system is read-only; choose a writable location",
+    errno.ENAMETOOLONG: "use a shorter name",
+    errno.EISDIR: "give a file, not a directory",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EEXIST: "a file is where a directory should be",
+}
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an error the user can act on: the message, the path or value, a hint."""
+    if isinstance(exc, UnicodeError) and isinstance(getattr(exc, "object", None), str):
+        return f"the name {exc.object!r} is not valid UTF-8; use a UTF-8 file name"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {str(exc.filename)!r}" if exc.filename is not None else ""
+        hint = _OS_HINTS.get(exc.errno or 0)
+        return f"{exc.strerror}{where}" + (f" ({hint})" if hint else "")
+    if isinstance(exc, MemoryError):
+        return f"out of memory: {exc}" if str(exc) else "out of memory"
+    if isinstance(exc, OverflowError):
+        return f"a number is out of range: {exc}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's ValueErrors (bad input) into one line and exit code 2."""
+    """Turn bad input (the library's ValueErrors) and the ordinary failures of files, numbers
+    and memory (OSError and its kinds, UnicodeError, OverflowError, MemoryError) into one line
+    naming the path or value, and exit code 2."""
     try:
         yield
-    except (ValueError, FileNotFoundError) as exc:
-        raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    except (ValueError, OSError, OverflowError, MemoryError) as exc:
+        raise fail(describe(exc)) from None
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks run (workers are stopped,
+    temporary files removed) before the process exits with 128 + SIGTERM."""
+
+
+@contextlib.contextmanager
+def terminate_cleanly(message: str = "stopped by SIGTERM") -> Iterator[None]:
+    """While the block runs, SIGTERM unwinds the stack like Ctrl-C instead of killing the
+    process where it stands; ``message`` is printed as the one error line."""
+
+    def handler(signum, frame):
+        raise Terminated(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except Terminated:
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def print_json(obj) -> None:

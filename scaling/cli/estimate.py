@@ -111,13 +111,15 @@ def build_runs(
 
         overrides = {k: v for k, v in (("dtype", dtype), ("remat", remat)) if v is not None}
         cfg = model_config_from_hf(hf_config, **overrides)
-        return [RunConfig(model=cfg, seq=seq or min(GPT3_CONTEXT, cfg.max_seq_len), **fields)]
+        context = min(GPT3_CONTEXT, cfg.max_seq_len)
+        return [RunConfig(model=cfg, seq=context if seq is None else seq, **fields)]
     names = split_list(sizes)
     if not names:
         raise ValueError("no sizes given; e.g. --sizes 125m,350m")
+    contexts = {name: min(GPT3_CONTEXT, get_preset(name).max_seq_len) for name in names}
     return [
         build_run(name, dtype=dtype, remat=remat,
-                  seq=seq or min(GPT3_CONTEXT, get_preset(name).max_seq_len), **fields)
+                  seq=contexts[name] if seq is None else seq, **fields)
         for name in names
     ]  # fmt: skip
 

@@ -17,6 +17,7 @@ from scaling.cli.common import (
     out_console,
     print_json,
     split_list,
+    terminate_cleanly,
     user_errors,
 )
 
@@ -100,13 +101,20 @@ def sweep(
     coordinator: Annotated[str | None, Opt(help="Multi-host: coordinator HOST:PORT.")] = None,
     num_processes: Annotated[int | None, Opt(help="Multi-host: processes.")] = None,
     process_id: Annotated[int | None, Opt(help="Multi-host: this process.")] = None,
+    init_timeout: Annotated[
+        float, Opt(help="Seconds for every process of a run to join (multi-process).")
+    ] = 120.0,
     local_processes: Annotated[int, Opt(help="Run each run as P local processes.")] = 0,
+    force: Annotated[
+        bool, Opt(help="Run configurations the memory estimate says do not fit.")
+    ] = False,
     json_: Annotated[bool, Opt("--json", help="Last stdout line: JSON list of runs.")] = False,
 ) -> None:
     """Run MODES × sizes (× muP) on the shared model; record everything under --out."""
     from scaling import records
     from scaling.estimate.hardware import validate_peaks
-    from scaling.spec import run_config_from_settings
+    from scaling.launch import validate_processes, validate_timeout
+    from scaling.spec import validate_settings
     from scaling.sweep import Distributed, parse_shard, run_sweep
 
     given = {
@@ -140,32 +148,59 @@ def sweep(
             modes, sizes, mup, {k: v for k, v in given.items() if v is not None}, spec
         )
         shard_index = parse_shard(shard)
+        validate_processes(coordinator, num_processes, process_id, local_processes)
+        validate_timeout(init_timeout, "--init-timeout")
         for settings in grid_spec.grid():  # validate every run's config before starting
-            run_config_from_settings(settings)
-    distributed = Distributed(coordinator, num_processes, process_id, local_processes)
-    with SweepProgress(grid_spec, shard_index, disable=json_) as progress:
-        planned = run_sweep(
-            grid_spec,
-            out,
-            shard=shard_index,
-            distributed=distributed,
-            profile_dir=str(out / "profiles") if profile else None,
-            on_run_start=progress.on_run_start,
-            on_step=progress.on_step,
-            on_run_end=progress.on_run_end,
+            validate_settings(settings)
+        distributed = Distributed(
+            coordinator, num_processes, process_id, local_processes, init_timeout
         )
-    if not distributed.is_recorder:
-        return
-    ids = {run.run_id for run in planned}
-    runs = records.load_runs(out)
-    runs = runs[runs["run_id"].isin(ids)]
+        if distributed.is_recorder:
+            records.check_writable(out)
+    for axis, values in grid_spec.duplicates().items():
+        err_console.print(
+            f"[yellow]note:[/] {axis} lists {', '.join(map(str, values))} more than once; "
+            "each run runs once",
+            highlight=False,
+            soft_wrap=True,
+        )
+    stopped = "stopped by SIGTERM; the run in flight was not recorded; the same command resumes"
+    with user_errors(), terminate_cleanly(stopped):
+        with SweepProgress(grid_spec, shard_index, disable=json_) as progress:
+            planned = run_sweep(
+                grid_spec,
+                out,
+                shard=shard_index,
+                distributed=distributed,
+                profile_dir=str(out / "profiles") if profile else None,
+                on_run_start=progress.on_run_start,
+                on_step=progress.on_step,
+                on_run_end=progress.on_run_end,
+                on_note=progress.on_note,
+                force=force,
+            )
+        if distributed.is_recorder:
+            _render(records.load_runs(out), planned, grid_spec.name, out, json_)
+
+
+def _render(runs, planned, name: str, out: Path, json_: bool) -> None:
+    """This sweep's rows: a JSON list or a table, and a note on runs predicted not to fit."""
+    runs = runs[runs["run_id"].isin({run.run_id for run in planned})]
+    predicted = int((runs["status"] == "oom-predicted").sum())
+    if predicted:
+        err_console.print(
+            f"[yellow]note:[/] {predicted} run(s) not run: the memory estimate says they do "
+            "not fit (status oom-predicted); --force runs them"
+        )
     if json_:
         print_json(runs.to_dict(orient="records"))
     else:
-        out_console.print(summary_table(runs, grid_spec.name))
+        out_console.print(summary_table(runs, name))
+        shown = str(out).encode("utf-8", "backslashreplace").decode()  # a non-UTF-8 name
         out_console.print(
-            f"record: {out}/runs, {out}/steps "
-            f"({sum(r.skip for r in planned)} runs already recorded, skipped)"
+            f"record: {shown}/runs, {shown}/steps "
+            f"({sum(r.skip for r in planned)} runs already recorded, skipped)",
+            highlight=False,
         )
 
 
@@ -202,6 +237,9 @@ class SweepProgress:
     def on_step(self, metrics: dict) -> None:
         info = f"loss {metrics['loss']:.3f}"
         self.bar.update(self.steps, completed=metrics["step"] + 1, info=info)
+
+    def on_note(self, text: str) -> None:
+        self.bar.console.print(f"[yellow]note:[/] {text}", highlight=False, soft_wrap=True)
 
     def on_run_end(self, run, outcome) -> None:
         self.bar.advance(self.runs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from scaling.cli.common import (
     mup_knobs,
     out_console,
     print_json,
+    split_list,
     user_errors,
 )
 
@@ -65,33 +67,45 @@ def train(
     hbm_gbps: Annotated[float | None, Opt(help=PEAK_HELP["hbm_gbps"])] = None,
     checkpoint_dir: Annotated[str | None, Opt(help="Orbax checkpoint directory.")] = None,
     checkpoint_every: Annotated[int, Opt(help="Save every K steps (0: at the end).")] = 0,
-    resume: Annotated[bool, Opt(help="Resume from the latest checkpoint.")] = False,
+    resume: Annotated[bool, Opt(help="Resume from the latest intact checkpoint.")] = False,
+    overwrite: Annotated[
+        bool, Opt(help="Without --resume: delete the checkpoints already in --checkpoint-dir.")
+    ] = False,
+    allow_config_change: Annotated[
+        str,
+        Opt(help="With --resume: fields that may differ from the saved run (e.g. steps,lr)."),
+    ] = "",
+    force: Annotated[
+        bool, Opt(help="Run even when the memory estimate says it does not fit.")
+    ] = False,
     coordinator: Annotated[str | None, Opt(help="jax.distributed coordinator HOST:PORT.")] = None,
     num_processes: Annotated[int | None, Opt(help="Processes in the job.")] = None,
     process_id: Annotated[int | None, Opt(help="This process's index.")] = None,
+    init_timeout: Annotated[
+        float, Opt(help="Seconds to wait for every process to join (multi-process).")
+    ] = 120.0,
     local_processes: Annotated[int, Opt(help="Spawn P local processes on 127.0.0.1.")] = 0,
     timeout: Annotated[float, Opt(help="Timeout for --local-processes workers (s).")] = 600,
     json_: Annotated[bool, Opt("--json", help="Last stdout line: a JSON result.")] = False,
 ) -> None:
     """Train a preset on synthetic data (default), a token file or a prepared directory."""
-    if local_processes:
-        with user_errors():
-            if devices is not None and devices % local_processes:
-                raise ValueError(
-                    f"--devices {devices} is not divisible by --local-processes {local_processes}"
-                )
-        from scaling.launch import spawn_local
+    from scaling.launch import die_with_parent, validate_processes, validate_timeout
 
-        args = strip_option(sys.argv[1:], "--local-processes")
-        if devices is not None:
-            args = [*strip_option(args, "--devices"), "--devices", str(devices // local_processes)]
-        raise typer.Exit(spawn_local(args, local_processes, timeout))
+    die_with_parent()  # a --local-processes worker goes when its launcher goes
+    with user_errors():
+        validate_processes(coordinator, num_processes, process_id, local_processes)
+        validate_timeout(init_timeout, "--init-timeout")
+    if local_processes:
+        raise typer.Exit(_spawn(local_processes, devices, timeout))
 
     from scaling import parallel
     from scaling.estimate.hardware import validate_peaks
     from scaling.presets import build_run
     from scaling.spec import LOADER_AND_EVAL
 
+    # orbax logs a traceback from its background thread for a failed save; the error itself
+    # reaches the user as one line (checkpoint.finish)
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
     with user_errors():
         run_cfg = build_run(
             size,
@@ -120,24 +134,54 @@ def train(
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every,
             resume=resume,
+            overwrite=overwrite,
+            allow_config_change=tuple(split_list(allow_config_change)),
             **{k: v for k, v in locals().items() if k in LOADER_AND_EVAL},
         )
         if devices is not None:
-            if devices <= 0:
-                raise ValueError(f"--devices must be positive, got {devices}")
             parallel.set_cpu_devices(devices)
         if coordinator is not None or num_processes is not None:
-            parallel.init_distributed(coordinator, num_processes, process_id)
+            parallel.init_distributed(coordinator, num_processes, process_id, init_timeout)
         validate_peaks(peak_tflops, hbm_gbps)
+        _preflight(run_cfg, force)
         result, mfu = _train_with_progress(
             run_cfg, show=not json_, peaks={"peak_tflops": peak_tflops, "hbm_gbps": hbm_gbps}
         )
+    _render(result, mfu, size, json_)
+
+
+def _spawn(local_processes: int, devices: int | None, timeout: float) -> int:
+    """Run this same command as ``local_processes`` processes; their exit code."""
+    from scaling.cli.common import terminate_cleanly
+    from scaling.launch import spawn_local, validate_timeout
+
+    with user_errors():
+        validate_timeout(timeout, "--timeout")
+        if devices is not None and devices % local_processes:
+            raise ValueError(
+                f"--devices {devices} is not divisible by --local-processes {local_processes}"
+            )
+    args = strip_option(sys.argv[1:], "--local-processes")
+    if devices is not None:
+        args = [*strip_option(args, "--devices"), "--devices", str(devices // local_processes)]
+    with terminate_cleanly():
+        return spawn_local(args, local_processes, timeout)
+
+
+def _render(result, mfu: dict, size: str, json_: bool) -> None:
     import jax
 
     if jax.process_index() != 0:
         return
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if json_:
         print_json({"size": size, **result.summary(), **mfu})
+    elif result.already_done:
+        out_console.print(
+            f"{result.model_name}: already at step {result.start_step} (--steps {result.steps}); "
+            "nothing to train. To train on, raise --steps and pass --allow-config-change steps."
+        )
     else:
         summary = result.summary()
         val = ""
@@ -152,6 +196,17 @@ def train(
             f"data wait {result.data_wait_fraction:.1%} of step · "
             f"compile {result.compile_s:.2f} s"
         )
+
+
+def _preflight(run_cfg, force: bool) -> None:
+    """Refuse (ValueError) a run the memory estimate says cannot fit, unless ``force``."""
+    from scaling.train import memory_problem
+
+    problem = memory_problem(run_cfg)
+    if problem and not force:
+        raise ValueError(problem)
+    if problem:
+        err_console.print(f"[yellow]note:[/] {problem}; running anyway (--force)")
 
 
 def _train_with_progress(run_cfg, show: bool, peaks: dict):
@@ -190,4 +245,6 @@ def _train_with_progress(run_cfg, show: bool, peaks: dict):
         result = run(run_cfg, on_step=on_step, probe=probe)
     finally:
         progress.stop()
+    if result.already_done:  # nothing was trained, so nothing was measured
+        return result, {}
     return result, measure.run_mfu(run_cfg, result, device, probe, **peaks)

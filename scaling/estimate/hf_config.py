@@ -43,10 +43,49 @@ def _read(path: str | Path) -> dict:
     return data
 
 
+# Keys of mixture-of-experts configs (Mixtral, Qwen-MoE, DeepSeek, OLMoE, ...): such a model
+# would be estimated as a dense one, so it is refused until the model has experts.
+MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def _kind(value) -> str:
+    names = {str: "a string", dict: "an object", list: "a list", bool: "a boolean"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _int(data: dict, source: str, key: str) -> int | None:
+    """``data[key]`` as an int (None when absent); ValueError naming the field otherwise."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{source}: {key} must be an integer, got {value!r} ({_kind(value)})")
+    return value
+
+
+def _float(data: dict, source: str, key: str, default: float) -> float:
+    value = data.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"{source}: {key} must be a number, got {value!r} ({_kind(value)})")
+    return float(value)
+
+
+def _bool(data: dict, source: str, key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{source}: {key} must be true or false, got {value!r} ({_kind(value)})")
+    return value
+
+
 def _require(data: dict, source: str, *keys: str) -> int:
     for key in keys:
-        if data.get(key) is not None:
-            return int(data[key])
+        value = _int(data, source, key)
+        if value is not None:
+            return value
     raise ValueError(f"{source}: missing {' / '.join(keys)}")
 
 
@@ -76,6 +115,13 @@ def model_config_from_hf(path: str | Path, *, name: str | None = None, **overrid
         raise ValueError(
             f"{source}: unknown model_type {model_type!r}; valid: {', '.join(HF_MODEL_TYPES)}"
         )
+    experts = {k: data[k] for k in MOE_KEYS if data.get(k)}
+    if experts:
+        key, value = next(iter(experts.items()))
+        raise ValueError(
+            f"{source}: mixture-of-experts models are not supported yet ({key}={value!r}); "
+            "the estimate would count a dense model"
+        )
     d_model = _require(data, source, "hidden_size", "n_embd")
     n_heads = _require(data, source, "num_attention_heads", "n_head")
     fields: dict[str, object] = {
@@ -86,21 +132,21 @@ def model_config_from_hf(path: str | Path, *, name: str | None = None, **overrid
         "n_heads": n_heads,
         "vocab_size": _require(data, source, "vocab_size"),
         "max_seq_len": _require(data, source, "max_position_embeddings", "n_positions"),
-        "tied_embeddings": bool(data.get("tie_word_embeddings", _TIED_DEFAULT[model_type])),
+        "tied_embeddings": _bool(data, source, "tie_word_embeddings", _TIED_DEFAULT[model_type]),
     }
     if model_type == "gpt2":
-        d_ff = data.get("n_inner")
-        fields["d_ff"] = int(d_ff) if d_ff is not None else 4 * d_model
-        fields["norm_eps"] = float(data.get("layer_norm_epsilon", 1e-5))
+        d_ff = _int(data, source, "n_inner")
+        fields["d_ff"] = d_ff if d_ff is not None else 4 * d_model
+        fields["norm_eps"] = _float(data, source, "layer_norm_epsilon", 1e-5)
     else:
         fields["d_ff"] = _require(data, source, "intermediate_size")
-        fields["norm_eps"] = float(data.get("rms_norm_eps", 1e-6))
-        fields["rope_theta"] = float(data.get("rope_theta") or _ROPE_THETA_DEFAULT)
-        kv = data.get("num_key_value_heads")
-        fields["n_kv_heads"] = None if kv is None or int(kv) == n_heads else int(kv)
-        head_dim = data.get("head_dim")
-        if head_dim is not None and int(head_dim) * n_heads != d_model:
-            fields["head_dim"] = int(head_dim)
+        fields["norm_eps"] = _float(data, source, "rms_norm_eps", 1e-6)
+        fields["rope_theta"] = _float(data, source, "rope_theta", 0.0) or _ROPE_THETA_DEFAULT
+        kv = _int(data, source, "num_key_value_heads")
+        fields["n_kv_heads"] = None if kv is None or kv == n_heads else kv
+        head_dim = _int(data, source, "head_dim")
+        if head_dim is not None and head_dim * n_heads != d_model:
+            fields["head_dim"] = head_dim
     fields.update(overrides)
     try:
         return ModelConfig(**fields)
