@@ -41,12 +41,12 @@ def _floats(text: str, option: str) -> list[float]:
 
 
 def _emit(plan, fixed: dict, eval_every: int | None) -> None:
-    from scaling.spec import run_config_from_settings
+    from scaling.spec import validate_settings
 
     shortest = min(r.steps for r in plan.runs)
     plan.fixed = {**fixed, "eval_every": eval_every or shortest}
-    for settings in plan.spec().grid():  # every run must be a valid RunConfig
-        run_config_from_settings(settings)
+    for settings in plan.spec().grid():  # the checks `scaling sweep` makes before it starts
+        validate_settings(settings)
     table = Table(title=f"{plan.name}: {len(plan.runs)} runs", title_justify="left")
     for col in ("budget", "size", "params", "steps", "tokens", "tokens/param", "C (FLOPs)"):
         table.add_column(col, justify="right")
