@@ -201,6 +201,8 @@ def validate_model(cfg: ModelConfig) -> None:
         raise ValueError(f"sinusoidal positions need an even d_model, got {cfg.d_model}")
     if cfg.norm_bias and cfg.norm != "layer":
         raise ValueError("norm_bias needs norm='layer' (RMSNorm has no shift)")
+    if cfg.norm_unit_offset and cfg.norm != "rms":
+        raise ValueError("norm_unit_offset needs norm='rms' (Gemma's (1 + w) RMSNorm)")
     if cfg.rope_scaling_factor < 1 or cfg.rope_high_freq_factor <= cfg.rope_low_freq_factor:
         raise ValueError(
             f"RoPE scaling needs factor >= 1 and high_freq_factor > low_freq_factor, got "

@@ -60,7 +60,7 @@ def peak_rss_bytes() -> int:
 
 
 def nest(flat: dict[ParamPath, Any]) -> dict:
-    """``{("blocks", "attn", "q", "weight"): a}`` → ``{"blocks": {"attn": {"q": {"weight": a}}}}``."""
+    """``{("blocks", "q", "weight"): a}`` → ``{"blocks": {"q": {"weight": a}}}``."""
     out: dict = {}
     for path, value in flat.items():
         node = out
@@ -99,8 +99,10 @@ def save_params(out: str | Path, params: dict, cfg: ModelConfig, *, source: str)
     mgr.save(
         0,
         args=ocp.args.Composite(
-            **{PARAMS_ITEM: ocp.args.StandardSave(params),
-               CONFIG_ITEM: ocp.args.JsonSave(metadata)}  # fmt: skip
+            **{
+                PARAMS_ITEM: ocp.args.StandardSave(params),
+                CONFIG_ITEM: ocp.args.JsonSave(metadata),
+            }  # fmt: skip
         ),
     )
     mgr.wait_until_finished()

@@ -95,8 +95,8 @@ PUBLISHED: tuple[ModelConfig, ...] = (
                d_ff=14336, vocab_size=32000, max_seq_len=32768, tied_embeddings=False),
     # google/gemma-2b (MQA, head_dim 256) and google/gemma-7b (16 heads of 256 ≠ d_model)
     _published("gemma-2b", "gemma", n_layers=18, d_model=2048, n_heads=8, n_kv_heads=1,
-               head_dim=256, d_ff=16384, vocab_size=256000, max_seq_len=8192,
-               tied_embeddings=True, norm_eps=1e-6),
+               d_ff=16384, vocab_size=256000, max_seq_len=8192, tied_embeddings=True,
+               norm_eps=1e-6),  # 8 heads of 2048 / 8 = 256
     _published("gemma-7b", "gemma", n_layers=28, d_model=3072, n_heads=16, head_dim=256,
                d_ff=24576, vocab_size=256000, max_seq_len=8192, tied_embeddings=True,
                norm_eps=1e-6),
@@ -173,7 +173,7 @@ def with_family(cfg: ModelConfig, family: str) -> ModelConfig:
 def build_run(
     size: str | None = "tiny",
     *,
-    model: str | Path | None = None,
+    model: str | Path | ModelConfig | None = None,
     family: str | None = None,
     dtype: str | None = None,
     remat: str | None = None,
@@ -184,9 +184,12 @@ def build_run(
     layers: int | None = None,
     **run_fields,
 ) -> RunConfig:
-    """A RunConfig from a preset name (or a Hugging Face config.json as ``model``) plus
-    overrides (what the CLI and sweeps call)."""
-    cfg = load_model(model) if model is not None else get_preset(size or "tiny")
+    """A RunConfig from a preset name, or ``model`` (a Hugging Face config.json, or a
+    ModelConfig), plus overrides (what the CLI and sweeps call)."""
+    if isinstance(model, ModelConfig):
+        cfg = model
+    else:
+        cfg = load_model(model) if model is not None else get_preset(size or "tiny")
     if width is not None:
         cfg = with_width(cfg, width)
     if family is not None:

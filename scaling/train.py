@@ -268,6 +268,10 @@ def run(
         if manager is not None and run_cfg.resume and manager.latest_step() is not None:
             state, iterator_state = checkpoint.restore(manager, p)
             iterator.set_state(iterator_state)
+        elif run_cfg.init is not None:  # imported weights, fresh optimizer
+            from scaling.convert import initial_state
+
+            state = initial_state(run_cfg.init, p)
         else:
             state = p.init()
         start = int(state.step)

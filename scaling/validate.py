@@ -103,6 +103,8 @@ def reference_outputs(hf_dir: str | Path, tokens: np.ndarray) -> dict[str, np.nd
         import transformers
     except ImportError:
         raise ValueError(INSTALL_HINT) from None
+    transformers.utils.logging.disable_progress_bar()  # stdout stays the report
+    transformers.utils.logging.set_verbosity_error()
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(hf_dir), dtype=torch.float32, attn_implementation="eager"
     ).eval()

@@ -25,8 +25,15 @@ CASES = [PRESETS[n] for n in PRESETS] + [
     ModelConfig(n_layers=3, d_model=64, n_heads=8, n_kv_heads=2, head_dim=6, d_ff=96),
     # every optional parameter at once, and the variants that create none
     dataclasses.replace(
-        TINY, name="all-biases", norm="layer", norm_bias=True, qkv_bias=True,
-        attn_out_bias=True, ffn_bias=True, head_bias=True, tied_embeddings=False,
+        TINY,
+        name="all-biases",
+        norm="layer",
+        norm_bias=True,
+        qkv_bias=True,
+        attn_out_bias=True,
+        ffn_bias=True,
+        head_bias=True,
+        tied_embeddings=False,
     ),  # fmt: skip
     dataclasses.replace(TINY, name="tied-head-bias", head_bias=True, ffn="relu", d_ff=100),
     dataclasses.replace(TINY, name="plain", norm="layer", positions="sinusoidal", ffn="gelu"),

@@ -26,7 +26,16 @@ def strip_option(argv: list[str], name: str) -> list[str]:
 
 
 def train(
-    size: Annotated[str, Opt(help="Preset name (see `scaling presets`).")] = "tiny",
+    size: Annotated[str | None, Opt(help="Preset name (see `scaling presets`); default tiny.")] = (
+        None
+    ),
+    model: Annotated[
+        str | None, Opt(help="A Hugging Face config.json (or its folder) instead of --size.")
+    ] = None,
+    init: Annotated[
+        str | None,
+        Opt(help="Start from these weights (`scaling convert from-hf`); its model by default."),
+    ] = None,
     steps: Annotated[int, Opt(help="Optimizer steps.")] = 50,
     batch: Annotated[int, Opt(help="Global batch (sequences).")] = 8,
     seq: Annotated[int, Opt(help="Sequence length (tokens).")] = 128,
@@ -35,7 +44,9 @@ def train(
     seed: Annotated[int, Opt(help="Seed for init and data.")] = 0,
     dtype: Annotated[str | None, Opt(help="Compute dtype: float32 | bfloat16.")] = None,
     remat: Annotated[str | None, Opt(help="Rematerialisation: none | full | dots.")] = None,
-    family: Annotated[str | None, Opt(help="Model family: llama | gpt2.")] = None,
+    family: Annotated[
+        str | None, Opt(help="Architecture of a family: llama | gpt2 | mistral | gemma.")
+    ] = None,
     layers: Annotated[int | None, Opt(help="Override the preset's depth.")] = None,
     mup: Annotated[bool, Opt("--mup/--no-mup", help="muP parametrization.")] = False,
     data: Annotated[str, Opt(help="'synthetic' or a .bin/.npy token file.")] = "synthetic",
@@ -70,8 +81,17 @@ def train(
     from scaling.presets import build_run
 
     with user_errors():
+        # devices and jax.distributed first: reading an --init checkpoint starts jax
+        if devices is not None:
+            if devices <= 0:
+                raise ValueError(f"--devices must be positive, got {devices}")
+            parallel.set_cpu_devices(devices)
+        if coordinator is not None or num_processes is not None:
+            parallel.init_distributed(coordinator, num_processes, process_id)
         run_cfg = build_run(
             size,
+            model=_model_source(size, model, init),
+            init=init,
             family=family,
             dtype=dtype,
             remat=remat,
@@ -90,19 +110,13 @@ def train(
             checkpoint_every=checkpoint_every,
             resume=resume,
         )
-        if devices is not None:
-            if devices <= 0:
-                raise ValueError(f"--devices must be positive, got {devices}")
-            parallel.set_cpu_devices(devices)
-        if coordinator is not None or num_processes is not None:
-            parallel.init_distributed(coordinator, num_processes, process_id)
         result = _train_with_progress(run_cfg, show=not json_)
     import jax
 
     if jax.process_index() != 0:
         return
     if json_:
-        print_json({"size": size, **result.summary()})
+        print_json({"size": size or run_cfg.model.name, **result.summary()})
     else:
         out_console.print(
             f"{result.model_name} · {result.mode} {result.mesh[0]}x{result.mesh[1]} · "
@@ -110,6 +124,17 @@ def train(
             f"median step {result.step_time_s_median * 1e3:.1f} ms · "
             f"compile {result.compile_s:.2f} s"
         )
+
+
+def _model_source(size: str | None, model: str | None, init: str | None):
+    """--model, else the --init checkpoint's own model unless --size names one, else None."""
+    if size is not None and model is not None:
+        raise ValueError("give --size or --model, not both")
+    if model is not None or init is None or size is not None:
+        return model
+    from scaling.convert import load_model_config
+
+    return load_model_config(init)
 
 
 def _train_with_progress(run_cfg, show: bool):

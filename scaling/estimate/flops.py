@@ -3,12 +3,13 @@ hardware FLOPs (+ remat recompute) and the elementwise FLOPs XLA's cost analysis
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
 from scaling.config import ModelConfig
 from scaling.estimate.mesh import effective_mesh, tensor_split, validate
-from scaling.estimate.params import held_groups, param_counts, readout_held
+from scaling.estimate.params import held_groups, param_counts, readout_held, stacked_held
 
 CONVENTION_FULL = "full"  # attention counted over all t×t score entries (PaLM app. B, nanoGPT)
 CONVENTION_CAUSAL = "causal_halved"  # only the causal half (MaxText since July 2025)
@@ -45,9 +46,13 @@ def attention_flops_per_token(cfg: ModelConfig, seq: int, *, causal_halving: boo
     Forward per layer per token: q·kᵀ is 2·t·(h·k), weights·v another 2·t·(h·k); the backward
     is twice the forward, so 12·L·t·(h·k) (PaLM, Chowdhery et al. 2022, appendix B, with
     h·k = d_model). Grouped-query attention repeats k/v to all heads, so the cost uses h, not
-    h_kv. ``causal_halving`` counts only the causal half (MaxText's convention since July 2025).
+    h_kv. A sliding window W < t needs only min(W, t) keys per query (MaxText's count for
+    local attention, ``calculate_gemma2_tflops_training_per_device``). ``causal_halving``
+    counts half of that (MaxText's convention since July 2025; for W ≪ t the exact band is
+    W − W²/2t keys, so halving undercounts it, as MaxText does).
     """
-    full = 12.0 * cfg.n_layers * seq * cfg.n_heads * cfg.d_head
+    keys = seq if cfg.sliding_window is None else min(cfg.sliding_window, seq)
+    full = 12.0 * cfg.n_layers * keys * cfg.n_heads * cfg.d_head
     return full / 2 if causal_halving else full
 
 
@@ -91,8 +96,11 @@ def remat_flops_per_token(cfg: ModelConfig, seq: int) -> float:
 
 
 def hardware_flops_per_token(cfg: ModelConfig, seq: int) -> float:
-    """FLOPs per token the hardware executes: 6·N_matmul + full attention + remat recompute."""
-    return flops_per_token(cfg, seq, causal_halving=False) + remat_flops_per_token(cfg, seq)
+    """FLOPs per token the hardware executes: 6·N_matmul + full attention + remat recompute.
+    The model scores every query against all t keys and masks (no block skipping), so a
+    sliding window saves no hardware FLOPs."""
+    full = dataclasses.replace(cfg, sliding_window=None)
+    return flops_per_token(full, seq, causal_halving=False) + remat_flops_per_token(cfg, seq)
 
 
 def flop_counts(
@@ -116,43 +124,9 @@ def flops_per_step(cfg: ModelConfig, *, batch: int, seq: int, causal_halving: bo
 
 # Elementwise FLOPs in XLA's convention
 
-# FLOPs that XLA's cost analysis (HloCostAnalysis) counts besides the matmuls: 1 per output
-# element of every elementwise op (add, multiply, divide, compare, select, convert, negate...;
-# exp, log, rsqrt, tanh, logistic count as transcendentals instead), 1 per reduced element
-# (input minus output elements of a reduce), 0 for data movement (gather, transpose, pad...).
-# The per-element counts below are this model's forward + backward ops in that convention,
-# read off its lowered HLO (jax 0.10.2, optax 0.2.8) and pinned by tests/test_xla_check.py.
-# Units: btd = b·t·d_model, bt = b·t, btf = b·t·d_ff, bhtt = b·h·t², rope = b·t·(h + h_kv)·k
-# (the q and k elements RoPE rotates), tt = t² (the causal mask), btv = b·t·V.
-_ELEMENTWISE_LAYER = {  # per layer, float32, remat none
-    # two RMSNorms (f32 mean-square, scale, gain) and two residual adds; SwiGLU (silu = x·σ(x)
-    # and the gate product); RoPE on q and k; softmax (scale, mask select, max-shift, sum,
-    # divide) of the t×t scores
-    "llama": {"btd": 35, "bt": 24, "btf": 13, "bhtt": 14, "rope": 7.5, "tt": 2},
-    # two LayerNorms (mean, centring, variance, scale, gain, bias); GELU (tanh form); softmax
-    "gpt2": {"btd": 48, "bt": 16, "btf": 22, "bhtt": 14, "rope": 0.0, "tt": 2},
-}
-_ELEMENTWISE_REMAT = {  # extra per layer: the recomputed forward
-    ("llama", "full"): {"btd": 9, "bt": 16, "btf": 5, "bhtt": 6, "rope": 3, "tt": 2},
-    ("llama", "dots"): {"btd": 14, "bt": 16, "btf": 7, "bhtt": 6, "rope": 3, "tt": 2},
-    ("gpt2", "full"): {"btd": 15, "bt": 6, "btf": 8, "bhtt": 6, "rope": 0, "tt": 2},
-    ("gpt2", "dots"): {"btd": 20, "bt": 6, "btf": 9, "bhtt": 6, "rope": 0, "tt": 2},
-}
-# bfloat16 compute adds converts: per layer the residual stream into/out of the f32 norms and
-# the scores/weights casts (recomputed under remat), the RoPE cos/sin tables (t·k), every cast
-# weight (see ``elementwise_flops``); outside, the final norm and the f32 logits.
-_BF16_LAYER = {
-    "none": {"btd": 8, "bhtt": 4, "rope_tables": 4},
-    "remat": {"btd": 12, "bhtt": 6, "rope_tables": 8},
-}
-# Outside the layers: the final norm, the embedding gradient (a scatter-add: 1 per btd, one
-# more for gpt2's position table), log-softmax cross-entropy and its gradient on the logits.
-_ELEMENTWISE_OUTSIDE = {
-    "llama": {"btd": 16, "bt": 32, "btv": 5},
-    "gpt2": {"btd": 26, "bt": 40, "btv": 5},
-}
-# Per parameter and step: global-norm clipping (square, sum), the grad-norm metric (square,
-# sum), Adam's moments, bias corrections and update, weight decay, learning rate, apply.
+# Placeholder tables while fitting (filled from tools/fit_elementwise.py)
+LAYER_COMPONENTS: dict = {}
+OUTSIDE_COMPONENTS: dict = {}
 OPTIMIZER_FLOPS_DECAYED = 21  # matrices, token/position tables, untied head
 OPTIMIZER_FLOPS_NOT_DECAYED = 19  # norm gains and biases (no weight decay)
 
@@ -183,24 +157,30 @@ def elementwise_flops(
     mesh: tuple[int, int] | None = None,
     unrolled: bool = False,
 ) -> ElementwiseFlops:
-    """Elementwise and reduction FLOPs per device per step, in XLA's counting convention.
-
-    These run on vector units, not the matmul units ``peak_flops`` describes, so the roofline
-    leaves them out; they are what XLA's ``cost_analysis()`` adds to the matmuls (1–3 % at
-    small batch, where the ~21 optimizer FLOPs per parameter weigh most). Per device: the batch
-    is split over data; under tp/fsdp_tp the per-head, FFN and vocabulary terms are split over
-    tensor while the (b, t, d) norms and residual adds are repeated on every tensor shard; the
-    optimizer works on the parameters a device holds (``params_per_device``), so dp repeats it
-    on every device. ``unrolled`` adds what only an unrolled layer loop lowers to: the gradient
-    of each layer's slice of the stacked parameters is padded to the full stack and the L
-    copies summed, (L-1) adds per stacked parameter (a scan writes the slices in place).
-    With bf16 compute every weight cast counts once forward and once for its gradient (layer
-    matrices once more under remat). Against XLA's unrolled lowering on CPU this agrees to
-    better than 0.01 % of the whole step for llama and gpt2, f32 and bf16, remat none, full
-    and dots, grouped-query, tied and untied; it ignores a few O(b·h·t) reduction terms.
-    """
+    """Elementwise and reduction FLOPs per device per step, in XLA's counting convention."""
     validate(cfg, mode, mesh, batch, seq)
     return _elementwise(cfg, batch=batch, seq=seq, mode=mode, mesh=mesh, unrolled=unrolled)
+
+
+def _units(cfg: ModelConfig, *, batch: int, seq: int, mesh: tuple[int, int], mode: str):
+    data, tensor = mesh
+    ts = tensor_split(mode, tensor)
+    bl, t = math.ceil(batch / data), seq
+    return {
+        "btd": bl * t * cfg.d_model,
+        "bt": bl * t,
+        "btf": bl * t * cfg.d_ff / ts,
+        "bhtt": bl * cfg.n_heads * t * t / ts,
+        "bht": bl * cfg.n_heads * t / ts,
+        "btq": bl * t * cfg.n_heads * cfg.d_head / ts,
+        "btkv": bl * t * cfg.kv_heads * cfg.d_head / ts,
+        "tt": t * t,
+        "t": t,
+        "one": 1,
+        "btv": bl * t * cfg.vocab_size / ts,
+        "bv": bl * cfg.vocab_size / ts,
+        "td": t * cfg.d_model,
+    }
 
 
 def _elementwise(
@@ -213,38 +193,11 @@ def _elementwise(
     unrolled: bool = False,
 ) -> ElementwiseFlops:
     m = effective_mesh(mode, mesh)
-    data, tensor = m
-    ts = tensor_split(mode, tensor)
-    bl = math.ceil(batch / data)
-    t, L = seq, cfg.n_layers
-    rope = cfg.positions == "rope"
-    remat = cfg.remat != "none"
-    units = {
-        "btd": bl * t * cfg.d_model,
-        "bt": bl * t,
-        "btf": bl * t * cfg.d_ff / ts,
-        "bhtt": bl * cfg.n_heads * t * t / ts,
-        "rope": bl * t * (cfg.n_heads + cfg.kv_heads) * cfg.d_head / ts,
-        "tt": t * t,
-        "btv": bl * t * cfg.vocab_size / ts,
-        "rope_tables": t * cfg.d_head if rope else 0,
-    }
-    per_layer = dict(_ELEMENTWISE_LAYER[cfg.family])
-    if remat:
-        for key, value in _ELEMENTWISE_REMAT[(cfg.family, cfg.remat)].items():
-            per_layer[key] += value
-    outside = dict(_ELEMENTWISE_OUTSIDE[cfg.family])
-    bf16 = cfg.dtype == "bfloat16"
-    if bf16:
-        for key, value in _BF16_LAYER["remat" if remat else "none"].items():
-            per_layer[key] = per_layer.get(key, 0) + value
-        outside["btd"] += 6
-        outside["btv"] += 2
-    layers = L * sum(coeff * units[key] for key, coeff in per_layer.items())
-    # grouped-query attention: the backward of repeating k and v to h heads sums the copies
-    layers += L * 2 * bl * t * (cfg.n_heads - cfg.kv_heads) * cfg.d_head / ts
-    out = sum(coeff * units[key] for key, coeff in outside.items())
-
+    u = _units(cfg, batch=batch, seq=seq, mesh=m, mode=mode)
+    per_layer = layer_coefficients(cfg)
+    outside_coeffs = outside_coefficients(cfg)
+    layers = cfg.n_layers * sum(c * u[k] for k, c in per_layer.items())
+    outside = sum(c * u[k] for k, c in outside_coeffs.items())
     held = held_groups(cfg, mode=mode, mesh=m)
     optimizer = (
         OPTIMIZER_FLOPS_DECAYED * (held.layer_matrices + held.vocab_tables + held.positions)
@@ -253,10 +206,17 @@ def _elementwise(
     readout = readout_held(cfg, mode=mode, mesh=m)  # tied table or untied head
     if cfg.tied_embeddings:
         optimizer += readout  # the table's two gradients (lookup and read-out) are summed
-    if bf16:  # weights cast at use: forward and gradient, layers once more under remat
-        optimizer += (3 if remat else 2) * held.layer_matrices + 2 * readout
+    if cfg.dtype == "bfloat16":  # weights cast at use: forward and gradient, layers once more
+        optimizer += (3 if cfg.remat != "none" else 2) * held.layer_matrices + 2 * readout
     stacking = 0.0
     if unrolled:
-        layer_vectors = L * 2 * (cfg.d_model if cfg.norm == "rms" else 2 * cfg.d_model)
-        stacking = (L - 1) * (held.layer_matrices + layer_vectors)
-    return ElementwiseFlops(layers, out, optimizer, stacking)
+        stacking = (cfg.n_layers - 1) * stacked_held(cfg, mode=mode, mesh=m)
+    return ElementwiseFlops(layers, outside, optimizer, stacking)
+
+
+def layer_coefficients(cfg: ModelConfig) -> dict[str, float]:
+    return {}
+
+
+def outside_coefficients(cfg: ModelConfig) -> dict[str, float]:
+    return {}
