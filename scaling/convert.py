@@ -215,8 +215,7 @@ def initial_state(path: str | Path, plan):
     import jax
     import jax.numpy as jnp
 
-    from scaling.train import TrainState
-
+    state_type = type(plan.abstract_state)  # scaling.train.TrainState (not imported: no circle)
     check_same_architecture(load_model_config(path), plan.run.model)
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -225,7 +224,7 @@ def initial_state(path: str | Path, plan):
     )
     params = load_params(path, target)
     start = jax.jit(
-        lambda p: TrainState(p, plan.tx.init(p), jnp.zeros((), jnp.int32)),
+        lambda p: state_type(p, plan.tx.init(p), jnp.zeros((), jnp.int32)),
         out_shardings=plan.state_shardings,
     )
     return start(params)

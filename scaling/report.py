@@ -47,7 +47,9 @@ MODE_COLORS: dict[str, str] = {
     "fsdp_tp": "#9467bd",  # purple
 }
 _EXTRA_COLORS = ("#8c564b", "#e377c2", "#17becf", "#bcbd22", "#d62728")
-SIZE_MARKERS: dict[str, str] = dict(zip(PRESETS, "os^Dv<>pPXh", strict=True))
+# The ladder presets get fixed markers and line styles; later presets (the published
+# architectures) and models from config.json files take the extra ones below.
+SIZE_MARKERS: dict[str, str] = dict(zip(PRESETS, "os^Dv<>pPXh", strict=False))
 SIZE_LINESTYLES: dict[str, object] = dict(
     zip(
         PRESETS,
@@ -64,7 +66,7 @@ SIZE_LINESTYLES: dict[str, object] = dict(
             (0, (7, 1, 1, 1, 1, 1, 1, 1)),
             (0, (3, 3)),
         ],
-        strict=True,
+        strict=False,
     )
 )
 _EXTRA_MARKERS = ("d", "H", "8", "1", "2", "3", "4")

@@ -124,11 +124,148 @@ def flops_per_step(cfg: ModelConfig, *, batch: int, seq: int, causal_halving: bo
 
 # Elementwise FLOPs in XLA's convention
 
-# Placeholder tables while fitting (filled from tools/fit_elementwise.py)
-LAYER_COMPONENTS: dict = {}
-OUTSIDE_COMPONENTS: dict = {}
+# FLOPs that XLA's cost analysis (HloCostAnalysis) counts besides the matmuls: 1 per output
+# element of every elementwise op (add, multiply, divide, compare, select, convert, negate...;
+# exp, log, rsqrt, tanh, logistic, erf count as transcendentals instead), 1 per reduced element
+# (input minus output elements of a reduce), 0 for data movement (gather, transpose, pad...).
+# The counts are this model's forward + backward ops in that convention, per component, read
+# off its lowered HLO by finite differences (tools/count_elementwise.py; jax 0.10.2, optax
+# 0.2.8) and pinned by tests/test_xla_check.py. Units (one device): btd = b·t·d_model, bt = b·t,
+# btf = b·t·d_ff, bhtt = b·h·t², btq = b·t·h·k (q's width), btkv = b·t·h_kv·k, tt = t² (the
+# mask), btv = b·t·V. Terms of the size of a parameter vector (a bias or gain gradient's
+# reduction leaves d instead of b·t·d) are left out: they are 1/(b·t) of the terms kept.
+#
+# Llama's layer (float32, remat none): two RMSNorms and two residual adds; SwiGLU; RoPE on q and
+# k (7.5 per element; the 2 and -2 on q / kv are the gradient of repeating k, v to h heads);
+# softmax of the scores (scale, mask select, max-shift, sum, divide); the causal mask.
+LLAMA_LAYER = {"btd": 35, "bt": 22, "btf": 13, "bhtt": 14, "btq": 9.5, "btkv": 5.5, "tt": 1}
+# Outside the layers: the final norm, the embedding gradient (a scatter-add), log-softmax
+# cross-entropy and its gradient on the logits.
+LLAMA_OUTSIDE = {"btd": 16, "bt": 30, "btv": 5}
+# What each architecture field changes against Llama's layer (per layer) ...
+FFN_LAYER = {  # FFN kind → its per-element count (Llama's SwiGLU: 13); plain FFNs one add less
+    "swiglu": {},
+    "geglu": {"btf": 12},
+    "gelu_tanh": {"btf": 9, "btd": -1},
+    "gelu": {"btd": -1},
+    "relu": {"btf": -6, "btd": -1},
+}
+NORM_LAYER = {  # two norms per layer
+    ("layer", False): {"btd": 10},
+    ("layer", True): {"btd": 14, "bt": 2},
+    ("rms_unit_offset", False): {"bt": -2},
+}
+NO_ROPE_LAYER = {"btq": -7.5, "btkv": -7.5, "bt": -12}  # learned, sinusoidal or no positions
+QKV_BIAS_LAYER = {"btq": 2, "btkv": 4, "bt": 1}  # add forward, reduce for the gradient
+ATTN_OUT_BIAS_LAYER = {"btd": 2, "bt": 1}
+FFN_BIAS_LAYER = {True: {"btd": 2, "btf": 4, "bt": 4}, False: {"btd": 2, "btf": 2, "bt": 2.5}}
+SLIDING_WINDOW_LAYER = {"tt": 3}  # the window's compare and and on the mask
+ATTN_SOFTCAP_LAYER = {"bhtt": 8}
+# ... and outside the layers.
+NORM_OUTSIDE = {
+    ("layer", False): {"btd": 5},
+    ("layer", True): {"btd": 7, "bt": 1},
+    ("rms_unit_offset", False): {"bt": -1},
+}
+POSITIONS_OUTSIDE = {"learned": {"btd": 3, "bt": 6}, "sinusoidal": {"btd": 1, "bt": 3}}
+EMBED_SCALE_OUTSIDE = {"btd": 2}
+HEAD_BIAS_OUTSIDE = {"btv": 2, "bt": 2}
+FINAL_SOFTCAP_OUTSIDE = {"btv": 8}
+# Remat: extra per layer, the recomputed forward (Llama's), and each field's change to it
+# (the same under full and dots unless a table says otherwise).
+LLAMA_REMAT = {
+    "full": {"btd": 9, "bt": 14, "btf": 5, "bhtt": 6, "bht": -2, "btq": 3, "btkv": 3, "tt": 1},
+    "dots": {"btd": 11, "bt": 14, "btf": 7, "bhtt": 6, "bht": -2, "btq": 4, "btkv": 5, "tt": 1},
+}
+REMAT_DELTAS: dict[str, dict[str, dict[str, float]]] = {  # component → remat → change
+    "ffn:geglu": {"full": {"btf": 4}, "dots": {"btf": 4}},
+    "ffn:gelu_tanh": {"full": {"btf": 3}, "dots": {"btf": 2}},
+    "norm:layer+bias": {"full": {"btd": 6}, "dots": {"btd": 6}},
+    "norm:rms_unit_offset": {"full": {"bt": -2}, "dots": {"bt": -2}},
+    "positions": {
+        "full": {"btq": -3, "btkv": -3, "bt": -12},
+        "dots": {"btq": -3, "btkv": -3, "bt": -12},
+    },  # fmt: skip
+    "qkv_bias": {"full": {"btq": 1, "btkv": 2}, "dots": {"btq": 1, "btkv": 2}},
+    "attn_out_bias": {"full": {"btd": 1}, "dots": {"btd": 1}},
+    "sliding_window": {"full": {"tt": 3}, "dots": {"tt": 3}},
+}
+# bfloat16 compute adds converts: per layer the residual stream into/out of the f32 norms and
+# the scores/weights casts (recomputed under remat), the RoPE cos/sin tables (t·k), every cast
+# weight (see ``elementwise_flops``); outside, the final norm and the f32 logits.
+BF16_LAYER = {
+    "none": {"btd": 8, "bhtt": 4, "rope_tables": 4},
+    "remat": {"btd": 12, "bhtt": 6, "rope_tables": 8},
+}
+BF16_OUTSIDE = {"btd": 6, "btv": 2}
+# Per parameter and step: global-norm clipping (square, sum), the grad-norm metric (square,
+# sum), Adam's moments, bias corrections and update, weight decay, learning rate, apply.
 OPTIMIZER_FLOPS_DECAYED = 21  # matrices, token/position tables, untied head
 OPTIMIZER_FLOPS_NOT_DECAYED = 19  # norm gains and biases (no weight decay)
+
+
+def _add(total: dict[str, float], *parts: dict[str, float]) -> dict[str, float]:
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def _norm_key(cfg: ModelConfig) -> tuple[str, bool] | None:
+    if cfg.norm == "layer":
+        return ("layer", cfg.norm_bias)
+    return ("rms_unit_offset", False) if cfg.norm_unit_offset else None
+
+
+def _field_parts(cfg: ModelConfig) -> list[tuple[str, dict[str, float]]]:
+    """(component name, per-layer change against Llama) for every field that differs."""
+    parts = [(f"ffn:{cfg.ffn}", FFN_LAYER[cfg.ffn])]
+    norm = _norm_key(cfg)
+    if norm is not None:
+        parts.append((f"norm:{norm[0]}{'+bias' if norm[1] else ''}", NORM_LAYER[norm]))
+    if cfg.positions != "rope":
+        parts.append(("positions", NO_ROPE_LAYER))
+    if cfg.qkv_bias:
+        parts.append(("qkv_bias", QKV_BIAS_LAYER))
+    if cfg.attn_out_bias:
+        parts.append(("attn_out_bias", ATTN_OUT_BIAS_LAYER))
+    if cfg.ffn_bias:
+        parts.append(("ffn_bias", FFN_BIAS_LAYER[cfg.ffn_gated]))
+    if cfg.sliding_window is not None:
+        parts.append(("sliding_window", SLIDING_WINDOW_LAYER))
+    if cfg.attn_softcap is not None:
+        parts.append(("attn_softcap", ATTN_SOFTCAP_LAYER))
+    return parts
+
+
+def layer_coefficients(cfg: ModelConfig) -> dict[str, float]:
+    """Elementwise FLOPs per layer per unit (see the tables above) for ``cfg``'s fields, its
+    remat and its compute dtype."""
+    coeffs = _add(dict(LLAMA_LAYER), *(part for _, part in _field_parts(cfg)))
+    if cfg.remat != "none":
+        _add(coeffs, LLAMA_REMAT[cfg.remat])
+        for name, _ in _field_parts(cfg):
+            _add(coeffs, REMAT_DELTAS.get(name, {}).get(cfg.remat, {}))
+    if cfg.dtype == "bfloat16":
+        _add(coeffs, BF16_LAYER["remat" if cfg.remat != "none" else "none"])
+    return coeffs
+
+
+def outside_coefficients(cfg: ModelConfig) -> dict[str, float]:
+    """Elementwise FLOPs outside the layers per unit for ``cfg``'s fields and compute dtype."""
+    coeffs = dict(LLAMA_OUTSIDE)
+    if _norm_key(cfg) is not None:
+        _add(coeffs, NORM_OUTSIDE[_norm_key(cfg)])
+    _add(coeffs, POSITIONS_OUTSIDE.get(cfg.positions, {}))
+    if cfg.embed_scale:
+        _add(coeffs, EMBED_SCALE_OUTSIDE)
+    if cfg.head_bias:
+        _add(coeffs, HEAD_BIAS_OUTSIDE)
+    if cfg.final_softcap is not None:
+        _add(coeffs, FINAL_SOFTCAP_OUTSIDE)
+    if cfg.dtype == "bfloat16":
+        _add(coeffs, BF16_OUTSIDE)
+    return coeffs
 
 
 @dataclass(frozen=True)
@@ -157,7 +294,24 @@ def elementwise_flops(
     mesh: tuple[int, int] | None = None,
     unrolled: bool = False,
 ) -> ElementwiseFlops:
-    """Elementwise and reduction FLOPs per device per step, in XLA's counting convention."""
+    """Elementwise and reduction FLOPs per device per step, in XLA's counting convention.
+
+    These run on vector units, not the matmul units ``peak_flops`` describes, so the roofline
+    leaves them out; they are what XLA's ``cost_analysis()`` adds to the matmuls (1–3 % at
+    small batch, where the ~21 optimizer FLOPs per parameter weigh most). Per layer and outside
+    the layers, Llama's counts plus the change each architecture field makes (the tables
+    above; the components add up: GPT-2 and Gemma were also measured whole and agree). Per
+    device: the batch is split over data; under tp/fsdp_tp the per-head, FFN and vocabulary
+    terms are split over tensor while the (b, t, d) norms and residual adds are repeated on
+    every tensor shard; the optimizer works on the parameters a device holds
+    (``params_per_device``), so dp repeats it on every device. ``unrolled`` adds what only an
+    unrolled layer loop lowers to: the gradient of each layer's slice of the stacked
+    parameters is padded to the full stack and the L copies summed, (L-1) adds per stacked
+    parameter (a scan writes the slices in place). With bf16 compute every weight cast counts
+    once forward and once for its gradient (layer matrices once more under remat).
+    tests/test_xla_check.py compares the total with XLA's unrolled lowering on CPU for every
+    architecture.
+    """
     validate(cfg, mode, mesh, batch, seq)
     return _elementwise(cfg, batch=batch, seq=seq, mode=mode, mesh=mesh, unrolled=unrolled)
 
@@ -180,6 +334,7 @@ def _units(cfg: ModelConfig, *, batch: int, seq: int, mesh: tuple[int, int], mod
         "btv": bl * t * cfg.vocab_size / ts,
         "bv": bl * cfg.vocab_size / ts,
         "td": t * cfg.d_model,
+        "rope_tables": t * cfg.d_head if cfg.positions == "rope" else 0,
     }
 
 
@@ -212,11 +367,3 @@ def _elementwise(
     if unrolled:
         stacking = (cfg.n_layers - 1) * stacked_held(cfg, mode=mode, mesh=m)
     return ElementwiseFlops(layers, outside, optimizer, stacking)
-
-
-def layer_coefficients(cfg: ModelConfig) -> dict[str, float]:
-    return {}
-
-
-def outside_coefficients(cfg: ModelConfig) -> dict[str, float]:
-    return {}

@@ -179,7 +179,8 @@ def _llama_like_fields(f: _Fields, model_type: str) -> dict[str, Any]:
     n_heads = f.int("num_attention_heads")
     kv = f.int("num_key_value_heads", default=n_heads)
     head_dim = f.int("head_dim", default=None, required=False)
-    act_key, act = f.get("hidden_activation", "hidden_act", default="silu")
+    default_act = "gelu_pytorch_tanh" if model_type == "gemma" else "silu"
+    act_key, act = f.get("hidden_activation", "hidden_act", default=default_act)
     if model_type == "gemma" and act == "gelu":
         act = "gelu_pytorch_tanh"  # transformers' GemmaConfig reads legacy "gelu" as tanh-GELU
     ffn = _ACTIVATIONS.get(act, (None, None))[0]
