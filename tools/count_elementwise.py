@@ -1,10 +1,17 @@
-"""Exact per-unit elementwise FLOP coefficients of one architecture in XLA's count of the
-unrolled training step, by finite differences: one dimension changes at a time, so each
-coefficient comes out as an exact number (integers and halves), not a fit.
+"""The elementwise FLOP coefficients behind the tables of ``scaling/estimate/flops.py``, read off
+XLA's count of the unrolled training step (jax 0.10.2, optax 0.2.8, CPU lowering).
 
-`uv run python tools/count_elementwise.py REMAT DTYPE VARIANT...` prints, per variant, the
-per-layer and outside coefficients and the check against XLA on an unrelated configuration.
-Development tool behind the tables of ``scaling/estimate/flops.py`` (jax 0.10.2, optax 0.2.8).
+- ``count REMAT DTYPE [VARIANT...]``: per-unit coefficients of each architecture variant by
+  finite differences, one dimension changed at a time, so each comes out as an exact number
+  (integers and halves; fractions of 1/16 are the parameter-sized reduction terms the tables
+  leave out). A field's change is its variant minus ``llama`` (the components add up: the
+  gpt2 and gemma variants, measured whole, equal the sum of their parts).
+- ``bf16 FAMILY REMAT [FIELDS_JSON]``: what bfloat16 compute adds over float32, by least
+  squares on 30 random configurations with parameter-sized units included (the fit is exact:
+  residual 0).
+
+Development tool, not part of the package: `uv run python tools/count_elementwise.py count
+none float32 llama gpt2`.
 """
 
 from __future__ import annotations
@@ -91,11 +98,11 @@ def coefficients(arch: dict) -> dict[str, float]:
         inter[t] = layer(t=t) - B["b"] * t * slope_terms
     out["L.tt"], out["L.t"], out["L.one"] = _quadratic(inter)
     # outside: btd, bt, btv, bv, td, tt, t, 1
-    out["out.btv"] = (outside(V=64) - outside()) / (bt * 32) if True else 0.0
+    out["out.btv"] = (outside(V=64) - outside()) / (bt * 32)
     out["out.btd"] = (outside(d=32) - outside()) / (bt * 16)
     out["out.bt"] = per_b(outside, {"out.btd": 8 * 16, "out.btv": 8 * 32})
-    inter = {t: outside(t=t) - B["b"] * t * (out["out.btd"] * 16 + out["out.bt"] + out["out.btv"] * 32)
-             for t in (8, 16, 24)}  # fmt: skip
+    slope = out["out.btd"] * 16 + out["out.bt"] + out["out.btv"] * 32
+    inter = {t: outside(t=t) - B["b"] * t * slope for t in (8, 16, 24)}
     out["out.tt"], out["out.t"], out["out.one"] = _quadratic(inter)
     return {k: round(v, 4) for k, v in out.items()}
 
@@ -134,8 +141,44 @@ VARIANTS = {
     "untied": ("llama", {"tied_embeddings": False}),
 }
 
+BF16_UNITS = (
+    "L.btd", "L.bt", "L.bhtt", "L.bht", "L.btq", "L.btkv", "L.btk", "L.btf", "out.btd", "out.bt",
+    "out.btv", "out.one", "p.attn", "p.ffn", "p.vd", "L.tk", "L.d", "L.f", "L.hk", "L.kvk", "V",
+)  # fmt: skip
+
+
+def bf16_extras(arch: dict, remat: str, n: int = 30, seed: int = 1) -> dict[str, float]:
+    """bfloat16 minus float32 residual per unit, least squares over ``n`` random configs."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows, ys = [], []
+    for _ in range(n):
+        kv = int(rng.choice([1, 2]))
+        h, k = kv * int(rng.choice([1, 2, 3])), int(rng.choice([4, 8, 12]))
+        d, f, V = (int(rng.choice(c)) for c in ([16, 24, 40], [24, 40], [32, 64, 96]))
+        L, b, t = int(rng.integers(1, 4)), int(rng.integers(1, 6)), int(rng.choice([4, 8, 16, 24]))
+        y = [residual(json.dumps({**arch, "dtype": dt, "remat": remat}, sort_keys=True),
+                      L, b, t, d, f, h, kv, k, V) for dt in ("bfloat16", "float32")]  # fmt: skip
+        bt = b * t
+        rows.append([L * bt * d, L * bt, L * b * h * t * t, L * b * h * t, L * bt * h * k,
+                     L * bt * kv * k, L * bt * k, L * bt * f, bt * d, bt, bt * V, 1,
+                     L * d * (2 * h * k + 2 * kv * k), L * d * f, V * d, L * t * k, L * d, L * f,
+                     L * h * k, L * kv * k, V])  # fmt: skip
+        ys.append(y[0] - y[1])
+    coef, *_ = np.linalg.lstsq(np.array(rows, float), np.array(ys), rcond=None)
+    return {u: round(float(c), 3) for u, c in zip(BF16_UNITS, coef, strict=True)}
+
+
 if __name__ == "__main__":
-    remat, dtype, *names = sys.argv[1:]
+    command, *args = sys.argv[1:]
+    if command == "bf16":
+        family, remat, *extra = args
+        arch = {**FAMILY_ARCHITECTURES[family], "family": family,
+                **(json.loads(extra[0]) if extra else {})}  # fmt: skip
+        print(json.dumps({"family": family, "remat": remat, "extras": bf16_extras(arch, remat)}))
+        sys.exit(0)
+    remat, dtype, *names = args
     for name in names or VARIANTS:
         family, extra = VARIANTS[name]
         arch = {**FAMILY_ARCHITECTURES[family], "family": family, **extra,

@@ -9,7 +9,14 @@ from dataclasses import asdict, dataclass
 
 from scaling.config import ModelConfig
 from scaling.estimate.mesh import effective_mesh, tensor_split, validate
-from scaling.estimate.params import held_groups, param_counts, readout_held, stacked_held
+from scaling.estimate.params import (
+    held_groups,
+    held_scalars,
+    param_counts,
+    readout_held,
+    stacked_held,
+)
+from scaling.roles import BIAS_ROLES, parameters
 
 CONVENTION_FULL = "full"  # attention counted over all t×t score entries (PaLM app. B, nanoGPT)
 CONVENTION_CAUSAL = "causal_halved"  # only the causal half (MaxText since July 2025)
@@ -180,6 +187,9 @@ LLAMA_REMAT = {
 REMAT_DELTAS: dict[str, dict[str, dict[str, float]]] = {  # component → remat → change
     "ffn:geglu": {"full": {"btf": 4}, "dots": {"btf": 4}},
     "ffn:gelu_tanh": {"full": {"btf": 3}, "dots": {"btf": 2}},
+    "ffn:gelu": {"full": {"btf": -1}, "dots": {"btf": -2}},
+    "ffn:relu": {"full": {"btf": -4}, "dots": {"btf": -5}},
+    "norm:layer": {"full": {"btd": 4}, "dots": {"btd": 4}},
     "norm:layer+bias": {"full": {"btd": 6}, "dots": {"btd": 6}},
     "norm:rms_unit_offset": {"full": {"bt": -2}, "dots": {"bt": -2}},
     "positions": {
@@ -188,16 +198,20 @@ REMAT_DELTAS: dict[str, dict[str, dict[str, float]]] = {  # component → remat 
     },  # fmt: skip
     "qkv_bias": {"full": {"btq": 1, "btkv": 2}, "dots": {"btq": 1, "btkv": 2}},
     "attn_out_bias": {"full": {"btd": 1}, "dots": {"btd": 1}},
+    "ffn_bias:gated": {"full": {"btf": 2}, "dots": {"btf": 2}},
+    "ffn_bias:plain": {"full": {"btf": 1}, "dots": {"btf": 1}},
     "sliding_window": {"full": {"tt": 3}, "dots": {"tt": 3}},
+    "attn_softcap": {"full": {"bhtt": 2}, "dots": {"bhtt": 2}},
 }
-# bfloat16 compute adds converts: per layer the residual stream into/out of the f32 norms and
-# the scores/weights casts (recomputed under remat), the RoPE cos/sin tables (t·k), every cast
-# weight (see ``elementwise_flops``); outside, the final norm and the f32 logits.
-BF16_LAYER = {
-    "none": {"btd": 8, "bhtt": 4, "rope_tables": 4},
-    "remat": {"btd": 12, "bhtt": 6, "rope_tables": 8},
-}
-BF16_OUTSIDE = {"btd": 6, "btv": 2}
+# bfloat16 compute adds converts: per layer the residual stream into and out of the float32
+# norms, q (for the scores), the scores and weights (recomputed under remat), and with RoPE its
+# cos/sin per token (btk = b·t·k); outside, the embedding output, the final norm and the
+# logits. Each weight cast counts once forward and once for its gradient, layer matrices and
+# biases once more under remat, the read-out matrix 4 times (``_elementwise``).
+BF16_LAYER = {"none": {"btd": 8, "bhtt": 2, "btq": 4}, "remat": {"btd": 12, "bhtt": 3, "btq": 4}}
+BF16_ROPE = {"none": {"btk": 2}, "remat": {"btk": 4}}
+BF16_OUTSIDE = {"btd": 8}
+BF16_READOUT_CASTS = 4
 # Per parameter and step: global-norm clipping (square, sum), the grad-norm metric (square,
 # sum), Adam's moments, bias corrections and update, weight decay, learning rate, apply.
 OPTIMIZER_FLOPS_DECAYED = 21  # matrices, token/position tables, untied head
@@ -230,7 +244,8 @@ def _field_parts(cfg: ModelConfig) -> list[tuple[str, dict[str, float]]]:
     if cfg.attn_out_bias:
         parts.append(("attn_out_bias", ATTN_OUT_BIAS_LAYER))
     if cfg.ffn_bias:
-        parts.append(("ffn_bias", FFN_BIAS_LAYER[cfg.ffn_gated]))
+        gated = "gated" if cfg.ffn_gated else "plain"
+        parts.append((f"ffn_bias:{gated}", FFN_BIAS_LAYER[cfg.ffn_gated]))
     if cfg.sliding_window is not None:
         parts.append(("sliding_window", SLIDING_WINDOW_LAYER))
     if cfg.attn_softcap is not None:
@@ -247,7 +262,8 @@ def layer_coefficients(cfg: ModelConfig) -> dict[str, float]:
         for name, _ in _field_parts(cfg):
             _add(coeffs, REMAT_DELTAS.get(name, {}).get(cfg.remat, {}))
     if cfg.dtype == "bfloat16":
-        _add(coeffs, BF16_LAYER["remat" if cfg.remat != "none" else "none"])
+        kind = "remat" if cfg.remat != "none" else "none"
+        _add(coeffs, BF16_LAYER[kind], BF16_ROPE[kind] if cfg.positions == "rope" else {})
     return coeffs
 
 
@@ -334,7 +350,7 @@ def _units(cfg: ModelConfig, *, batch: int, seq: int, mesh: tuple[int, int], mod
         "btv": bl * t * cfg.vocab_size / ts,
         "bv": bl * cfg.vocab_size / ts,
         "td": t * cfg.d_model,
-        "rope_tables": t * cfg.d_head if cfg.positions == "rope" else 0,
+        "btk": bl * t * cfg.d_head,
     }
 
 
@@ -362,7 +378,9 @@ def _elementwise(
     if cfg.tied_embeddings:
         optimizer += readout  # the table's two gradients (lookup and read-out) are summed
     if cfg.dtype == "bfloat16":  # weights cast at use: forward and gradient, layers once more
-        optimizer += (3 if cfg.remat != "none" else 2) * held.layer_matrices + 2 * readout
+        casts = 3 if cfg.remat != "none" else 2
+        biases = sum(held_scalars(p, mode, m) for p in parameters(cfg) if p.role in BIAS_ROLES)
+        optimizer += casts * (held.layer_matrices + biases) + BF16_READOUT_CASTS * readout
     stacking = 0.0
     if unrolled:
         stacking = (cfg.n_layers - 1) * stacked_held(cfg, mode=mode, mesh=m)
