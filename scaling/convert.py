@@ -91,7 +91,7 @@ def _manager(path: str | Path):
     return ocp.CheckpointManager(Path(path).absolute())
 
 
-SAVE_GROUP_BYTES = 2**30  # parameters written per partial save (then released)
+SAVE_GROUP_BYTES = 2**26  # bytes of parameters per partial save (then released)
 
 
 def save_params(

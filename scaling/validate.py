@@ -73,25 +73,38 @@ class ParityReport:
 
 def model_from_params(cfg: ModelConfig, params: dict):
     """The shared model (``scaling.model.TransformerLM``) holding ``params`` (a nested dict in
-    the layout of ``nnx.to_pure_dict``)."""
+    the layout of ``nnx.to_pure_dict``). NumPy leaves are moved to the device one at a time and
+    dropped from ``params``, so the model is never held twice."""
     import jax
     from flax import nnx
 
+    from scaling.convert import flatten, nest
     from scaling.model import abstract_model
 
+    flat = flatten(params)
+    params.clear()
+    on_device = {path: jax.device_put(flat.pop(path)) for path in list(flat)}
     graphdef, state = nnx.split(abstract_model(cfg))
-    nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, params))
+    nnx.replace_by_pure_dict(state, nest(on_device))
     return nnx.merge(graphdef, state)
 
 
 def our_outputs(cfg: ModelConfig, params: dict, tokens: np.ndarray) -> dict[str, np.ndarray]:
-    """Embeddings, every block's output, the final norm's output and the logits (float32)."""
+    """Embeddings, every block's output, the final norm's output and the logits (float32).
+    ``params`` is consumed (see ``model_from_params``)."""
     import jax
     import jax.numpy as jnp
+    from flax import nnx
 
-    model = model_from_params(cfg, params)
-    logits, embedded, blocks = jax.jit(lambda t: model.forward_with_hidden(t))(jnp.asarray(tokens))
-    final = model.final_norm(blocks[-1])
+    graphdef, state = nnx.split(model_from_params(cfg, params))
+
+    @jax.jit  # the parameters are arguments, not constants baked into the program
+    def run(state, tokens):
+        model = nnx.merge(graphdef, state)
+        logits, embedded, blocks = model.forward_with_hidden(tokens)
+        return logits, embedded, blocks, model.final_norm(blocks[-1])
+
+    logits, embedded, blocks, final = run(state, jnp.asarray(tokens))
     return {"embeddings": np.asarray(embedded), "blocks": np.asarray(blocks),
             "final norm": np.asarray(final), "logits": np.asarray(logits)}  # fmt: skip
 
@@ -125,13 +138,16 @@ def compare_with_hf(
     hf_dir: str | Path,
     *,
     params: dict | None = None,
+    checkpoint: str | Path | None = None,
     batch: int = 2,
     seq: int = 32,
     seed: int = 0,
 ) -> ParityReport:
-    """Run the shared model (on ``params``, default: the folder's own weights imported) and
-    ``transformers`` on the same random tokens; compare per layer and the logits."""
-    from scaling.convert import nest
+    """Run the shared model and ``transformers`` on the same random tokens; compare per layer
+    and the logits. The shared model's weights: ``params`` (consumed), else a converted
+    ``checkpoint``, else the folder's own weights imported. transformers runs first and is
+    released before the shared model is built, so at most one model is in memory at a time."""
+    from scaling.convert import load_params, nest
     from scaling.hf_weights import read_params
 
     cfg = model_config_from_hf(hf_dir)
@@ -139,7 +155,9 @@ def compare_with_hf(
         raise ValueError(f"need batch > 0 and 0 < seq <= {cfg.max_seq_len}, got {batch}, {seq}")
     tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, seq))
     reference = reference_outputs(hf_dir, tokens)
-    if params is None:
+    if params is None and checkpoint is not None:
+        params = load_params(checkpoint)
+    elif params is None:
         params = nest(read_params(hf_dir, cfg))
     ours = our_outputs(cfg, params, tokens)
     hidden = reference["hidden_states"]

@@ -119,10 +119,10 @@ def test_parity_check_can_fail(hf_dirs):
 
     folder = hf_dirs["mistral-window"]
     cfg = convert.model_config_from_hf(folder)
-    params = convert.nest(read_params(folder, cfg))
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, SEQ))
-    windowed = our_outputs(cfg, params, tokens)["logits"]
-    full = our_outputs(dataclasses.replace(cfg, sliding_window=None), params, tokens)["logits"]
+    windowed = our_outputs(cfg, convert.nest(read_params(folder, cfg)), tokens)["logits"]
+    no_window = dataclasses.replace(cfg, sliding_window=None)
+    full = our_outputs(no_window, convert.nest(read_params(folder, cfg)), tokens)["logits"]
     assert np.abs(windowed - hf_logits(folder, tokens)).max() < 1e-4 * np.abs(windowed).max()
     assert np.abs(full - windowed).max() > 1e-2 * np.abs(windowed).max()
 

@@ -36,8 +36,7 @@ def validate(
 
     with user_errors():
         folder = convert.resolve_hf_dir(hf_dir, hf_repo)
-        params = None if checkpoint is None else convert.load_params(checkpoint)
-        report = compare_with_hf(folder, params=params, batch=batch, seq=seq, seed=seed)
+        report = compare_with_hf(folder, checkpoint=checkpoint, batch=batch, seq=seq, seed=seed)
     if json_:
         print_json(report.to_dict())
     else:

@@ -9,7 +9,10 @@ Mesh is (data, tensor); which parameter is split over which axis follows
 device unless its name says otherwise.
 
 What the model computes (scaling/model.py), which every count here follows:
-- parameters are float32 and cast to the compute dtype at use; no biases except LayerNorm's;
+- the architecture is ``ModelConfig``'s fields (norm, positions, FFN kind, biases, window,
+  soft-caps...); parameter counts come from the same role table the model is built from, the
+  elementwise FLOPs from per-component tables (``flops``);
+- parameters are float32 and cast to the compute dtype at use;
 - attention is unfused: the b·h·t·t scores are materialised in float32, masked to causal, and
   the softmax weights are cast back to the compute dtype (no flash attention, no dropout);
 - the logits are float32; the embedding lookup is a gather (0 FLOPs);
@@ -17,7 +20,8 @@ What the model computes (scaling/model.py), which every count here follows:
 
 Modules: ``params`` (counts, what a device holds), ``flops`` (model, hardware and XLA-convention
 elementwise FLOPs), ``memory``, ``comm``, ``roofline`` (``estimate``: all of it for one
-configuration), ``hardware`` (peak figures with sources), ``hf_config`` (Hugging Face configs),
+configuration), ``hardware`` (peak figures with sources), ``hf_config`` (Hugging Face
+configs, both directions),
 ``xla_check`` (XLA's own counts of the compiled step).
 """
 
