@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scaling.config import MUP_KNOBS, RunConfig, parse_mesh
-from scaling.presets import build_run, get_preset
+from scaling.presets import build_run, get_preset, load_model
 from scaling.roles import tensor_split_dims
 from scaling.sharding import MODES, check_device_count, default_mesh_shape, validate_plan
 
 SWEEP_AXES = (
     "size",
+    "model",
     "mode",
     "mup",
     "family",
@@ -33,6 +34,7 @@ SWEEP_AXES = (
 # what they were); RunConfig's defaults apply when a spec leaves them out.
 LOADER_AND_EVAL = ("eval_every", "eval_batches", "data_threads", "data_prefetch", "data_processes")
 SWEEP_FIXED = (
+    "model",
     "mode",
     "width",
     "tied",
@@ -73,7 +75,7 @@ SWEEP_DEFAULTS: dict[str, object] = {
     "devices": None,
     "dtype": "float32",
     "remat": "none",
-    "family": "llama",
+    "family": None,  # the preset's own family; filled in per run by ``SweepSpec.grid``
     "data": "synthetic",
     "seed": 0,
     "timeout_s": 1800.0,
@@ -100,6 +102,11 @@ class SweepSpec:
         mode = ["dp", "fsdp"]
         [fixed]
         steps = 4
+
+    ``model`` (an axis or a fixed setting) takes Hugging Face ``config.json`` paths instead of
+    presets; each run's ``size`` is then the model's name (its folder's). ``family`` left unset
+    is the model's own (a preset's or the config's model type), so a run's settings, and its
+    run id, name the family it ran.
     """
 
     name: str
@@ -116,10 +123,17 @@ class SweepSpec:
         for key in self.fixed:
             if key not in SWEEP_FIXED:
                 raise _unknown("setting", key, SWEEP_FIXED)
-        if "size" not in self.axes:
-            raise ValueError("a sweep needs a 'size' axis, e.g. size = [\"tiny\"]")
-        for size in self.axes["size"]:
+        models = "model" in self.axes or self.fixed.get("model") is not None
+        if models == ("size" in self.axes):
+            raise ValueError(
+                "a sweep needs a 'size' axis (presets, e.g. size = [\"tiny\"]) or 'model' "
+                "paths (Hugging Face config.json), not both"
+            )
+        for size in self.axes.get("size", []):
             get_preset(size)
+        for model in self.axes.get("model", [self.fixed.get("model")]):
+            if model is not None:
+                load_model(model)
         for mode in self.axes.get("mode", []):
             if mode not in MODES:
                 raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}, all")
@@ -139,12 +153,27 @@ class SweepSpec:
         runs = []
         for values in itertools.product(*(_unique(self.axes[k]) for k in keys)):
             settings = {**SWEEP_DEFAULTS, **self.fixed, **dict(zip(keys, values, strict=True))}
-            runs.append({"sweep": self.name, **settings})
+            runs.append({"sweep": self.name, **_with_model_labels(settings)})
         return runs
 
 
 def _unique(values: list) -> list:
     return [v for i, v in enumerate(values) if v not in values[:i]]
+
+
+def _with_model_labels(settings: dict) -> dict:
+    """``size`` (the model's name for a ``model`` path) and ``family`` (the model's own when
+    unset) of one run, so the record names what ran."""
+    settings = dict(settings)
+    if settings.get("model") is not None:
+        cfg = load_model(settings["model"])
+        settings["size"] = cfg.name
+    else:
+        settings.pop("model", None)
+        cfg = get_preset(settings["size"])
+    if settings.get("family") is None:
+        settings["family"] = cfg.family
+    return settings
 
 
 def load_sweep_spec(path: str) -> SweepSpec:
@@ -221,6 +250,7 @@ def run_config_from_settings(settings: dict) -> RunConfig:
     """The RunConfig of one sweep run's settings."""
     return build_run(
         settings["size"],
+        model=settings.get("model"),
         family=settings["family"],
         dtype=settings["dtype"],
         remat=settings["remat"],

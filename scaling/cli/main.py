@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from scaling.cli import check, data, estimate, evaluate, mup, presets, report, sweep, train
+from scaling.cli import (
+    check,
+    convert,
+    data,
+    estimate,
+    evaluate,
+    mup,
+    presets,
+    report,
+    sweep,
+    train,
+    validate,
+)
 
 app = typer.Typer(
     name="scaling",
@@ -20,5 +32,7 @@ app.command("sweep")(sweep.sweep)
 app.command("report")(report.report)
 app.command("check")(check.check)
 app.command("eval")(evaluate.eval_)
+app.command("validate")(validate.validate)
 app.add_typer(data.app, name="data")
 app.add_typer(mup.app, name="mup")
+app.add_typer(convert.app, name="convert")
