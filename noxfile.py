@@ -1,7 +1,9 @@
 """nox sessions: tests (README's test command), lint, slow (slow-marked tests), bench
-(throughput regression check against the committed CPU baseline)."""
+(throughput regression check against the committed CPU baseline), validate (parity with
+Hugging Face transformers and the notebook that uses it)."""
 
 import tempfile
+from pathlib import Path
 
 import nox
 
@@ -53,3 +55,27 @@ def bench(session: nox.Session) -> None:
         out,
         *session.posargs,
     )
+
+
+# Test-only tools of the validate session, never dependencies of the package. torch is pinned
+# to the CPU build's version: pip on this machine kind finds a local CPU wheel through its
+# find-links (/etc/xdg/pip); elsewhere add `--extra-index-url
+# https://download.pytorch.org/whl/cpu` (PIP_EXTRA_INDEX_URL) to avoid PyPI's CUDA build.
+VALIDATE_REQUIREMENTS = ["torch==2.13.0", "transformers>=5", "nbclient>=0.10", "ipykernel>=6"]
+
+
+@nox.session(venv_backend="venv")
+def validate(session: nox.Session) -> None:
+    """Parity tests (`pytest -m parity`: logits and hidden states against transformers, export
+    round trips) and the reports/notebooks/hf_models.ipynb run. A pip venv, not uv: uv does not
+    read pip's configuration and would resolve torch to the multi-GB CUDA build. The package's
+    own dependencies come from uv.lock (exported), so they are the locked versions."""
+    requirements = Path(session.create_tmp()) / "locked.txt"
+    session.run(
+        "uv", "export", "--frozen", "--no-hashes", "--no-emit-project", "--quiet",
+        "-o", str(requirements), external=True,
+    )  # fmt: skip
+    session.install("-r", str(requirements))
+    session.install("--no-deps", "-e", ".")
+    session.install(*VALIDATE_REQUIREMENTS)
+    session.run("pytest", "-m", "parity", *session.posargs)

@@ -6,6 +6,7 @@ imports jax, so the CLI's ``presets``/``estimate`` commands start instantly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -13,11 +14,14 @@ from typing import Literal
 from scaling.prepared import is_prepared
 from scaling.sharding import MODES, check_mode
 
-Family = Literal["llama", "gpt2"]
+Family = Literal["llama", "gpt2", "mistral", "gemma"]
 Dtype = Literal["float32", "bfloat16"]
 Remat = Literal["none", "full", "dots"]
+Norm = Literal["rms", "layer"]
+Positions = Literal["rope", "learned", "sinusoidal", "none"]
+Ffn = Literal["swiglu", "geglu", "gelu_tanh", "gelu", "relu"]
 
-FAMILIES: tuple[str, ...] = ("llama", "gpt2")
+FAMILIES: tuple[str, ...] = ("llama", "gpt2", "mistral", "gemma")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 REMATS: tuple[str, ...] = ("none", "full", "dots")
 # The muP knobs (ModelConfig fields), settable from the CLI and sweep specs under these names.
@@ -29,30 +33,62 @@ MUP_KNOBS: tuple[str, ...] = (
     "mup_attn_multiplier",
     "mup_zero_readout",
 )
+NORMS: tuple[str, ...] = ("rms", "layer")
+POSITIONS: tuple[str, ...] = ("rope", "learned", "sinusoidal", "none")
+FFNS: tuple[str, ...] = ("swiglu", "geglu", "gelu_tanh", "gelu", "relu")
+# FFN kind → (gated, activation): gated FFNs are W2 (act(W1 x) ⊙ W3 x), the others W2 act(W1 x)
+FFN_KINDS: dict[str, tuple[bool, str]] = {
+    "swiglu": (True, "silu"),
+    "geglu": (True, "gelu_tanh"),  # Gemma's GeGLU uses the tanh approximation
+    "gelu_tanh": (False, "gelu_tanh"),  # GPT-2's "gelu_new"
+    "gelu": (False, "gelu"),  # exact (erf) GELU
+    "relu": (False, "relu"),
+}
 __all__ = [
     "DTYPES",
     "FAMILIES",
+    "FFNS",
     "MODES",
     "MUP_KNOBS",
+    "NORMS",
+    "POSITIONS",
     "REMATS",
     "ModelConfig",
     "RunConfig",
+    "model_config_from_dict",
     "parse_mesh",
 ]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the shared decoder-only LM.
+    """Architecture of the shared decoder-only LM, as orthogonal fields.
 
-    ``family`` picks the sub-layer kinds (``norm``, ``positions``, ``ffn`` below); the model
-    and the estimator read only those derived properties. ``d_ff`` is the hidden width of the
-    FFN. For ``llama`` (SwiGLU, three matrices) the presets use ≈ 8/3·d_model rounded up to a
-    multiple of 64, which keeps the parameter count of a GPT MLP with 4·d_model (two matrices).
+    The model (``scaling.model``), the parameter table (``scaling.roles``) and the estimator
+    read these fields only. ``family`` is a label: the named set of architecture fields this
+    config started from (``scaling.presets.FAMILY_ARCHITECTURES``: llama, gpt2, mistral,
+    gemma), shown in tables and recorded per run; nothing computes with it.
+
+    - norm: ``rms`` (RMSNorm) or ``layer`` (LayerNorm); ``norm_bias`` adds LayerNorm's shift;
+      ``norm_unit_offset`` makes the gain ``1 + w`` with ``w`` initialised at 0 (Gemma).
+    - positions: ``rope`` (rotary, base ``rope_theta``; ``rope_scaling_factor`` > 1 applies
+      Llama-3.1's frequency scaling with the three ``rope_*`` fields below), ``learned`` (a
+      (max_seq_len, d) table, GPT-2), ``sinusoidal`` (Vaswani et al. 2017, fixed) or ``none``.
+    - ffn: ``swiglu`` / ``geglu`` (gated, three matrices) or ``gelu_tanh`` / ``gelu`` /
+      ``relu`` (two matrices). ``d_ff`` is the hidden width. The CPU ladder uses
+      ≈ 8/3·d_model for gated FFNs (rounded up to a multiple of 64), which keeps the
+      parameter count of a 4·d_model two-matrix MLP.
+    - biases: ``qkv_bias`` (q, k, v), ``attn_out_bias`` (o), ``ffn_bias`` (every FFN matrix),
+      ``head_bias`` (the read-out; also with a tied table).
+    - attention: ``n_heads``, ``n_kv_heads`` (None: MHA; fewer: GQA; 1: MQA), ``head_dim``
+      (None: d_model / n_heads), ``sliding_window`` (a query sees itself and the previous
+      window − 1 positions; None: all), ``attn_softcap`` (scores → c·tanh(scores / c)).
+    - read-out: ``tied_embeddings``, ``final_softcap`` (logits → c·tanh(logits / c)).
+    - ``embed_scale``: multiply token embeddings by √d_model (Gemma).
     """
 
     name: str = "custom"
-    family: Family = "llama"
+    family: Family = "llama"  # a label (see above); the model never reads it
     n_layers: int = 4
     d_model: int = 128
     n_heads: int = 8
@@ -62,8 +98,27 @@ class ModelConfig:
     vocab_size: int = 2048
     max_seq_len: int = 512
     tied_embeddings: bool = True
-    rope_theta: float = 10_000.0
+    # architecture (see the docstring); the defaults are Llama's
+    norm: Norm = "rms"
+    norm_bias: bool = False
+    norm_unit_offset: bool = False
     norm_eps: float = 1e-5
+    positions: Positions = "rope"
+    rope_theta: float = 10_000.0
+    rope_scaling_factor: float = 1.0  # Llama-3.1 frequency scaling; 1 = none
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_context: int = 8192
+    ffn: Ffn = "swiglu"
+    qkv_bias: bool = False
+    attn_out_bias: bool = False
+    ffn_bias: bool = False
+    head_bias: bool = False
+    sliding_window: int | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    embed_scale: bool = False
+    # numerics and training
     dtype: Dtype = "float32"  # compute dtype; parameters are always float32
     remat: Remat = "none"
     scan_layers: bool = True  # False unrolls the layer loop (used to let XLA count FLOPs)
@@ -90,19 +145,18 @@ class ModelConfig:
         return self.n_kv_heads or self.n_heads
 
     @property
-    def norm(self) -> Literal["rms", "layer"]:
-        """RMSNorm (llama) or LayerNorm with a bias (gpt2)."""
-        return "rms" if self.family == "llama" else "layer"
+    def ffn_gated(self) -> bool:
+        """Three FFN matrices, ``W2 (act(W1 x) ⊙ W3 x)`` (SwiGLU, GeGLU)."""
+        return FFN_KINDS[self.ffn][0]
 
     @property
-    def positions(self) -> Literal["rope", "learned"]:
-        """Rotary (llama) or a learned position table (gpt2)."""
-        return "rope" if self.family == "llama" else "learned"
+    def ffn_activation(self) -> str:
+        """``silu``, ``gelu_tanh``, ``gelu`` or ``relu``."""
+        return FFN_KINDS[self.ffn][1]
 
     @property
-    def ffn(self) -> Literal["swiglu", "gelu"]:
-        """SwiGLU, three matrices (llama), or a two-matrix GELU MLP (gpt2)."""
-        return "swiglu" if self.family == "llama" else "gelu"
+    def rope_scaled(self) -> bool:
+        return self.positions == "rope" and self.rope_scaling_factor != 1.0
 
     @property
     def mup_width_multiplier(self) -> float:
@@ -110,26 +164,64 @@ class ModelConfig:
         return self.d_model / self.mup_base_width if self.mup else 1.0
 
 
+_CHOICES = {
+    "family": FAMILIES,
+    "dtype": DTYPES,
+    "remat": REMATS,
+    "norm": NORMS,
+    "positions": POSITIONS,
+    "ffn": FFNS,
+}
+_BOOLS = (
+    "tied_embeddings", "norm_bias", "norm_unit_offset", "qkv_bias", "attn_out_bias", "ffn_bias",
+    "head_bias", "embed_scale", "scan_layers", "mup", "mup_zero_readout",
+)  # fmt: skip
+
+
 def validate_model(cfg: ModelConfig) -> None:
     """Raise ``ValueError`` naming the bad field and what would be valid."""
-    if cfg.family not in FAMILIES:
-        raise ValueError(f"unknown family {cfg.family!r}; valid: {', '.join(FAMILIES)}")
-    if cfg.dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {cfg.dtype!r}; valid: {', '.join(DTYPES)}")
-    if cfg.remat not in REMATS:
-        raise ValueError(f"unknown remat {cfg.remat!r}; valid: {', '.join(REMATS)}")
+    for name, valid in _CHOICES.items():
+        if getattr(cfg, name) not in valid:
+            raise ValueError(f"unknown {name} {getattr(cfg, name)!r}; valid: {', '.join(valid)}")
+    for name in _BOOLS:
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
     for name in ("n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "max_seq_len"):
-        if getattr(cfg, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name in ("n_kv_heads", "head_dim", "sliding_window"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value <= 0):  # fmt: skip
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    for name in ("attn_softcap", "final_softcap"):
+        value = getattr(cfg, name)
+        if value is not None and not (isinstance(value, int | float) and value > 0):
+            raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+    if not (cfg.norm_eps > 0 and cfg.rope_theta > 0):
+        raise ValueError(f"norm_eps and rope_theta must be positive, got {cfg.norm_eps}, "
+                         f"{cfg.rope_theta}")  # fmt: skip
     if cfg.head_dim is None and cfg.d_model % cfg.n_heads:
         raise ValueError(
             f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}; "
-            "choose n_heads dividing d_model"
+            "choose n_heads dividing d_model or set head_dim"
         )
     if cfg.n_heads % cfg.kv_heads:
         raise ValueError(f"n_heads={cfg.n_heads} is not divisible by n_kv_heads={cfg.kv_heads}")
     if cfg.positions == "rope" and cfg.d_head % 2:
         raise ValueError(f"RoPE needs an even head dimension, got d_head={cfg.d_head}")
+    if cfg.positions == "sinusoidal" and cfg.d_model % 2:
+        raise ValueError(f"sinusoidal positions need an even d_model, got {cfg.d_model}")
+    if cfg.norm_bias and cfg.norm != "layer":
+        raise ValueError("norm_bias needs norm='layer' (RMSNorm has no shift)")
+    if cfg.norm_unit_offset and cfg.norm != "rms":
+        raise ValueError("norm_unit_offset needs norm='rms' (Gemma's (1 + w) RMSNorm)")
+    if cfg.rope_scaling_factor < 1 or cfg.rope_high_freq_factor <= cfg.rope_low_freq_factor:
+        raise ValueError(
+            f"RoPE scaling needs factor >= 1 and high_freq_factor > low_freq_factor, got "
+            f"{cfg.rope_scaling_factor}, {cfg.rope_high_freq_factor}, {cfg.rope_low_freq_factor}"
+        )
     if cfg.mup and cfg.tied_embeddings:
         raise ValueError(
             "muP needs an untied head (input and output embeddings scale differently); "
@@ -152,6 +244,18 @@ def _validate_mup(cfg: ModelConfig) -> None:
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive finite number, got {value}")
+
+
+MODEL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
+def model_config_from_dict(data: dict) -> ModelConfig:
+    """A ``ModelConfig`` from ``dataclasses.asdict`` output (e.g. checkpoint metadata);
+    ``ValueError`` naming unknown keys."""
+    unknown = sorted(set(data) - set(MODEL_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown model config keys {unknown}; valid: {', '.join(MODEL_FIELDS)}")
+    return ModelConfig(**data)
 
 
 @dataclass(frozen=True)
@@ -178,6 +282,7 @@ class RunConfig:
     resume: bool = False
     overwrite: bool = False  # a fresh run may delete the checkpoints found in checkpoint_dir
     allow_config_change: tuple[str, ...] = ()  # fields a resumed run may change (RESUME_CHANGEABLE)
+    init: str | None = None  # initial weights (``scaling convert from-hf``); resume wins
     timing_warmup_steps: int = 1  # steps excluded from timing statistics (not the LR warm-up)
     # Validation loss every K steps and after the last one (0: only after the last step, and
     # only when the data has a validation split, i.e. a prepared directory).

@@ -1,16 +1,19 @@
-"""The shared decoder-only language model (Flax NNX); the architecture is read from derived
-config properties (``cfg.norm``, ``cfg.positions``, ``cfg.ffn``), never from a family name.
+"""The shared decoder-only language model (Flax NNX); the architecture is read from
+``ModelConfig``'s fields (``norm``, ``positions``, ``ffn``, the bias flags, ``sliding_window``,
+soft-caps, ``embed_scale``...), never from a family name.
 
-Pre-norm blocks (RMSNorm or LayerNorm; rotary or learned positions; SwiGLU or GELU MLP) with a
-final norm before the (tied or untied) head. Layers are created stacked (``nnx.vmap``) and run
-with ``jax.lax.scan`` so compile time does not grow with depth. The parameters it creates are
+Pre-norm blocks (RMSNorm, Gemma's (1 + w) RMSNorm or LayerNorm; rotary, learned, sinusoidal or
+no positions; gated (SwiGLU, GeGLU) or plain (GELU, ReLU) FFN) with a final norm before the
+(tied or untied) head. Layers are created stacked (``nnx.vmap``) and run with
+``jax.lax.scan`` so compile time does not grow with depth. The parameters it creates are
 exactly ``scaling.roles.parameters(cfg)``; the muP rules come from ``scaling.mup``. Every
 sub-layer runs under a ``jax.named_scope`` (embed, block, attention, ffn, norm, head), so
-profiles read by name.
+profiles read by name. Conventions follow Hugging Face's implementations (RoPE rotates the two
+halves of each head, ``rotate_half``), so imported weights need no permutation.
 
 Parameters are float32; ``cfg.dtype`` is the compute dtype (weights are cast at use).
 Shapes use these letters: b batch, t/s query/key positions, d model width, f FFN width,
-h heads, k head width, v vocabulary.
+h heads, k head width, v vocabulary, l layers.
 """
 
 from __future__ import annotations
@@ -41,23 +44,28 @@ def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
 
 
 class Linear(nnx.Module):
-    """``y = x W`` without bias; ``W`` is stored ``(d_in, d_out)``.
+    """``y = x W (+ b)``; ``W`` is stored ``(d_in, d_out)``, the bias (zeros at init) ``(d_out,)``.
 
     Default init: truncated normal with σ² = 2 / (d_in + d_out), cut at ±3σ. For square hidden
     matrices this equals σ_base/√m at width m·base, which is also muP's hidden-matrix init.
     """
 
-    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, std: float | None = None):
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        *,
+        rngs: nnx.Rngs,
+        std: float | None = None,
+        bias: bool = False,
+    ):
         std = math.sqrt(2.0 / (d_in + d_out)) if std is None else std
         self.weight = nnx.Param(truncated_normal(rngs.params(), (d_in, d_out), std))
+        self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32)) if bias else None
 
     def __call__(self, x: Float[Array, "... i"]) -> Float[Array, "... o"]:
-        return jnp.einsum("...i,io->...o", x, self.weight[...].astype(x.dtype))
-
-    def logits(self, x: Float[Array, "... i"]) -> Float[Array, "... o"]:
-        """As ``__call__`` but accumulating in float32 (the read-out of the LM head)."""
-        w = self.weight[...].astype(x.dtype)
-        return jnp.einsum("...i,io->...o", x, w, preferred_element_type=jnp.float32)
+        y = jnp.einsum("...i,io->...o", x, self.weight[...].astype(x.dtype))
+        return y if self.bias is None else y + self.bias[...].astype(x.dtype)
 
 
 class Embedding(nnx.Module):
@@ -76,33 +84,37 @@ class Embedding(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """``x / sqrt(mean(x²) + eps) · g``, computed in float32 and cast back."""
+    """``x / sqrt(mean(x²) + eps) · g``, computed in float32 and cast back. With
+    ``unit_offset`` the gain is ``1 + w`` and ``w`` starts at 0 (Gemma)."""
 
-    def __init__(self, d: int, *, eps: float = 1e-5, rngs: nnx.Rngs | None = None):
-        self.eps = eps
-        self.weight = nnx.Param(jnp.ones((d,), jnp.float32))
+    def __init__(self, d: int, *, eps: float = 1e-5, unit_offset: bool = False):
+        self.eps, self.unit_offset = eps, unit_offset
+        self.weight = nnx.Param(jnp.full((d,), 0.0 if unit_offset else 1.0, jnp.float32))
 
     @jax.named_scope("norm")
     def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
         x32 = x.astype(jnp.float32)
         inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (x32 * inv_rms * self.weight[...]).astype(x.dtype)
+        gain = 1.0 + self.weight[...] if self.unit_offset else self.weight[...]
+        return (x32 * inv_rms * gain).astype(x.dtype)
 
 
 class LayerNorm(nnx.Module):
-    """``(x - mean) / sqrt(var + eps) · g + b``, computed in float32 and cast back."""
+    """``(x - mean) / sqrt(var + eps) · g (+ b)``, computed in float32 and cast back."""
 
-    def __init__(self, d: int, *, eps: float = 1e-5, rngs: nnx.Rngs | None = None):
+    def __init__(self, d: int, *, eps: float = 1e-5, bias: bool = True):
         self.eps = eps
         self.weight = nnx.Param(jnp.ones((d,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((d,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((d,), jnp.float32)) if bias else None
 
     @jax.named_scope("norm")
     def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
         x32 = x.astype(jnp.float32)
         centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(centred * centred, axis=-1, keepdims=True)
-        y = centred * jax.lax.rsqrt(var + self.eps) * self.weight[...] + self.bias[...]
+        y = centred * jax.lax.rsqrt(var + self.eps) * self.weight[...]
+        if self.bias is not None:
+            y = y + self.bias[...]
         return y.astype(x.dtype)
 
 
@@ -111,8 +123,25 @@ def silu(x: Array) -> Array:
 
 
 def gelu(x: Array) -> Array:
-    """GELU, tanh approximation (as in GPT-2)."""
+    """GELU, tanh approximation (GPT-2's ``gelu_new``, Gemma's ``gelu_pytorch_tanh``)."""
     return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def gelu_exact(x: Array) -> Array:
+    """GELU with the error function: x·Φ(x)."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
+
+
+def relu(x: Array) -> Array:
+    return jnp.maximum(x, 0)
+
+
+ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu, "gelu": gelu_exact, "relu": relu}
+
+
+def softcap(x: Array, cap: float | None) -> Array:
+    """``cap · tanh(x / cap)`` (Gemma 2's logit soft-capping); identity for ``cap=None``."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
 
 
 def softmax(x: Float[Array, ...], axis: int = -1) -> Float[Array, ...]:
@@ -128,89 +157,113 @@ def scaled_dot_product_attention(
     v: Float[Array, "... s k"],
     mask: Bool[Array, "t s"] | None = None,
     scale: float | None = None,
+    cap: float | None = None,
 ) -> Float[Array, "... t k"]:
-    """softmax(q kᵀ · scale, masked) v; ``mask`` True means "may attend". Scores are float32."""
+    """softmax(softcap(q kᵀ · scale), masked) v; ``mask`` True means "may attend". Scores are
+    float32."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = jnp.einsum("...tk,...sk->...ts", q, k, preferred_element_type=jnp.float32) * scale
+    scores = softcap(scores, cap)
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     weights = softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("...ts,...sk->...tk", weights, v)
 
 
+def attention_mask(t: int, window: int | None) -> Bool[Array, "t s"]:
+    """Causal mask; with a sliding ``window`` a query at i sees keys i - window < j ≤ i
+    (Hugging Face's ``sliding_window_overlay``: the window counts the query itself)."""
+    i = jnp.arange(t)[:, None]
+    j = jnp.arange(t)[None, :]
+    allowed = j <= i
+    return allowed if window is None else allowed & (i - j < window)
+
+
+def rope_inverse_frequencies(cfg: ModelConfig) -> np.ndarray:
+    """theta^(-2i/k) for i < k/2, with Llama-3.1's scaling when ``rope_scaling_factor`` > 1:
+    wavelengths above original_context / low_freq_factor are divided by the factor, those below
+    original_context / high_freq_factor kept, and those between interpolated smoothly (Meta's
+    ``apply_scaling``; transformers' ``_compute_llama3_parameters``)."""
+    k = cfg.d_head
+    inv_freq = cfg.rope_theta ** (-np.arange(0, k, 2, dtype=np.float64) / k)
+    factor = cfg.rope_scaling_factor
+    if factor == 1.0:
+        return inv_freq
+    low, high, context = (
+        cfg.rope_low_freq_factor,
+        cfg.rope_high_freq_factor,
+        cfg.rope_original_context,
+    )
+    wavelength = 2 * math.pi / inv_freq
+    scaled = np.where(wavelength > context / low, inv_freq / factor, inv_freq)
+    smooth = (context / wavelength - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelength >= context / high) & (wavelength <= context / low)
+    return np.where(medium, smoothed, scaled)
+
+
 @functools.lru_cache(maxsize=32)
-def rope_tables(d_k: int, theta: float, max_seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin, each ``(max_seq_len, d_k/2)``: angle[p, i] = p · theta^(-2i/d_k)."""
-    inv_freq = theta ** (-np.arange(0, d_k, 2, dtype=np.float64) / d_k)
-    angles = np.arange(max_seq_len, dtype=np.float64)[:, None] * inv_freq[None, :]
+def rope_tables(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin, each ``(max_seq_len, d_head/2)``: angle[p, i] = p · inv_freq[i]."""
+    angles = np.arange(cfg.max_seq_len, dtype=np.float64)[:, None] * rope_inverse_frequencies(cfg)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-class RotaryPositionalEmbedding(nnx.Module):
-    """RoPE (Su et al. 2021): rotates pairs (x[2i], x[2i+1]) by position · theta^(-2i/d_k).
-
-    The cos/sin tables are computed once per (d_k, theta, max_seq_len) and cached, not stored
-    as model state, so they never reach optimizers or checkpoints.
-    """
-
-    def __init__(self, d_k: int, theta: float, max_seq_len: int):
-        if d_k % 2:
-            raise ValueError(f"RoPE needs an even dimension, got d_k={d_k}")
-        self.d_k, self.theta, self.max_seq_len = d_k, theta, max_seq_len
-
-    def __call__(self, x: Float[Array, "... t k"], positions: Int[Array, "... t"]) -> Array:
-        cos_table, sin_table = rope_tables(self.d_k, self.theta, self.max_seq_len)
-        cos = jnp.asarray(cos_table)[positions].astype(x.dtype)
-        sin = jnp.asarray(sin_table)[positions].astype(x.dtype)
-        pairs = x.reshape(*x.shape[:-1], self.d_k // 2, 2)
-        even, odd = pairs[..., 0], pairs[..., 1]
-        rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
-        return rotated.reshape(x.shape)
+def apply_rope(x: Float[Array, "... t k"], cfg: ModelConfig, positions: Int[Array, "... t"]):
+    """RoPE (Su et al. 2021) in the rotate-half layout (GPT-NeoX, Hugging Face): dimension i
+    pairs with i + k/2 and the pair rotates by position · inv_freq[i]. The cos/sin tables are
+    computed once per config (cached), not stored as model state."""
+    cos_table, sin_table = rope_tables(cfg)
+    cos = jnp.asarray(cos_table)[positions].astype(x.dtype)
+    sin = jnp.asarray(sin_table)[positions].astype(x.dtype)
+    half = x.shape[-1] // 2
+    first, second = x[..., :half], x[..., half:]
+    return jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
 
 
-class SwiGLU(nnx.Module):
-    """``W2 (silu(W1 x) ⊙ W3 x)``."""
+@functools.lru_cache(maxsize=8)
+def sinusoidal_table(n: int, d: int) -> np.ndarray:
+    """Vaswani et al. 2017: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(same)."""
+    angles = np.arange(n, dtype=np.float64)[:, None] * 10_000.0 ** (-np.arange(0, d, 2) / d)
+    table = np.empty((n, d), np.float64)
+    table[:, 0::2], table[:, 1::2] = np.sin(angles), np.cos(angles)
+    return table.astype(np.float32)
+
+
+class FeedForward(nnx.Module):
+    """Gated ``W2 (act(W1 x) ⊙ W3 x)`` (SwiGLU, GeGLU) or ``W2 act(W1 x)`` (GELU, ReLU)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.w1 = Linear(cfg.d_model, cfg.d_ff, rngs=rngs)
-        self.w3 = Linear(cfg.d_model, cfg.d_ff, rngs=rngs)
-        self.w2 = Linear(cfg.d_ff, cfg.d_model, rngs=rngs)
+        d, f, bias = cfg.d_model, cfg.d_ff, cfg.ffn_bias
+        self.activation = cfg.ffn_activation
+        self.w1 = Linear(d, f, rngs=rngs, bias=bias)
+        self.w3 = Linear(d, f, rngs=rngs, bias=bias) if cfg.ffn_gated else None
+        self.w2 = Linear(f, d, rngs=rngs, bias=bias)
 
     @jax.named_scope("ffn")
     def __call__(self, x: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
+        hidden = ACTIVATIONS[self.activation](self.w1(x))
+        if self.w3 is not None:
+            hidden = hidden * self.w3(x)
         # The batch constraint on the hidden keeps fsdp's backward ZeRO-3-like: without it
         # GSPMD moved the (b, t, f) activations instead of gathering w2 (10m on 4 devices:
         # 4x the bytes of the weight).
-        return self.w2(shard_over_batch(silu(self.w1(x)) * self.w3(x), features=True))
-
-
-class GeluMLP(nnx.Module):
-    """``W2 gelu(W1 x)`` (GPT-2's MLP, without biases)."""
-
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.w1 = Linear(cfg.d_model, cfg.d_ff, rngs=rngs)
-        self.w2 = Linear(cfg.d_ff, cfg.d_model, rngs=rngs)
-
-    @jax.named_scope("ffn")
-    def __call__(self, x: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
-        return self.w2(shard_over_batch(gelu(self.w1(x)), features=True))
+        return self.w2(shard_over_batch(hidden, features=True))
 
 
 class CausalSelfAttention(nnx.Module):
-    """Multi-head (optionally grouped-query) causal self-attention, RoPE for ``llama``."""
+    """Multi-head, grouped-query or multi-query causal self-attention; RoPE, a sliding window
+    and score soft-capping when the config asks for them."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
         self.n_heads, self.kv_heads, self.d_head = cfg.n_heads, cfg.kv_heads, cfg.d_head
         self.scale = mup.attention_scale(cfg)
-        self.q = Linear(cfg.d_model, cfg.n_heads * cfg.d_head, rngs=rngs)
-        self.k = Linear(cfg.d_model, cfg.kv_heads * cfg.d_head, rngs=rngs)
-        self.v = Linear(cfg.d_model, cfg.kv_heads * cfg.d_head, rngs=rngs)
-        self.o = Linear(cfg.n_heads * cfg.d_head, cfg.d_model, rngs=rngs)
-        self.rope = (
-            RotaryPositionalEmbedding(cfg.d_head, cfg.rope_theta, cfg.max_seq_len)
-            if cfg.positions == "rope"
-            else None
-        )
+        d, q_width, kv_width = cfg.d_model, cfg.n_heads * cfg.d_head, cfg.kv_heads * cfg.d_head
+        self.q = Linear(d, q_width, rngs=rngs, bias=cfg.qkv_bias)
+        self.k = Linear(d, kv_width, rngs=rngs, bias=cfg.qkv_bias)
+        self.v = Linear(d, kv_width, rngs=rngs, bias=cfg.qkv_bias)
+        self.o = Linear(q_width, d, rngs=rngs, bias=cfg.attn_out_bias)
 
     def _heads(self, x: Array, n: int) -> Float[Array, "b h t k"]:
         b, t, _ = x.shape
@@ -218,25 +271,26 @@ class CausalSelfAttention(nnx.Module):
 
     @jax.named_scope("attention")
     def __call__(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"]) -> Array:
+        cfg = self.cfg
         q = self._heads(self.q(x), self.n_heads)
         k = self._heads(self.k(x), self.kv_heads)
         v = self._heads(self.v(x), self.kv_heads)
-        if self.rope is not None:
-            q = self.rope(q, positions[:, None, :])
-            k = self.rope(k, positions[:, None, :])
+        if cfg.positions == "rope":
+            q = apply_rope(q, cfg, positions[:, None, :])
+            k = apply_rope(k, cfg, positions[:, None, :])
         if self.kv_heads != self.n_heads:
             k = jnp.repeat(k, self.n_heads // self.kv_heads, axis=1)
             v = jnp.repeat(v, self.n_heads // self.kv_heads, axis=1)
-        t = x.shape[1]
-        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-        out = scaled_dot_product_attention(q, k, v, causal, self.scale)
-        b, _, _, _ = out.shape
+        b, _, t, _ = q.shape
+        mask = attention_mask(t, cfg.sliding_window)
+        out = scaled_dot_product_attention(q, k, v, mask, self.scale, cfg.attn_softcap)
         return self.o(out.transpose(0, 2, 1, 3).reshape(b, t, self.n_heads * self.d_head))
 
 
 def make_norm(cfg: ModelConfig) -> RMSNorm | LayerNorm:
-    norm = RMSNorm if cfg.norm == "rms" else LayerNorm
-    return norm(cfg.d_model, eps=cfg.norm_eps)
+    if cfg.norm == "rms":
+        return RMSNorm(cfg.d_model, eps=cfg.norm_eps, unit_offset=cfg.norm_unit_offset)
+    return LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias)
 
 
 class TransformerBlock(nnx.Module):
@@ -246,12 +300,32 @@ class TransformerBlock(nnx.Module):
         self.attn_norm = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg, rngs=rngs)
         self.ffn_norm = make_norm(cfg)
-        self.ffn = SwiGLU(cfg, rngs=rngs) if cfg.ffn == "swiglu" else GeluMLP(cfg, rngs=rngs)
+        self.ffn = FeedForward(cfg, rngs=rngs)
 
     @jax.named_scope("block")
     def __call__(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"]) -> Array:
         x = x + self.attn(self.attn_norm(x), positions)
         return x + self.ffn(self.ffn_norm(x))
+
+
+class Head(nnx.Module):
+    """The read-out: an untied ``(d, V)`` matrix or the tied token table, plus an optional
+    bias; logits accumulate in float32."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, v = cfg.d_model, cfg.vocab_size
+        std = mup.head_init_std(cfg)
+        tied = cfg.tied_embeddings
+        self.weight = None if tied else nnx.Param(truncated_normal(rngs.params(), (d, v), std))
+        self.bias = nnx.Param(jnp.zeros((v,), jnp.float32)) if cfg.head_bias else None
+
+    def logits(self, x: Float[Array, "b t d"], table: Embedding) -> Float[Array, "b t v"]:
+        if self.weight is None:
+            logits = table.attend(x)
+        else:
+            w = self.weight[...].astype(x.dtype)
+            logits = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+        return logits if self.bias is None else logits + self.bias[...]
 
 
 def shard_over_batch(x: Array, *, features: bool = False) -> Array:
@@ -302,11 +376,8 @@ class TransformerLM(nnx.Module):
         )
         self.blocks = _stacked_blocks(cfg, rngs)
         self.final_norm = make_norm(cfg)
-        self.head = (
-            None
-            if cfg.tied_embeddings
-            else Linear(cfg.d_model, cfg.vocab_size, rngs=rngs, std=mup.head_init_std(cfg))
-        )
+        head = Head(cfg, rngs=rngs)
+        self.head = None if head.weight is None and head.bias is None else head
 
     def __call__(
         self, tokens: Int[Array, "b t"], positions: Int[Array, "b t"] | None = None
@@ -318,28 +389,47 @@ class TransformerLM(nnx.Module):
         self, tokens: Int[Array, "b t"], positions: Int[Array, "b t"] | None = None
     ) -> tuple[Float[Array, "b t v"], dict[str, Array]]:
         """Logits plus the RMS of the embedding output, every block's output and the logits."""
+        logits, embedded, block_rms = self._forward(tokens, positions, rms)
+        return logits, {"embed": rms(embedded), "blocks": block_rms, "logits": rms(logits)}
+
+    def forward_with_hidden(
+        self, tokens: Int[Array, "b t"], positions: Int[Array, "b t"] | None = None
+    ) -> tuple[Float[Array, "b t v"], Float[Array, "b t d"], Float[Array, "l b t d"]]:
+        """Logits, the embedding output and every block's output (for parity checks)."""
+        return self._forward(tokens, positions, lambda h: h)
+
+    def _embed(self, tokens: Array, positions: Array) -> Float[Array, "b t d"]:
+        cfg = self.cfg
+        with jax.named_scope("embed"):
+            x = self.embed(tokens)
+            if cfg.embed_scale:
+                x = x * jnp.float32(math.sqrt(cfg.d_model))
+            if self.pos_embed is not None:
+                x = x + self.pos_embed(positions)
+            elif cfg.positions == "sinusoidal":
+                x = x + jnp.asarray(sinusoidal_table(cfg.max_seq_len, cfg.d_model))[positions]
+            return shard_over_batch((x * mup.input_multiplier(cfg)).astype(compute_dtype(cfg)))
+
+    def _forward(self, tokens: Array, positions: Array | None, collect):
         cfg = self.cfg
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        with jax.named_scope("embed"):
-            x = self.embed(tokens)
-            if self.pos_embed is not None:
-                x = x + self.pos_embed(positions)
-            x = shard_over_batch((x * mup.input_multiplier(cfg)).astype(compute_dtype(cfg)))
-        embed_rms = rms(x)
-        x, block_rms = self._run_blocks(x, positions)
+        embedded = self._embed(tokens, positions)
+        x, collected = self._run_blocks(embedded, positions, collect)
         with jax.named_scope("head"):
             x = self.final_norm(x)
-            logits = self.embed.attend(x) if self.head is None else self.head.logits(x)
-            logits = logits.astype(jnp.float32) * mup.logit_multiplier(cfg)
-        return logits, {"embed": embed_rms, "blocks": block_rms, "logits": rms(logits)}
+            head = self.head
+            logits = self.embed.attend(x) if head is None else head.logits(x, self.embed)
+            logits = softcap(logits.astype(jnp.float32), cfg.final_softcap)
+            logits = logits * mup.logit_multiplier(cfg)
+        return logits, embedded, collected
 
-    def _run_blocks(self, x: Array, positions: Array) -> tuple[Array, Float[Array, " l"]]:
+    def _run_blocks(self, x: Array, positions: Array, collect) -> tuple[Array, Array]:
         graphdef, stacked = nnx.split(self.blocks)
 
         def body(h, layer_state):
             h = shard_over_batch(nnx.merge(graphdef, layer_state)(h, positions))
-            return h, rms(h)
+            return h, collect(h)
 
         body = _remat(body, self.cfg.remat, scanned=self.cfg.scan_layers)
         if self.cfg.scan_layers:

@@ -42,7 +42,7 @@ def base_config(cfg: ModelConfig) -> ModelConfig:
         n_heads=width // head,
         n_kv_heads=None,
         head_dim=head,
-        d_ff=ffn_width(cfg.family, width),
+        d_ff=ffn_width(width, cfg.ffn_gated),
     )
 
 

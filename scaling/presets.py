@@ -1,12 +1,14 @@
-"""Model presets as data: the CPU ladder and the GPT-3 ladder, plus the overrides sweeps and the
-CLI apply to them (width, family, depth, dtype, remat, muP). Never imports jax."""
+"""Model presets as data: the CPU ladder, the GPT-3 ladder and published architectures (GPT-2,
+Llama, OpenLLaMA, Mistral, Gemma), the named architecture families, and the overrides sweeps
+and the CLI apply to them (width, family, depth, dtype, remat, muP). Never imports jax."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
-from scaling.config import FAMILIES, MUP_KNOBS, Family, ModelConfig, RunConfig, parse_mesh
+from scaling.config import FAMILIES, MUP_KNOBS, ModelConfig, RunConfig, parse_mesh
 from scaling.prepared import is_prepared, open_prepared, padded_vocab
 
 
@@ -15,15 +17,44 @@ def swiglu_hidden(d_model: int, multiple: int = 64) -> int:
     return multiple * math.ceil(8 * d_model / 3 / multiple)
 
 
-def ffn_width(family: str, d_model: int) -> int:
-    """The FFN width the presets use at ``d_model``: 4·d (gpt2's GELU MLP) or SwiGLU's ≈ 8/3·d
-    rounded up to 64 (llama), so both families hold the same FFN parameters."""
-    return 4 * d_model if family == "gpt2" else swiglu_hidden(d_model)
+def ffn_width(d_model: int, gated: bool) -> int:
+    """The FFN width the presets use at ``d_model``: 4·d for a two-matrix FFN (GPT-2's MLP),
+    ≈ 8/3·d rounded up to 64 for a gated one (SwiGLU, GeGLU), so both hold the same FFN
+    parameters."""
+    return swiglu_hidden(d_model) if gated else 4 * d_model
 
 
 GPT3_VOCAB = 50304  # GPT-2's 50257 padded to a multiple of 64 (nanoGPT's choice)
 GPT3_CONTEXT = 2048
 CPU_VOCAB = 2048
+
+# The architecture fields of each named family (``ModelConfig.family`` is this label). Widths,
+# depth, vocabulary, context, tying and eps belong to a preset, not to a family.
+_NO_BIASES = dict(qkv_bias=False, attn_out_bias=False, ffn_bias=False, head_bias=False)
+_LLAMA = dict(
+    norm="rms", norm_bias=False, norm_unit_offset=False, positions="rope", ffn="swiglu",
+    sliding_window=None, attn_softcap=None, final_softcap=None, embed_scale=False, **_NO_BIASES,
+)  # fmt: skip
+FAMILY_ARCHITECTURES: dict[str, dict[str, object]] = {
+    "llama": _LLAMA,
+    # GPT-2 (Radford et al. 2019; Hugging Face GPT2LMHeadModel): LayerNorm with bias, learned
+    # positions, tanh-GELU MLP, biases on every attention and MLP matrix, no head bias.
+    "gpt2": {
+        **_LLAMA,
+        "norm": "layer",
+        "norm_bias": True,
+        "positions": "learned",
+        "ffn": "gelu_tanh",
+        "qkv_bias": True,
+        "attn_out_bias": True,
+        "ffn_bias": True,
+    },  # fmt: skip
+    # Mistral 7B v0.1 (Jiang et al. 2023): Llama's blocks with a 4096-token sliding window.
+    "mistral": {**_LLAMA, "sliding_window": 4096},
+    # Gemma (v1; Gemma Team 2024): (1 + w) RMSNorm, tanh-GeGLU, embeddings × √d_model.
+    "gemma": {**_LLAMA, "norm_unit_offset": True, "ffn": "geglu", "embed_scale": True},
+}
+assert tuple(FAMILY_ARCHITECTURES) == FAMILIES
 
 
 def _preset(name: str, n_layers: int, d_model: int, n_heads: int, *, gpt3: bool) -> ModelConfig:
@@ -37,6 +68,47 @@ def _preset(name: str, n_layers: int, d_model: int, n_heads: int, *, gpt3: bool)
         max_seq_len=GPT3_CONTEXT if gpt3 else 512,
     )
 
+
+def _published(name: str, family: str, **fields) -> ModelConfig:
+    return ModelConfig(name=name, family=family, **FAMILY_ARCHITECTURES[family], **fields)
+
+
+def _gpt2(name: str, n_layers: int, d_model: int, n_heads: int) -> ModelConfig:
+    """GPT-2 as released (openai-community/gpt2*): 50257 tokens, 1024 positions, tied head."""
+    return _published(
+        name, "gpt2", n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_ff=4 * d_model,
+        vocab_size=50257, max_seq_len=1024, tied_embeddings=True,
+    )  # fmt: skip
+
+
+# Published architectures, field by field from their Hugging Face config.json; each n_params
+# equals the Hugging Face model's parameter count (tests/test_presets.py).
+PUBLISHED: tuple[ModelConfig, ...] = (
+    _gpt2("gpt2", 12, 768, 12),
+    _gpt2("gpt2-medium", 24, 1024, 16),
+    _gpt2("gpt2-large", 36, 1280, 20),
+    _gpt2("gpt2-xl", 48, 1600, 25),
+    # meta-llama/Llama-2-7b-hf
+    _published("llama-2-7b", "llama", n_layers=32, d_model=4096, n_heads=32, d_ff=11008,
+               vocab_size=32000, max_seq_len=4096, tied_embeddings=False),
+    # meta-llama/Meta-Llama-3-8B (GQA 32/8, rope_theta 500000; no rope_scaling, unlike 3.1)
+    _published("llama-3-8b", "llama", n_layers=32, d_model=4096, n_heads=32, n_kv_heads=8,
+               d_ff=14336, vocab_size=128256, max_seq_len=8192, tied_embeddings=False,
+               rope_theta=500_000.0),
+    # openlm-research/open_llama_3b
+    _published("open-llama-3b", "llama", n_layers=26, d_model=3200, n_heads=32, d_ff=8640,
+               vocab_size=32000, max_seq_len=2048, tied_embeddings=False, norm_eps=1e-6),
+    # mistralai/Mistral-7B-v0.1 (GQA 32/8, sliding window 4096)
+    _published("mistral-7b", "mistral", n_layers=32, d_model=4096, n_heads=32, n_kv_heads=8,
+               d_ff=14336, vocab_size=32000, max_seq_len=32768, tied_embeddings=False),
+    # google/gemma-2b (MQA, head_dim 256) and google/gemma-7b (16 heads of 256 ≠ d_model)
+    _published("gemma-2b", "gemma", n_layers=18, d_model=2048, n_heads=8, n_kv_heads=1,
+               d_ff=16384, vocab_size=256000, max_seq_len=8192, tied_embeddings=True,
+               norm_eps=1e-6),  # 8 heads of 2048 / 8 = 256
+    _published("gemma-7b", "gemma", n_layers=28, d_model=3072, n_heads=16, head_dim=256,
+               d_ff=24576, vocab_size=256000, max_seq_len=8192, tied_embeddings=True,
+               norm_eps=1e-6),
+)  # fmt: skip
 
 # GPT-3 ladder: Brown et al. 2020, table 2.1. Two rows of the paper are inconsistent with
 # d_model = n_heads·d_head and are fixed here: 1.3B uses 16 heads of 128 (paper: 24 heads),
@@ -55,6 +127,7 @@ PRESETS: dict[str, ModelConfig] = {
         _preset("6.7b", 32, 4096, 32, gpt3=True),
         _preset("13b", 40, 5120, 40, gpt3=True),
         _preset("175b", 96, 12288, 96, gpt3=True),
+        *PUBLISHED,
     )
 }
 
@@ -63,6 +136,13 @@ def get_preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown size {name!r}; valid: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def load_model(path: str | Path, **overrides) -> ModelConfig:
+    """The architecture of a Hugging Face ``config.json`` (a file, or a folder holding one)."""
+    from scaling.estimate.hf_config import model_config_from_hf
+
+    return model_config_from_hf(path, **overrides)
 
 
 def with_width(cfg: ModelConfig, width: int) -> ModelConfig:
@@ -77,20 +157,27 @@ def with_width(cfg: ModelConfig, width: int) -> ModelConfig:
         n_heads=width // cfg.d_head,
         n_kv_heads=None,
         head_dim=None,
-        d_ff=ffn_width(cfg.family, width),
+        d_ff=ffn_width(width, cfg.ffn_gated),
     )
 
 
-def with_family(cfg: ModelConfig, family: Family) -> ModelConfig:
-    """The same widths in the other family (gpt2 uses a 4·d_model GELU MLP)."""
+def with_family(cfg: ModelConfig, family: str) -> ModelConfig:
+    """The same widths with another family's architecture fields (``FAMILY_ARCHITECTURES``).
+    A two-matrix FFN gets 4·d_model, a gated one ≈ 8/3·d_model, when the kind changes."""
+    if family not in FAMILY_ARCHITECTURES:
+        raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
     if family == cfg.family:
         return cfg
-    return dataclasses.replace(cfg, family=family, d_ff=ffn_width(family, cfg.d_model))
+    changed = dataclasses.replace(cfg, family=family, **FAMILY_ARCHITECTURES[family])
+    if changed.ffn_gated != cfg.ffn_gated:
+        changed = dataclasses.replace(changed, d_ff=ffn_width(cfg.d_model, changed.ffn_gated))
+    return changed
 
 
 def build_run(
-    size: str = "tiny",
+    size: str | None = "tiny",
     *,
+    model: str | Path | ModelConfig | None = None,
     family: str | None = None,
     dtype: str | None = None,
     remat: str | None = None,
@@ -102,21 +189,23 @@ def build_run(
     mup_knobs: dict[str, object] | None = None,
     **run_fields,
 ) -> RunConfig:
-    """A RunConfig from a preset name plus overrides (what the CLI and sweeps call). With a
-    prepared data directory the model's vocabulary is the data's (``prepared.padded_vocab``).
+    """A RunConfig from a preset name, or ``model`` (a Hugging Face config.json, or a
+    ModelConfig), plus overrides (what the CLI and sweeps call). With a prepared data
+    directory the model's vocabulary is the data's (``prepared.padded_vocab``).
     ``mup_knobs``: ``config.MUP_KNOBS`` values (None entries keep the default)."""
-    model = get_preset(size)
+    if isinstance(model, ModelConfig):
+        cfg = model
+    else:
+        cfg = load_model(model) if model is not None else get_preset(size or "tiny")
     if width is not None:
-        model = with_width(model, width)
+        cfg = with_width(cfg, width)
     if family is not None:
-        if family not in FAMILIES:
-            raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
-        model = with_family(model, family)
+        cfg = with_family(cfg, family)
     overrides = {k: v for k, v in (("dtype", dtype), ("remat", remat)) if v is not None}
     if tied is not None:
         overrides["tied_embeddings"] = bool(tied)
     if layers is not None:
-        overrides.update(n_layers=layers, name=f"{model.name}-L{layers}")
+        overrides.update(n_layers=layers, name=f"{cfg.name}-L{layers}")
     for key, value in (mup_knobs or {}).items():
         if key not in MUP_KNOBS:
             raise ValueError(f"unknown muP option {key!r}; valid: {', '.join(MUP_KNOBS)}")
@@ -130,7 +219,7 @@ def build_run(
     if data is not None and is_prepared(data):
         # The data decides the vocabulary (padded to a multiple of 64 for tensor splits).
         overrides["vocab_size"] = padded_vocab(open_prepared(data).vocab_size)
-    model = dataclasses.replace(model, **overrides)
+    cfg = dataclasses.replace(cfg, **overrides)
     if isinstance(mesh, str):
         mesh = parse_mesh(mesh)
-    return RunConfig(model=model, mesh=mesh, **run_fields)
+    return RunConfig(model=cfg, mesh=mesh, **run_fields)

@@ -29,12 +29,21 @@ class Role(enum.StrEnum):
     ATTN_K = "attn_k"  # (L, d, h_kv·k)
     ATTN_V = "attn_v"  # (L, d, h_kv·k)
     ATTN_O = "attn_o"  # (L, h·k, d)
-    FFN_IN = "ffn_in"  # (L, d, f): SwiGLU's w1, the GELU MLP's first matrix
-    FFN_GATE = "ffn_gate"  # (L, d, f): SwiGLU's w3 (the linear branch)
+    FFN_IN = "ffn_in"  # (L, d, f): the activated matrix (SwiGLU/GeGLU's w1 = HF gate_proj)
+    FFN_GATE = "ffn_gate"  # (L, d, f): the linear branch of a gated FFN (w3 = HF up_proj)
     FFN_OUT = "ffn_out"  # (L, f, d): w2
     NORM_GAIN = "norm_gain"  # (L, d) or (d,)
     NORM_BIAS = "norm_bias"  # (L, d) or (d,): LayerNorm's shift
     HEAD = "head"  # untied read-out (d, V)
+    # biases of the matrices above (``ModelConfig.qkv_bias`` / ``attn_out_bias`` / ...)
+    ATTN_Q_BIAS = "attn_q_bias"  # (L, h·k)
+    ATTN_K_BIAS = "attn_k_bias"  # (L, h_kv·k)
+    ATTN_V_BIAS = "attn_v_bias"  # (L, h_kv·k)
+    ATTN_O_BIAS = "attn_o_bias"  # (L, d)
+    FFN_IN_BIAS = "ffn_in_bias"  # (L, f)
+    FFN_GATE_BIAS = "ffn_gate_bias"  # (L, f)
+    FFN_OUT_BIAS = "ffn_out_bias"  # (L, d)
+    HEAD_BIAS = "head_bias"  # (V,)
 
     @property
     def kind(self) -> str:
@@ -49,12 +58,22 @@ class Role(enum.StrEnum):
     @property
     def decayed(self) -> bool:
         """Whether AdamW's weight decay applies (matrices and tables; not gains or biases)."""
-        return self not in (Role.NORM_GAIN, Role.NORM_BIAS)
+        return self not in VECTOR_ROLES
+
+    @property
+    def matrix(self) -> bool:
+        """A 2-D weight per layer (or the tables and head): what ``x W`` multiplies."""
+        return self not in VECTOR_ROLES
 
 
 HIDDEN_ROLES = frozenset(
     {Role.ATTN_Q, Role.ATTN_K, Role.ATTN_V, Role.ATTN_O, Role.FFN_IN, Role.FFN_GATE, Role.FFN_OUT}
 )
+BIAS_ROLES = frozenset(
+    {Role.ATTN_Q_BIAS, Role.ATTN_K_BIAS, Role.ATTN_V_BIAS, Role.ATTN_O_BIAS, Role.FFN_IN_BIAS,
+     Role.FFN_GATE_BIAS, Role.FFN_OUT_BIAS, Role.HEAD_BIAS}
+)  # fmt: skip
+VECTOR_ROLES = BIAS_ROLES | {Role.NORM_GAIN, Role.NORM_BIAS}
 _KIND = {
     Role.EMBED: "embed",
     Role.POSITION: "position",
@@ -68,17 +87,28 @@ _KIND = {
     Role.NORM_GAIN: "vector",
     Role.NORM_BIAS: "vector",
     Role.HEAD: "head",
+    # a column matrix's bias is split like its output columns; a row matrix's bias is added
+    # after the reduction, so it is a replicated vector like the norms
+    Role.ATTN_Q_BIAS: "column_bias",
+    Role.ATTN_K_BIAS: "column_bias",
+    Role.ATTN_V_BIAS: "column_bias",
+    Role.FFN_IN_BIAS: "column_bias",
+    Role.FFN_GATE_BIAS: "column_bias",
+    Role.ATTN_O_BIAS: "vector",
+    Role.FFN_OUT_BIAS: "vector",
+    Role.HEAD_BIAS: "head_bias",
 }
-# module name inside a block → role of its ``weight``
-_BLOCK_MATRICES = {
-    ("attn", "q"): Role.ATTN_Q,
-    ("attn", "k"): Role.ATTN_K,
-    ("attn", "v"): Role.ATTN_V,
-    ("attn", "o"): Role.ATTN_O,
-    ("ffn", "w1"): Role.FFN_IN,
-    ("ffn", "w3"): Role.FFN_GATE,
-    ("ffn", "w2"): Role.FFN_OUT,
+# module inside a block → (role of its ``weight``, role of its ``bias``)
+_BLOCK_LINEARS = {
+    ("attn", "q"): (Role.ATTN_Q, Role.ATTN_Q_BIAS),
+    ("attn", "k"): (Role.ATTN_K, Role.ATTN_K_BIAS),
+    ("attn", "v"): (Role.ATTN_V, Role.ATTN_V_BIAS),
+    ("attn", "o"): (Role.ATTN_O, Role.ATTN_O_BIAS),
+    ("ffn", "w1"): (Role.FFN_IN, Role.FFN_IN_BIAS),
+    ("ffn", "w3"): (Role.FFN_GATE, Role.FFN_GATE_BIAS),
+    ("ffn", "w2"): (Role.FFN_OUT, Role.FFN_OUT_BIAS),
 }
+_LEAF_INDEX = {"weight": 0, "bias": 1}
 _NORMS = ("attn_norm", "ffn_norm", "final_norm")
 _NORM_LEAVES = {"weight": Role.NORM_GAIN, "bias": Role.NORM_BIAS}
 PARAM_ROOTS = ("embed", "pos_embed", "blocks", "final_norm", "head")
@@ -87,14 +117,20 @@ PARAM_ROOTS = ("embed", "pos_embed", "blocks", "final_norm", "head")
 def role_of(path: Path) -> Role:
     """The role of the parameter at ``path``; ``ValueError`` for a path the model never makes."""
     names = tuple(str(p) for p in path)
-    if names in (("embed", "weight"), ("pos_embed", "weight"), ("head", "weight")):
-        return {"embed": Role.EMBED, "pos_embed": Role.POSITION, "head": Role.HEAD}[names[0]]
+    top = {
+        ("embed", "weight"): Role.EMBED,
+        ("pos_embed", "weight"): Role.POSITION,
+        ("head", "weight"): Role.HEAD,
+        ("head", "bias"): Role.HEAD_BIAS,
+    }
+    if names in top:
+        return top[names]
     if len(names) >= 2 and names[-2] in _NORMS and names[-1] in _NORM_LEAVES:
         return _NORM_LEAVES[names[-1]]
-    if len(names) == 4 and names[0] == "blocks" and names[-1] == "weight":
-        role = _BLOCK_MATRICES.get(names[1:3])
-        if role is not None:
-            return role
+    if len(names) == 4 and names[0] == "blocks" and names[-1] in _LEAF_INDEX:
+        roles = _BLOCK_LINEARS.get(names[1:3])
+        if roles is not None:
+            return roles[_LEAF_INDEX[names[-1]]]
     raise ValueError(f"no role for parameter {'/'.join(names)}; known roots: {PARAM_ROOTS}")
 
 
@@ -121,31 +157,34 @@ class Param:
 
 def parameters(cfg: ModelConfig) -> tuple[Param, ...]:
     """Every parameter ``scaling.model.TransformerLM`` creates for ``cfg``, in a stable order."""
-    d, L, f = cfg.d_model, cfg.n_layers, cfg.d_ff
+    d, L, f, V = cfg.d_model, cfg.n_layers, cfg.d_ff, cfg.vocab_size
     q_width, kv_width = cfg.n_heads * cfg.d_head, cfg.kv_heads * cfg.d_head
-    norm_leaves = ("weight", "bias") if cfg.family == "gpt2" else ("weight",)
-    out = [Param(("embed", "weight"), Role.EMBED, (cfg.vocab_size, d))]
-    if cfg.family == "gpt2":
+    norm_leaves = ("weight", "bias") if cfg.norm_bias else ("weight",)
+    out = [Param(("embed", "weight"), Role.EMBED, (V, d))]
+    if cfg.positions == "learned":
         out.append(Param(("pos_embed", "weight"), Role.POSITION, (cfg.max_seq_len, d)))
+
+    def linear(scope: str, name: str, d_in: int, d_out: int, bias: bool) -> None:
+        weight_role, bias_role = _BLOCK_LINEARS[(scope, name)]
+        out.append(Param(("blocks", scope, name, "weight"), weight_role, (L, d_in, d_out)))
+        if bias:
+            out.append(Param(("blocks", scope, name, "bias"), bias_role, (L, d_out)))
+
     for norm in ("attn_norm", "ffn_norm"):
-        out += [
-            Param(("blocks", norm, leaf), role_of((norm, leaf)), (L, d)) for leaf in norm_leaves
-        ]
-    out += [
-        Param(("blocks", "attn", "q", "weight"), Role.ATTN_Q, (L, d, q_width)),
-        Param(("blocks", "attn", "k", "weight"), Role.ATTN_K, (L, d, kv_width)),
-        Param(("blocks", "attn", "v", "weight"), Role.ATTN_V, (L, d, kv_width)),
-        Param(("blocks", "attn", "o", "weight"), Role.ATTN_O, (L, q_width, d)),
-        Param(("blocks", "ffn", "w1", "weight"), Role.FFN_IN, (L, d, f)),
-    ]
-    if cfg.family == "llama":
-        out.append(Param(("blocks", "ffn", "w3", "weight"), Role.FFN_GATE, (L, d, f)))
-    out.append(Param(("blocks", "ffn", "w2", "weight"), Role.FFN_OUT, (L, f, d)))
-    out += [
-        Param(("final_norm", leaf), role_of(("final_norm", leaf)), (d,)) for leaf in norm_leaves
-    ]
+        out += [Param(("blocks", norm, leaf), _NORM_LEAVES[leaf], (L, d)) for leaf in norm_leaves]
+    linear("attn", "q", d, q_width, cfg.qkv_bias)
+    linear("attn", "k", d, kv_width, cfg.qkv_bias)
+    linear("attn", "v", d, kv_width, cfg.qkv_bias)
+    linear("attn", "o", q_width, d, cfg.attn_out_bias)
+    linear("ffn", "w1", d, f, cfg.ffn_bias)
+    if cfg.ffn_gated:
+        linear("ffn", "w3", d, f, cfg.ffn_bias)
+    linear("ffn", "w2", f, d, cfg.ffn_bias)
+    out += [Param(("final_norm", leaf), _NORM_LEAVES[leaf], (d,)) for leaf in norm_leaves]
     if not cfg.tied_embeddings:
-        out.append(Param(("head", "weight"), Role.HEAD, (d, cfg.vocab_size)))
+        out.append(Param(("head", "weight"), Role.HEAD, (d, V)))
+    if cfg.head_bias:
+        out.append(Param(("head", "bias"), Role.HEAD_BIAS, (V,)))
     return tuple(out)
 
 

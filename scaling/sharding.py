@@ -18,16 +18,20 @@ column            (L, d, out)      -         (-, data, -)   (-, -, tensor)  (-, 
 row               (L, in, d)       -         (-, data, -)   (-, tensor, -)  (-, tensor, data)
   o, FFN out
 head              (d, V)           -         (data, -)      (-, tensor)     (data, tensor)
+column_bias       (L, out)         -         -              (-, tensor)     (-, tensor)
+  biases of q, k, v, FFN in / gate
+head_bias         (V,)             -         -              (tensor)        (tensor)
 vector            (L, d) / (d,)    -         -              -               -
-  norm gains and biases
+  norm gains and biases, biases of o and FFN out
 batch             (B, T+1)         (data)    (data)         (data)          (data)
 ================  ===============  ========  =============  ==============  ===============
 
 Megatron-style tp: the first matrix of attention (q, k, v) and of the FFN is split by columns
 and the second (o, FFN out) by rows, so each block needs one all-reduce forward and one
-backward per sub-layer. fsdp splits the same matrices over ``data`` and lets XLA all-gather
-them where they are used. Under tp the data axis has size 1, so the batch rule keeps the
-batch replicated.
+backward per sub-layer; a column matrix's bias is split with its columns, a row matrix's
+bias is added after the all-reduce and stays replicated. fsdp splits the same matrices over
+``data`` and lets XLA all-gather them where they are used. Under tp the data axis has size 1,
+so the batch rule keeps the batch replicated.
 
 Adding a mode: a row of ``RULES``, its ``default_mesh_shape`` and its mesh constraint in
 ``_MESH_RULES``; nothing else in the package names modes.
@@ -58,6 +62,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "column": (None, None, TENSOR),
         "row": (None, TENSOR, None),
         "head": (None, TENSOR),
+        "column_bias": (None, TENSOR),
+        "head_bias": (TENSOR,),
     },
     "fsdp_tp": {
         "embed": (TENSOR, DATA),
@@ -65,6 +71,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "column": (None, DATA, TENSOR),
         "row": (None, TENSOR, DATA),
         "head": (DATA, TENSOR),
+        "column_bias": (None, TENSOR),
+        "head_bias": (TENSOR,),
     },
 }
 BATCH_RULE: Rule = (DATA,)

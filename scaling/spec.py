@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scaling.config import MUP_KNOBS, RunConfig, parse_mesh
-from scaling.presets import build_run, get_preset
+from scaling.presets import build_run, get_preset, load_model
 from scaling.roles import tensor_split_dims
 from scaling.sharding import MODES, check_device_count, default_mesh_shape, validate_plan
 
 SWEEP_AXES = (
     "size",
+    "model",
     "mode",
     "mup",
     "family",
@@ -40,6 +41,7 @@ LOADER_AND_EVAL = ("eval_every", "eval_batches", "data_threads", "data_prefetch"
 # ``tokens`` is a token budget per run, which sets steps = round(tokens / (batch · seq)).
 SHAPE_AND_LENGTH = ("layers", "tokens")
 SWEEP_FIXED = (
+    "model",
     "mode",
     "width",
     "tied",
@@ -81,7 +83,7 @@ SWEEP_DEFAULTS: dict[str, object] = {
     "devices": None,
     "dtype": "float32",
     "remat": "none",
-    "family": "llama",
+    "family": None,  # the preset's own family; filled in per run by ``SweepSpec.grid``
     "data": "synthetic",
     "seed": 0,
     "timeout_s": 1800.0,
@@ -109,6 +111,11 @@ class SweepSpec:
         [fixed]
         steps = 4
 
+    ``model`` (an axis or a fixed setting) takes Hugging Face ``config.json`` paths instead of
+    presets; each run's ``size`` is then the model's name (its folder's). ``family`` left unset
+    is the model's own (a preset's or the config's model type), so a run's settings, and its
+    run id, name the family it ran.
+
     ``points`` (TOML ``[[points]]`` tables of axis settings) are runs that are not a product,
     e.g. the (size, steps) pairs of an IsoFLOP study (``scaling plan``): the grid is every
     point combined with every combination of the ``axes``.
@@ -130,11 +137,20 @@ class SweepSpec:
             if key not in SWEEP_FIXED:
                 raise _unknown("setting", key, SWEEP_FIXED)
         self._check_points()
-        sizes = self.axes.get("size", [p["size"] for p in self.points if "size" in p])
-        if "size" not in self.axes and (not self.points or len(sizes) < len(self.points)):
-            raise ValueError("a sweep needs a 'size' axis, e.g. size = [\"tiny\"]")
+        sizes = [*self.axes.get("size", []), *(p["size"] for p in self.points if "size" in p)]
+        given = [*self.axes.get("model", [self.fixed.get("model")])]
+        models = [m for m in [*given, *(p.get("model") for p in self.points)] if m is not None]
+        every_point = all("size" in p or "model" in p for p in self.points)
+        named = "size" in self.axes or "model" in self.axes or self.fixed.get("model") is not None
+        if bool(sizes) == bool(models) or not (named or (self.points and every_point)):
+            raise ValueError(
+                "a sweep needs a 'size' axis (presets, e.g. size = [\"tiny\"]) or 'model' "
+                "paths (Hugging Face config.json), not both"
+            )
         for size in sizes:
             get_preset(size)
+        for model in models:
+            load_model(model)
         for mode in self.axes.get("mode", []):
             if mode not in MODES:
                 raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}, all")
@@ -169,12 +185,27 @@ class SweepSpec:
                 settings = {**SWEEP_DEFAULTS, **self.fixed, **point, **chosen}
                 if settings.get("tokens") is not None:
                     settings["steps"] = steps_of(settings)
-                runs.append({"sweep": self.name, **settings})
+                runs.append({"sweep": self.name, **_with_model_labels(settings)})
         return runs
 
 
 def _unique(values: list) -> list:
     return [v for i, v in enumerate(values) if v not in values[:i]]
+
+
+def _with_model_labels(settings: dict) -> dict:
+    """``size`` (the model's name for a ``model`` path) and ``family`` (the model's own when
+    unset) of one run, so the record names what ran."""
+    settings = dict(settings)
+    if settings.get("model") is not None:
+        cfg = load_model(settings["model"])
+        settings["size"] = cfg.name
+    else:
+        settings.pop("model", None)
+        cfg = get_preset(settings["size"])
+    if settings.get("family") is None:
+        settings["family"] = cfg.family
+    return settings
 
 
 def load_sweep_spec(path: str) -> SweepSpec:
@@ -260,6 +291,7 @@ def run_config_from_settings(settings: dict) -> RunConfig:
     """The RunConfig of one sweep run's settings."""
     return build_run(
         settings["size"],
+        model=settings.get("model"),
         family=settings["family"],
         dtype=settings["dtype"],
         remat=settings["remat"],

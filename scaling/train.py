@@ -357,7 +357,7 @@ def run(
 
 def _start_state(run_cfg: RunConfig, p: Plan, manager, iterator, notes: list[str]) -> TrainState:
     """The newest intact checkpoint when resuming (the iterator moved to its position), else
-    a freshly initialised state."""
+    the imported weights of ``init`` with a fresh optimizer, else a freshly initialised state."""
     from scaling import checkpoint
 
     if manager is not None and run_cfg.resume:
@@ -367,6 +367,10 @@ def _start_state(run_cfg: RunConfig, p: Plan, manager, iterator, notes: list[str
             state, iterator_state = restored
             iterator.set_state(iterator_state)
             return state
+    if run_cfg.init is not None:  # imported weights, fresh optimizer
+        from scaling.convert import initial_state
+
+        return initial_state(run_cfg.init, p)
     return p.init()
 
 

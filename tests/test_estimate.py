@@ -102,13 +102,16 @@ def test_gpt2_small_from_hf_config():
     cfg = model_config_from_hf(DATA / "gpt2-small.json")
     assert cfg.family == "gpt2" and cfg.tied_embeddings and cfg.d_ff == 4 * 768
     assert cfg.name == "gpt2-small" and cfg.max_seq_len == 1024
-    per_layer = 4 * 768 * 768 + 2 * 768 * 3072 + 2 * 2 * 768  # no biases but LayerNorm's
+    assert (cfg.norm, cfg.norm_bias, cfg.positions, cfg.ffn) == (
+        "layer",
+        True,
+        "learned",
+        "gelu_tanh",
+    )
+    biases = 3 * 768 + 768 + 3072 + 768  # c_attn, attn c_proj, c_fc, mlp c_proj
+    per_layer = 4 * 768 * 768 + 2 * 768 * 3072 + biases + 2 * 2 * 768  # + two LayerNorms
     expected = 50257 * 768 + 1024 * 768 + 12 * per_layer + 2 * 768
-    total = param_counts(cfg).total
-    assert total == expected == 124_356_864
-    assert total == pytest.approx(124e6, rel=0.005)
-    # Hugging Face's 124,439,808 adds the attention/MLP biases our model does not have.
-    assert total + 12 * (3 * 768 + 768 + 4 * 768 + 768) == 124_439_808
+    assert param_counts(cfg).total == expected == 124_439_808  # Hugging Face's count
 
 
 def test_hf_config_errors(tmp_path):
@@ -120,11 +123,11 @@ def test_hf_config_errors(tmp_path):
         model_config_from_hf(bad)
     other = tmp_path / "config.json"
     other.write_text(json.dumps({"model_type": "bert", "hidden_size": 768}))
-    with pytest.raises(ValueError, match="valid: llama, mistral, gemma, gpt2"):
+    with pytest.raises(ValueError, match="supported: llama, mistral, gemma, gpt2"):
         model_config_from_hf(tmp_path)
 
 
-def test_hf_gemma_maps_to_llama_with_head_dim(tmp_path):
+def test_hf_gemma_reads_its_own_architecture_with_head_dim(tmp_path):
     # Gemma-7B's shape: d=3072, 16 heads of 256 (16·256 ≠ 3072), GeGLU f=24576, tied.
     path = tmp_path / "gemma-7b.json"
     path.write_text(
@@ -145,7 +148,8 @@ def test_hf_gemma_maps_to_llama_with_head_dim(tmp_path):
         )
     )
     cfg = model_config_from_hf(path)
-    assert cfg.family == "llama" and cfg.d_head == 256 and cfg.tied_embeddings
+    assert cfg.family == "gemma" and cfg.d_head == 256 and cfg.tied_embeddings
+    assert (cfg.ffn, cfg.norm_unit_offset, cfg.embed_scale) == ("geglu", True, True)
     per_layer = 4 * 3072 * 16 * 256 + 3 * 3072 * 24576 + 2 * 3072
     assert param_counts(cfg).total == 28 * per_layer + 256000 * 3072 + 3072  # 8.54 B
 
@@ -218,25 +222,33 @@ def test_tp_divides_matrices_by_tensor():
     assert both.params == 4 * (SMALL_LAYER_MATRICES / 8 + SMALL_TABLE / 8 + SMALL_VECTORS)
 
 
-def test_gpt2_position_table_sharding():
+def test_gpt2_position_table_and_bias_sharding():
     cfg = dataclasses.replace(with_family(SMALL, "gpt2"), name="g")
     positions = 128 * 64  # (max_seq_len, d), learned
     matrices = 2 * (4 * 64 * 64 + 2 * 64 * 256)  # GELU MLP, f = 4·d
     vectors = 2 * 2 * 2 * 64 + 2 * 64  # LayerNorm gain and bias
-    assert param_counts(cfg).total == matrices + SMALL_TABLE + positions + vectors
+    column_biases = 2 * (3 * 64 + 256)  # q, k, v, FFN in: split like their columns
+    row_biases = 2 * (64 + 64)  # o, FFN out: added after the all-reduce, replicated
+    total = matrices + SMALL_TABLE + positions + vectors + column_biases + row_biases
+    assert param_counts(cfg).total == total
+    replicated = vectors + row_biases
     kw = dict(batch=8, seq=32)
     tp = memory_per_device(cfg, mode="tp", mesh=(1, 4), **kw)  # positions replicated
-    assert tp.params == 4 * (matrices / 4 + SMALL_TABLE / 4 + positions + vectors)
+    assert tp.params == 4 * (
+        matrices / 4 + SMALL_TABLE / 4 + positions + column_biases / 4 + replicated
+    )
     both = memory_per_device(cfg, mode="fsdp_tp", mesh=(2, 4), **kw)  # positions over data
-    assert both.params == 4 * (matrices / 8 + SMALL_TABLE / 8 + positions / 2 + vectors)
+    assert both.params == 4 * (
+        matrices / 8 + SMALL_TABLE / 8 + positions / 2 + column_biases / 4 + replicated
+    )
 
 
 def test_activations_by_hand_gpt2_bf16():
     # GPT-2 family, bf16, remat none, one device, scanned layers; what jax saves for the
     # backward (print_saved_residuals), per layer in bytes with c = 2:
-    cfg = ModelConfig(
-        name="g", family="gpt2", n_layers=3, d_model=64, n_heads=4, d_ff=256, vocab_size=512,
-        max_seq_len=64, dtype="bfloat16",
+    cfg = dataclasses.replace(
+        with_family(ModelConfig(name="g"), "gpt2"), n_layers=3, d_model=64, n_heads=4,
+        d_ff=256, vocab_size=512, max_seq_len=64, dtype="bfloat16",
     )  # fmt: skip
     s, b, h, a, V = 64, 2, 64, 4, 512
     per_layer = (

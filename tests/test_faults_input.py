@@ -123,11 +123,23 @@ def _hf(tmp_path, **fields) -> str:
     ("fields", "message"),
     [
         ({"num_local_experts": 8}, "mixture-of-experts models are not supported yet"),
-        ({"hidden_size": {"value": 4096}}, "hidden_size must be an integer, got {'value': 4096}"),
-        ({"hidden_size": "4096x"}, "hidden_size must be an integer, got '4096x' (a string)"),
-        ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false"),
-        ({"rms_norm_eps": "1e-5"}, "rms_norm_eps must be a number"),
-        ({"num_key_value_heads": True}, "num_key_value_heads must be an integer"),
+        (
+            {"hidden_size": {"value": 4096}},
+            "'hidden_size' must be a positive integer, got {'value': 4096} (an object)",
+        ),
+        (
+            {"hidden_size": "4096x"},
+            "'hidden_size' must be a positive integer, got '4096x' (a string)",
+        ),
+        (
+            {"tie_word_embeddings": "false"},
+            "'tie_word_embeddings' must be true or false, got 'false' (a string)",
+        ),
+        ({"rms_norm_eps": "1e-5"}, "'rms_norm_eps' must be a positive number, got '1e-5'"),
+        (
+            {"num_key_value_heads": True},
+            "'num_key_value_heads' must be a positive integer, got True (a boolean)",
+        ),
     ],
 )
 def test_malformed_hugging_face_configs_name_the_field(cli, tmp_path, fields, message):

@@ -22,21 +22,25 @@ from scaling.estimate import param_counts
 from scaling.model import (
     CausalSelfAttention,
     Embedding,
-    GeluMLP,
+    FeedForward,
     LayerNorm,
     Linear,
     RMSNorm,
-    RotaryPositionalEmbedding,
-    SwiGLU,
     TransformerBlock,
     abstract_model,
+    apply_rope,
+    attention_mask,
     build_model,
     gelu,
+    gelu_exact,
+    relu,
+    rope_inverse_frequencies,
     scaled_dot_product_attention,
     silu,
+    sinusoidal_table,
     softmax,
 )
-from scaling.presets import PRESETS, with_family
+from scaling.presets import FAMILY_ARCHITECTURES, PRESETS, with_family
 
 RTOL, ATOL = 1e-5, 1e-6  # float32 vs float64 reference
 
@@ -46,10 +50,10 @@ _PHI_A = math.exp(-0.5 * _A * _A) / math.sqrt(2 * math.pi)
 TRUNC_STD_FACTOR = math.sqrt(1.0 - 2 * _A * _PHI_A / math.erf(_A / math.sqrt(2)))  # ≈ 0.98658
 
 
-def small_cfg(**kw) -> ModelConfig:
+def small_cfg(family: str = "llama", **kw) -> ModelConfig:
+    """A small model with ``family``'s architecture fields (``kw`` overrides any field)."""
     base = dict(n_layers=2, d_model=16, n_heads=4, d_ff=32, vocab_size=50, max_seq_len=16)
-    base.update(kw)
-    return ModelConfig(**base)
+    return ModelConfig(**{**base, "family": family, **FAMILY_ARCHITECTURES[family], **kw})
 
 
 def f64(a) -> np.ndarray:
@@ -125,6 +129,14 @@ def np_gelu_exact(x):
     return np.array(exact).reshape(np.shape(x))
 
 
+NP_ACTIVATIONS = {
+    "silu": np_silu,
+    "gelu_tanh": np_gelu_tanh,
+    "gelu": np_gelu_exact,
+    "relu": lambda x: np.maximum(x, 0.0),
+}
+
+
 def np_softmax(x, axis=-1):
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
@@ -138,96 +150,151 @@ def np_sdpa(q, k, v, mask=None, scale=None):
     return np.einsum("...ts,...sk->...tk", np_softmax(s), v)
 
 
-def rope_vec(vec, pos, theta):
-    """Rotate each pair (vec[2i], vec[2i+1]) by pos·theta^(-2i/d) with an explicit 2×2 matrix."""
-    d = vec.shape[-1]
-    out = np.empty(d)
-    for i in range(d // 2):
-        ang = pos * theta ** (-2.0 * i / d)
+def np_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """theta^(-2i/k), then Meta's Llama-3.1 ``apply_scaling`` written as its loop."""
+    k = cfg.d_head
+    freqs = [cfg.rope_theta ** (-2.0 * i / k) for i in range(k // 2)]
+    factor = cfg.rope_scaling_factor
+    if factor == 1.0:
+        return np.array(freqs)
+    low_wavelen = cfg.rope_original_context / cfg.rope_low_freq_factor
+    high_wavelen = cfg.rope_original_context / cfg.rope_high_freq_factor
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            out.append(freq)
+        elif wavelen > low_wavelen:
+            out.append(freq / factor)
+        else:
+            smooth = (cfg.rope_original_context / wavelen - cfg.rope_low_freq_factor) / (
+                cfg.rope_high_freq_factor - cfg.rope_low_freq_factor
+            )
+            out.append((1 - smooth) * freq / factor + smooth * freq)
+    return np.array(out)
+
+
+def rope_vec(vec, pos, inv_freq):
+    """Rotate each pair (vec[i], vec[i + k/2]) by pos·inv_freq[i] with an explicit 2×2 matrix
+    (the rotate-half layout of GPT-NeoX and Hugging Face)."""
+    half = vec.shape[-1] // 2
+    out = np.empty(vec.shape)
+    for i in range(half):
+        ang = pos * inv_freq[i]
         rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
-        out[2 * i : 2 * i + 2] = rot @ vec[2 * i : 2 * i + 2]
+        out[[i, i + half]] = rot @ vec[[i, i + half]]
     return out
 
 
-def np_rope(x, pos, theta):
-    """``x`` (..., d) and integer ``pos`` of shape x.shape[:-1]."""
+def np_rope(x, pos, cfg: ModelConfig):
+    """``x`` (..., k) and integer ``pos`` of shape x.shape[:-1]."""
+    inv_freq = np_inv_freq(cfg)
     out = np.empty(x.shape)
     for idx in np.ndindex(*x.shape[:-1]):
-        out[idx] = rope_vec(x[idx], float(pos[idx]), theta)
+        out[idx] = rope_vec(x[idx], float(pos[idx]), inv_freq)
     return out
+
+
+def np_sinusoidal(positions, d):
+    """PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(p / 10000^(2i/d)), one by one."""
+    out = np.empty((*positions.shape, d))
+    for idx in np.ndindex(*positions.shape):
+        for i in range(d // 2):
+            angle = positions[idx] / 10_000.0 ** (2 * i / d)
+            out[(*idx, 2 * i)], out[(*idx, 2 * i + 1)] = math.sin(angle), math.cos(angle)
+    return out
+
+
+def np_linear(x, p, name):
+    y = x @ p[name]
+    bias = p.get(name + "_b")
+    return y if bias is None else y + bias
 
 
 def np_attention(x, positions, p, cfg: ModelConfig):
-    """Causal self-attention from weights p = dict(q, k, v, o) stored (d_in, d_out)."""
+    """Causal self-attention from weights p = dict(q, k, v, o, and q_b... biases or None)."""
     b, t, _ = x.shape
     h, kvh, dk = cfg.n_heads, cfg.kv_heads, cfg.d_head
-    q = (x @ p["q"]).reshape(b, t, h, dk)
-    k = (x @ p["k"]).reshape(b, t, kvh, dk)
-    v = (x @ p["v"]).reshape(b, t, kvh, dk)
-    if cfg.family == "llama":
-        pos_q = np.broadcast_to(positions[:, :, None], (b, t, h))
-        pos_k = np.broadcast_to(positions[:, :, None], (b, t, kvh))
-        q = np_rope(q, pos_q, cfg.rope_theta)
-        k = np_rope(k, pos_k, cfg.rope_theta)
+    q = np_linear(x, p, "q").reshape(b, t, h, dk)
+    k = np_linear(x, p, "k").reshape(b, t, kvh, dk)
+    v = np_linear(x, p, "v").reshape(b, t, kvh, dk)
+    if cfg.positions == "rope":
+        q = np_rope(q, np.broadcast_to(positions[:, :, None], (b, t, h)), cfg)
+        k = np_rope(k, np.broadcast_to(positions[:, :, None], (b, t, kvh)), cfg)
     # muP: α_attn·√d_head_base / d_head (microsoft/mup's 8/d_head at a base head width of 64)
     base_dk = cfg.mup_base_head_dim or dk
     scale = cfg.mup_attn_multiplier * np.sqrt(base_dk) / dk if cfg.mup else 1.0 / np.sqrt(dk)
-    causal = np.tril(np.ones((t, t), dtype=bool))
+    allowed = np.array([[j <= i and (cfg.sliding_window is None or i - j < cfg.sliding_window)
+                         for j in range(t)] for i in range(t)])  # fmt: skip
     rep = h // kvh
     out = np.zeros((b, t, h, dk))
     for bi in range(b):
         for hi in range(h):
             kv = hi // rep  # query head hi reads kv head hi // (h / h_kv)
             s = q[bi, :, hi] @ k[bi, :, kv].T * scale
-            s = np.where(causal, s, -np.inf)
+            if cfg.attn_softcap is not None:
+                s = cfg.attn_softcap * np.tanh(s / cfg.attn_softcap)
+            s = np.where(allowed, s, -np.inf)
             out[bi, :, hi] = np_softmax(s) @ v[bi, :, kv]
-    return out.reshape(b, t, h * dk) @ p["o"]
+    return np_linear(out.reshape(b, t, h * dk), p, "o")
 
 
-def np_ffn(x, p, family):
-    if family == "llama":
-        return (np_silu(x @ p["w1"]) * (x @ p["w3"])) @ p["w2"]
-    return np_gelu_tanh(x @ p["w1"]) @ p["w2"]
+def np_ffn(x, p, cfg: ModelConfig):
+    act = NP_ACTIVATIONS[cfg.ffn_activation]
+    hidden = act(np_linear(x, p, "w1"))
+    if cfg.ffn in ("swiglu", "geglu"):
+        hidden = hidden * np_linear(x, p, "w3")
+    return np_linear(hidden, p, "w2")
 
 
 def np_norm(x, g, b, cfg):
-    if cfg.family == "llama":
-        return np_rmsnorm(x, g, cfg.norm_eps)
-    return np_layernorm(x, g, b, cfg.norm_eps)
+    if cfg.norm == "rms":
+        return np_rmsnorm(x, 1.0 + g if cfg.norm_unit_offset else g, cfg.norm_eps)
+    return np_layernorm(x, g, 0.0 if b is None else b, cfg.norm_eps)
+
+
+def _maybe(var, i=None):
+    return None if var is None else w(var, i)
+
+
+def _linears(module, names, i=None) -> dict:
+    out = {}
+    for n in names:
+        lin = getattr(module, n)
+        if lin is not None:
+            out[n], out[n + "_b"] = w(lin.weight, i), _maybe(lin.bias, i)
+    return out
 
 
 def block_params(blk, cfg: ModelConfig, i: int | None = None) -> dict:
-    gpt2 = cfg.family == "gpt2"
-    p = {
+    return {
         "attn_norm_g": w(blk.attn_norm.weight, i),
-        "attn_norm_b": w(blk.attn_norm.bias, i) if gpt2 else None,
+        "attn_norm_b": _maybe(getattr(blk.attn_norm, "bias", None), i),
         "ffn_norm_g": w(blk.ffn_norm.weight, i),
-        "ffn_norm_b": w(blk.ffn_norm.bias, i) if gpt2 else None,
-        "attn": {n: w(getattr(blk.attn, n).weight, i) for n in "qkvo"},
-        "ffn": {"w1": w(blk.ffn.w1.weight, i), "w2": w(blk.ffn.w2.weight, i)},
+        "ffn_norm_b": _maybe(getattr(blk.ffn_norm, "bias", None), i),
+        "attn": _linears(blk.attn, "qkvo", i),
+        "ffn": _linears(blk.ffn, ("w1", "w2", "w3"), i),
     }
-    if not gpt2:
-        p["ffn"]["w3"] = w(blk.ffn.w3.weight, i)
-    return p
 
 
 def np_block(x, positions, p, cfg):
     x = x + np_attention(
         np_norm(x, p["attn_norm_g"], p["attn_norm_b"], cfg), positions, p["attn"], cfg
     )
-    return x + np_ffn(np_norm(x, p["ffn_norm_g"], p["ffn_norm_b"], cfg), p["ffn"], cfg.family)
+    return x + np_ffn(np_norm(x, p["ffn_norm_g"], p["ffn_norm_b"], cfg), p["ffn"], cfg)
 
 
 def lm_params(m, cfg: ModelConfig) -> dict:
     """All weights of a TransformerLM as float64 NumPy, layers as a list of dicts."""
-    gpt2 = cfg.family == "gpt2"
+    head = m.head
     return {
         "embed": w(m.embed.weight),
-        "pos_embed": w(m.pos_embed.weight) if gpt2 else None,
+        "pos_embed": None if m.pos_embed is None else w(m.pos_embed.weight),
         "layers": [block_params(m.blocks, cfg, i) for i in range(cfg.n_layers)],
         "final_g": w(m.final_norm.weight),
-        "final_b": w(m.final_norm.bias) if gpt2 else None,
-        "head": None if cfg.tied_embeddings else w(m.head.weight),
+        "final_b": _maybe(getattr(m.final_norm, "bias", None)),
+        "head": None if head is None else _maybe(head.weight),
+        "head_b": None if head is None else _maybe(head.bias),
     }
 
 
@@ -236,28 +303,38 @@ def np_lm(p: dict, cfg: ModelConfig, tokens, positions=None):
     if positions is None:
         positions = np.broadcast_to(np.arange(t), (b, t))
     x = p["embed"][tokens]
-    if cfg.family == "gpt2":
+    if cfg.embed_scale:
+        x = x * math.sqrt(cfg.d_model)
+    if cfg.positions == "learned":
         x = x + p["pos_embed"][positions]
+    if cfg.positions == "sinusoidal":
+        x = x + np_sinusoidal(positions, cfg.d_model)
     if cfg.mup:
         x = x * cfg.mup_input_multiplier
     for layer in p["layers"]:
         x = np_block(x, positions, layer, cfg)
     x = np_norm(x, p["final_g"], p["final_b"], cfg)
     logits = x @ p["embed"].T if cfg.tied_embeddings else x @ p["head"]
+    if p["head_b"] is not None:
+        logits = logits + p["head_b"]
+    if cfg.final_softcap is not None:
+        logits = cfg.final_softcap * np.tanh(logits / cfg.final_softcap)
     if cfg.mup:
         logits = logits * cfg.mup_output_multiplier / (cfg.d_model / cfg.mup_base_width)
     return logits
 
 
-def randomize_norms(m, cfg: ModelConfig, seed: int) -> None:
-    """Give every norm a non-trivial gain (and bias) so the reference checks their use."""
+def randomize_vectors(m, cfg: ModelConfig, seed: int, scale: float = 0.3) -> None:
+    """Give every norm gain and every bias a non-trivial value (they start at 1 or 0), so the
+    reference checks their use."""
     rng = np.random.default_rng(seed)
-    norms = [m.blocks.attn_norm, m.blocks.ffn_norm, m.final_norm]
-    for norm in norms:
-        shape = norm.weight[...].shape
-        norm.weight[...] = jnp.asarray(1.0 + 0.3 * rng.standard_normal(shape), jnp.float32)
-        if cfg.family == "gpt2":
-            norm.bias[...] = jnp.asarray(0.1 * rng.standard_normal(shape), jnp.float32)
+    state = nnx.state(m, nnx.Param)
+    for path, var in nnx.to_flat_state(state):
+        if path[-1] == "bias" or "norm" in str(path[-2]):
+            shape = var.get_value().shape
+            start = 1.0 if path[-1] == "weight" and not cfg.norm_unit_offset else 0.0
+            var.set_value(jnp.asarray(start + scale * rng.standard_normal(shape), jnp.float32))
+    nnx.update(m, state)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,6 +350,16 @@ def test_linear_forward_is_x_times_w_without_bias():
     assert_close(lin(jnp.asarray(x)), f64(x) @ w(lin.weight))
     # zero input gives zero output exactly (no hidden bias)
     assert np.all(np.asarray(lin(jnp.zeros((4, 16)))) == 0.0)
+
+
+def test_linear_with_bias_adds_it_and_starts_at_zero():
+    lin = Linear(16, 24, rngs=nnx.Rngs(0), bias=True)
+    assert [k for k, _ in nnx.to_flat_state(nnx.state(lin))] == [("bias",), ("weight",)]
+    np.testing.assert_array_equal(w(lin.bias), np.zeros(24))
+    b = np.random.default_rng(2).standard_normal(24).astype(np.float32)
+    lin.bias[...] = jnp.asarray(b)
+    x = np.random.default_rng(1).standard_normal((2, 3, 16)).astype(np.float32)
+    assert_close(lin(jnp.asarray(x)), f64(x) @ w(lin.weight) + f64(b))
 
 
 @pytest.mark.parametrize("d_in,d_out", [(512, 512), (256, 768)])
@@ -327,6 +414,24 @@ def test_rmsnorm(eps):
     assert_close(norm(jnp.asarray(x)), np_rmsnorm(f64(x), f64(g), eps))
 
 
+def test_rmsnorm_unit_offset_is_gemmas_one_plus_w():
+    rng = np.random.default_rng(3)
+    norm = RMSNorm(16, eps=1e-6, unit_offset=True)
+    np.testing.assert_array_equal(w(norm.weight), np.zeros(16))  # gain 1 + 0 at init
+    g = (0.5 * rng.standard_normal(16)).astype(np.float32)
+    norm.weight[...] = jnp.asarray(g)
+    x = rng.standard_normal((3, 5, 16)).astype(np.float32)
+    assert_close(norm(jnp.asarray(x)), np_rmsnorm(f64(x), 1.0 + f64(g), 1e-6))
+    assert not np.allclose(f64(norm(jnp.asarray(x))), np_rmsnorm(f64(x), f64(g), 1e-6))
+
+
+def test_layernorm_without_bias_has_no_shift():
+    norm = LayerNorm(16, eps=1e-5, bias=False)
+    assert [k for k, _ in nnx.to_flat_state(nnx.state(norm))] == [("weight",)]
+    x = np.random.default_rng(4).standard_normal((3, 16)).astype(np.float32)
+    assert_close(norm(jnp.asarray(x)), np_layernorm(f64(x), 1.0, 0.0, 1e-5), atol=1e-5)
+
+
 @pytest.mark.parametrize("eps", [1e-5, 1e-2])
 def test_layernorm(eps):
     rng = np.random.default_rng(1)
@@ -368,6 +473,8 @@ def test_gelu_is_tanh_approximation():
     assert_close(y, np_gelu_tanh(f64(x)))
     # the exact (erf) GELU differs by more than the tolerance, so the check discriminates
     assert np.max(np.abs(np_gelu_tanh(f64(x)) - np_gelu_exact(f64(x)))) > 1e-4
+    assert_close(gelu_exact(jnp.asarray(x)), np_gelu_exact(f64(x)))
+    assert_close(relu(jnp.asarray(x)), np.maximum(f64(x), 0.0))
 
 
 @pytest.mark.parametrize(
@@ -442,37 +549,57 @@ def test_sdpa_with_mask():
     assert_close(b, np_sdpa(f64(q), f64(k), f64(v3), causal))
 
 
-@pytest.mark.parametrize("theta", [10_000.0, 500.0])
-def test_rope_matches_explicit_rotation(theta):
+ROPE_CASES = {
+    "theta 10000": dict(),
+    "theta 500": dict(rope_theta=500.0),
+    # Llama-3.1 scaling with a short original context, so all three bands occur at k = 16
+    "llama3 scaling": dict(rope_scaling_factor=8.0, rope_original_context=64),
+}
+
+
+def rope_cfg(d_k: int = 16, **kw) -> ModelConfig:
+    return small_cfg(d_model=4 * d_k, n_heads=4, max_seq_len=128, **kw)
+
+
+@pytest.mark.parametrize("case", list(ROPE_CASES))
+def test_rope_matches_explicit_rotation(case):
     rng = np.random.default_rng(0)
-    d_k, max_len = 8, 64
-    rope = RotaryPositionalEmbedding(d_k, theta, max_len)
+    cfg = rope_cfg(**ROPE_CASES[case])
+    d_k = cfg.d_head
     x = rng.standard_normal((2, 4, d_k)).astype(np.float32)
-    pos = np.array([[3, 7, 1, 12], [63, 0, 40, 5]])  # non-zero, non-contiguous, unsorted
-    y = rope(jnp.asarray(x), jnp.asarray(pos))
-    assert_close(y, np_rope(f64(x), pos, theta), atol=1e-5)
+    pos = np.array([[3, 7, 1, 12], [127, 0, 40, 5]])  # non-zero, non-contiguous, unsorted
+    y = apply_rope(jnp.asarray(x), cfg, jnp.asarray(pos))
+    assert_close(y, np_rope(f64(x), pos, cfg), atol=1e-5)
     # with a heads axis and positions broadcast over it (as the attention calls it)
     xh = rng.standard_normal((2, 3, 4, d_k)).astype(np.float32)
-    yh = rope(jnp.asarray(xh), jnp.asarray(pos)[:, None, :])
-    assert_close(
-        yh, np_rope(f64(xh), np.broadcast_to(pos[:, None, :], (2, 3, 4)), theta), atol=1e-5
-    )
+    yh = apply_rope(jnp.asarray(xh), cfg, jnp.asarray(pos)[:, None, :])
+    assert_close(yh, np_rope(f64(xh), np.broadcast_to(pos[:, None, :], (2, 3, 4)), cfg), atol=1e-5)
     # a rotation preserves norms
     np.testing.assert_allclose(
         np.linalg.norm(f64(y), axis=-1), np.linalg.norm(f64(x), axis=-1), rtol=1e-5
     )
 
 
+def test_llama3_scaling_touches_only_low_frequencies():
+    plain, scaled = rope_cfg(), rope_cfg(**ROPE_CASES["llama3 scaling"])
+    base, new = rope_inverse_frequencies(plain), rope_inverse_frequencies(scaled)
+    np.testing.assert_allclose(new, np_inv_freq(scaled), rtol=1e-12)
+    assert new[0] == base[0]  # the highest frequency is kept
+    assert new[-1] == pytest.approx(base[-1] / 8.0)  # the lowest divided by the factor
+    between = (new != base) & (new != base / 8.0)
+    assert between.any()  # and some are interpolated
+
+
 def test_rope_dot_product_depends_only_on_offset():
     rng = np.random.default_rng(1)
-    d_k = 16
-    rope = RotaryPositionalEmbedding(d_k, 10_000.0, 128)
+    cfg = rope_cfg()
+    d_k = cfg.d_head
     q = jnp.asarray(rng.standard_normal(d_k).astype(np.float32))
     k = jnp.asarray(rng.standard_normal(d_k).astype(np.float32))
 
     def dot(m, n):
-        qm = rope(q[None], jnp.array([m]))[0]
-        kn = rope(k[None], jnp.array([n]))[0]
+        qm = apply_rope(q[None], cfg, jnp.array([m]))[0]
+        kn = apply_rope(k[None], cfg, jnp.array([n]))[0]
         return float(jnp.dot(qm, kn))
 
     for m, n in [(5, 2), (9, 30), (0, 0)]:
@@ -482,12 +609,20 @@ def test_rope_dot_product_depends_only_on_offset():
     # but it does depend on the offset itself
     assert abs(dot(5, 2) - dot(5, 3)) > 1e-3
     # position 0 is the identity
-    np.testing.assert_allclose(np.asarray(rope(q[None], jnp.array([0]))[0]), np.asarray(q))
+    np.testing.assert_allclose(np.asarray(apply_rope(q[None], cfg, jnp.array([0]))[0]), q)
 
 
 def test_rope_rejects_odd_dimension():
     with pytest.raises(ValueError, match="even"):
-        RotaryPositionalEmbedding(7, 10_000.0, 16)
+        small_cfg(d_model=28, n_heads=4)
+
+
+def test_sinusoidal_table_and_sliding_window_mask():
+    assert_close(sinusoidal_table(16, 8), np_sinusoidal(np.arange(16), 8))
+    mask = np.asarray(attention_mask(6, 3))
+    want = np.array([[0 <= i - j < 3 for j in range(6)] for i in range(6)])
+    np.testing.assert_array_equal(mask, want)
+    np.testing.assert_array_equal(np.asarray(attention_mask(6, None)), np.tril(np.ones((6, 6))))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -495,24 +630,24 @@ def test_rope_rejects_odd_dimension():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_swiglu():
-    cfg = small_cfg(d_ff=24)
-    ffn = SwiGLU(cfg, rngs=nnx.Rngs(0))
-    p = {n: w(getattr(ffn, n).weight) for n in ("w1", "w2", "w3")}
-    assert p["w1"].shape == (16, 24) and p["w3"].shape == (16, 24) and p["w2"].shape == (24, 16)
-    assert not np.allclose(p["w1"], p["w3"])  # independent draws
+@pytest.mark.parametrize("ffn", ["swiglu", "geglu", "gelu_tanh", "gelu", "relu"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_feed_forward(ffn, bias):
+    cfg = small_cfg(ffn=ffn, ffn_bias=bias, d_ff=24)
+    module = FeedForward(cfg, rngs=nnx.Rngs(0))
+    gated = ffn in ("swiglu", "geglu")
+    assert (module.w3 is not None) == gated
+    if bias:
+        rng = np.random.default_rng(5)
+        for lin in (module.w1, module.w2, module.w3):
+            if lin is not None:
+                lin.bias[...] = jnp.asarray(rng.standard_normal(lin.bias[...].shape), jnp.float32)
+    p = _linears(module, ("w1", "w2", "w3"))
+    assert p["w1"].shape == (16, 24) and p["w2"].shape == (24, 16)
+    if gated:
+        assert not np.allclose(p["w1"], p["w3"])  # independent draws
     x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)
-    want = (np_silu(f64(x) @ p["w1"]) * (f64(x) @ p["w3"])) @ p["w2"]
-    assert_close(ffn(jnp.asarray(x)), want)
-
-
-def test_gelu_mlp():
-    cfg = small_cfg(family="gpt2", d_ff=24)
-    ffn = GeluMLP(cfg, rngs=nnx.Rngs(0))
-    w1, w2 = w(ffn.w1.weight), w(ffn.w2.weight)
-    assert w1.shape == (16, 24) and w2.shape == (24, 16)
-    x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)
-    assert_close(ffn(jnp.asarray(x)), np_gelu_tanh(f64(x) @ w1) @ w2)
+    assert_close(module(jnp.asarray(x)), np_ffn(f64(x), p, cfg), atol=1e-5)
 
 
 ATTN_CASES = {
@@ -522,22 +657,29 @@ ATTN_CASES = {
     "gpt2_gqa_mqa": dict(family="gpt2", n_kv_heads=1),
     "llama_head_dim": dict(family="llama", head_dim=6),
     "llama_mup": dict(family="llama", mup=True, tied_embeddings=False),
+    "mistral_window_3": dict(family="mistral", sliding_window=3, n_kv_heads=2),
+    "biases_softcap": dict(qkv_bias=True, attn_out_bias=True, attn_softcap=2.0),
+    "llama3_rope": dict(rope_scaling_factor=4.0, rope_original_context=8),
 }
 
 
 @pytest.mark.parametrize("case", list(ATTN_CASES))
 def test_causal_self_attention(case):
-    cfg = small_cfg(rope_theta=100.0, **ATTN_CASES[case])
+    cfg = small_cfg(**{"rope_theta": 100.0, **ATTN_CASES[case]})
     attn = CausalSelfAttention(cfg, rngs=nnx.Rngs(0))
-    p = {n: w(getattr(attn, n).weight) for n in "qkvo"}
+    randomize_vectors(attn, cfg, seed=3)
+    p = _linears(attn, "qkvo")
     assert p["q"].shape == (16, cfg.n_heads * cfg.d_head)
     assert p["k"].shape == (16, cfg.kv_heads * cfg.d_head)
     assert p["o"].shape == (cfg.n_heads * cfg.d_head, 16)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 6, 16)).astype(np.float32)
+    x = (3 * rng.standard_normal((2, 6, 16))).astype(np.float32)  # large scores: softcap bites
     positions = np.array([[0, 1, 2, 3, 4, 5], [2, 3, 4, 9, 10, 15]])
     got = attn(jnp.asarray(x), jnp.asarray(positions))
     assert_close(got, np_attention(f64(x), positions, p, cfg), atol=1e-5)
+    if cfg.sliding_window is not None or cfg.attn_softcap is not None:
+        plain = dataclasses.replace(cfg, sliding_window=None, attn_softcap=None)
+        assert not np.allclose(f64(got), np_attention(f64(x), positions, p, plain), atol=1e-3)
 
 
 def test_attention_reference_is_sensitive_to_kv_head_grouping():
@@ -556,15 +698,12 @@ def test_attention_reference_is_sensitive_to_kv_head_grouping():
     assert not np.allclose(got, np_attention(x, pos, p2, cfg), atol=1e-3)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma"])
 def test_transformer_block_pre_norm(family):
     cfg = small_cfg(family=family)
     blk = TransformerBlock(cfg, rngs=nnx.Rngs(0))
+    randomize_vectors(blk, cfg, seed=1)
     rng = np.random.default_rng(1)
-    for norm in (blk.attn_norm, blk.ffn_norm):
-        norm.weight[...] = jnp.asarray(1.0 + 0.3 * rng.standard_normal(16), jnp.float32)
-        if family == "gpt2":
-            norm.bias[...] = jnp.asarray(0.1 * rng.standard_normal(16), jnp.float32)
     x = rng.standard_normal((2, 5, 16)).astype(np.float32)
     pos = np.broadcast_to(np.arange(5), (2, 5))
     got = blk(jnp.asarray(x), jnp.asarray(pos))
@@ -590,6 +729,23 @@ LM_CASES = {
         mup_attn_multiplier=1.5,
         mup_base_head_dim=2,
     ),
+    "mistral_window": dict(family="mistral", sliding_window=3, n_kv_heads=2),
+    "gemma_mqa": dict(family="gemma", n_kv_heads=1, head_dim=8),
+    "sinusoidal_relu_layernorm": dict(norm="layer", positions="sinusoidal", ffn="relu"),
+    "nope_gelu_all_biases": dict(
+        positions="none",
+        ffn="gelu",
+        qkv_bias=True,
+        attn_out_bias=True,
+        ffn_bias=True,
+        head_bias=True,
+        tied_embeddings=False,
+        attn_softcap=3.0,
+        final_softcap=2.0,
+    ),  # fmt: skip
+    "llama3_rope_tied_head_bias": dict(
+        rope_scaling_factor=8.0, rope_original_context=8, head_bias=True, rope_theta=50.0
+    ),
 }
 
 
@@ -597,7 +753,7 @@ LM_CASES = {
 def test_transformer_lm_matches_numpy_reference(case):
     cfg = small_cfg(**LM_CASES[case])
     m = build_model(cfg, seed=0)
-    randomize_norms(m, cfg, seed=1)
+    randomize_vectors(m, cfg, seed=1)
     rng = np.random.default_rng(2)
     tokens = rng.integers(0, cfg.vocab_size, (2, 8))
     logits = forward(m, tokens)
@@ -612,7 +768,7 @@ def test_transformer_lm_matches_numpy_reference(case):
     )
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma"])
 def test_default_positions_are_arange(family):
     """``m(tokens)`` (eager, positions=None) equals the reference with positions 0..t-1."""
     cfg = small_cfg(family=family)
@@ -621,19 +777,21 @@ def test_default_positions_are_arange(family):
     assert_close(m(jnp.asarray(tokens)), np_lm(lm_params(m, cfg), cfg, tokens), atol=1e-5)
 
 
-def test_llama_logits_invariant_to_position_shift_gpt2_not():
-    """RoPE is relative: shifting all positions leaves llama logits unchanged; gpt2 changes."""
+def test_logits_invariant_to_position_shift_only_for_relative_or_no_positions():
+    """RoPE is relative and ``none`` ignores positions: shifting all positions leaves their
+    logits unchanged; learned (gpt2) and sinusoidal positions change them."""
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 8)))
     shifted = jnp.broadcast_to(jnp.arange(8) + 7, (2, 8))
-    for family, invariant in (("llama", True), ("gpt2", False)):
-        m = build_model(small_cfg(family=family), seed=0)
+    cases = (("rope", True), ("none", True), ("learned", False), ("sinusoidal", False))
+    for positions, invariant in cases:
+        m = build_model(small_cfg(positions=positions), seed=0)
         a, b = f64(forward(m, tokens)), f64(forward(m, tokens, shifted))
-        assert np.allclose(a, b, rtol=1e-4, atol=1e-5) == invariant, family
+        assert np.allclose(a, b, rtol=1e-4, atol=1e-5) == invariant, positions
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mistral", "gemma"])
 def test_transformer_lm_is_causal(family):
-    cfg = small_cfg(family=family)
+    cfg = small_cfg(family=family, sliding_window=3 if family == "mistral" else None)
     m = build_model(cfg, seed=0)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, (2, 8))
@@ -686,7 +844,7 @@ def test_model_init_statistics():
 
 
 def test_scan_and_unrolled_layers_agree():
-    for family in ("llama", "gpt2"):
+    for family in ("llama", "gpt2", "gemma"):
         cfg = small_cfg(family=family)
         tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 8)))
         scan = build_model(cfg, seed=4)
@@ -697,7 +855,9 @@ def test_scan_and_unrolled_layers_agree():
         )
 
 
-@pytest.mark.parametrize("family,remat", [("llama", "full"), ("llama", "dots"), ("gpt2", "dots")])
+@pytest.mark.parametrize(
+    "family,remat", [("llama", "full"), ("llama", "dots"), ("gpt2", "dots"), ("gemma", "full")]
+)
 def test_remat_preserves_logits_and_gradients(family, remat):
     cfg = small_cfg(family=family)
     rng = np.random.default_rng(0)
@@ -715,7 +875,7 @@ def test_remat_preserves_logits_and_gradients(family, remat):
         assert_close(g, f64(g0), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma"])
 def test_gradient_matches_finite_difference(family):
     """A directional derivative of sum(logits·R) along random directions in the embedding,
     layer-1 q and layer-0 w1, against a central difference of the float64 NumPy reference."""
@@ -750,7 +910,7 @@ def test_bfloat16_compute():
 
     Tolerance: max |Δ| ≤ 0.05 · max |f32 logits| (bf16 has an 8-bit mantissa, ≈0.4 % per op).
     """
-    for family in ("llama", "gpt2"):
+    for family in ("llama", "gpt2", "gemma"):
         cfg = small_cfg(family=family)
         bf = dataclasses.replace(cfg, dtype="bfloat16")
         tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 8)))
@@ -773,16 +933,32 @@ def test_bfloat16_compute():
 
 
 def hand_param_count(cfg: ModelConfig) -> int:
-    """Written from the architecture, for the standard (no GQA, head_dim = d/h) layout."""
-    d, f, v, L = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_layers
-    if cfg.family == "llama":
-        per_layer = 4 * d * d + 3 * d * f + 2 * d
-        final_norm, pos = d, 0
-    else:
-        per_layer = 4 * d * d + 2 * d * f + 4 * d
-        final_norm, pos = 2 * d, cfg.max_seq_len * d
-    head = 0 if cfg.tied_embeddings else d * v
-    return L * per_layer + v * d + pos + final_norm + head
+    """Written from the architecture fields, matrix by matrix."""
+    d, f, v, L, T = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_layers, cfg.max_seq_len
+    q, kv = cfg.n_heads * cfg.d_head, cfg.kv_heads * cfg.d_head
+    gated = cfg.ffn in ("swiglu", "geglu")
+    norm = 2 * d if cfg.norm_bias else d
+    per_layer = 2 * d * q + 2 * d * kv + 2 * norm + (3 if gated else 2) * d * f
+    per_layer += (q + 2 * kv) * cfg.qkv_bias + d * cfg.attn_out_bias
+    per_layer += ((2 if gated else 1) * f + d) * cfg.ffn_bias
+    outside = v * d + norm + (0 if cfg.tied_embeddings else d * v) + v * cfg.head_bias
+    outside += T * d if cfg.positions == "learned" else 0
+    return L * per_layer + outside
+
+
+# Hugging Face's parameter counts (transformers 5.24, meta device; FACTS.md "Checked in review")
+HF_PARAM_COUNTS = {
+    "gpt2": 124_439_808,
+    "gpt2-medium": 354_823_168,
+    "gpt2-large": 774_030_080,
+    "gpt2-xl": 1_557_611_200,
+    "llama-2-7b": 6_738_415_616,
+    "llama-3-8b": 8_030_261_248,
+    "open-llama-3b": 3_426_473_600,
+    "mistral-7b": 7_241_732_096,
+    "gemma-2b": 2_506_172_416,
+    "gemma-7b": 8_537_680_896,
+}
 
 
 def abstract_params(cfg: ModelConfig) -> dict:
@@ -796,35 +972,39 @@ def count(params: dict) -> int:
 
 CPU_PRESETS = ["tiny", "10m", "30m"]
 COUNT_CASES = [(n, PRESETS[n]) for n in PRESETS] + [
-    (n + "-gpt2", with_family(PRESETS[n], "gpt2")) for n in CPU_PRESETS
+    (f"{n}-{family}", with_family(PRESETS[n], family))
+    for n in CPU_PRESETS
+    for family in ("gpt2", "gemma")
 ]
 
 
 @pytest.mark.parametrize("name,cfg", COUNT_CASES, ids=[c[0] for c in COUNT_CASES])
 def test_preset_param_count_and_shapes(name, cfg):
+    """Every preset built abstractly (``nnx.eval_shape``: no memory, also for the 8B ones)."""
     params = abstract_params(cfg)
     n = count(params)
-    assert n == param_counts(cfg).total
-    assert n == hand_param_count(cfg)
+    assert n == param_counts(cfg).total == hand_param_count(cfg)
+    if name in HF_PARAM_COUNTS:
+        assert n == HF_PARAM_COUNTS[name]
     d, f, v, L = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_layers
+    q, kv = cfg.n_heads * cfg.d_head, cfg.kv_heads * cfg.d_head
     shape = {k: tuple(p.shape) for k, p in params.items()}
     assert all(p.dtype == jnp.float32 for p in params.values())
     assert shape["embed.weight"] == (v, d)
-    assert shape["blocks.attn.q.weight"] == (L, d, d)
-    assert shape["blocks.attn.o.weight"] == (L, d, d)
+    assert shape["blocks.attn.q.weight"] == (L, d, q)
+    assert shape["blocks.attn.k.weight"] == (L, d, kv)
+    assert shape["blocks.attn.o.weight"] == (L, q, d)
     assert shape["blocks.ffn.w1.weight"] == (L, d, f)
     assert shape["blocks.ffn.w2.weight"] == (L, f, d)
     assert shape["blocks.attn_norm.weight"] == (L, d)
     assert shape["final_norm.weight"] == (d,)
-    assert "head.weight" not in shape  # presets tie the head
-    if cfg.family == "llama":
-        assert shape["blocks.ffn.w3.weight"] == (L, d, f)
-        assert "pos_embed.weight" not in shape and "final_norm.bias" not in shape
-    else:
-        assert "blocks.ffn.w3.weight" not in shape
-        assert shape["pos_embed.weight"] == (cfg.max_seq_len, d)
-        assert shape["blocks.ffn_norm.bias"] == (L, d)
-        assert shape["final_norm.bias"] == (d,)
+    assert ("head.weight" in shape) == (not cfg.tied_embeddings)
+    assert ("blocks.ffn.w3.weight" in shape) == (cfg.ffn in ("swiglu", "geglu"))
+    assert ("pos_embed.weight" in shape) == (cfg.positions == "learned")
+    assert ("final_norm.bias" in shape) == cfg.norm_bias
+    assert ("blocks.attn.q.bias" in shape) == cfg.qkv_bias
+    if cfg.qkv_bias:
+        assert shape["blocks.attn.k.bias"] == (L, kv) and shape["blocks.attn.o.bias"] == (L, d)
 
 
 @pytest.mark.parametrize("name", ["tiny", "125m", "175b"])
@@ -843,15 +1023,19 @@ def test_untied_head_adds_d_times_v(name, family):
     [dict(n_kv_heads=2), dict(n_kv_heads=1, family="gpt2"), dict(head_dim=16), dict(head_dim=6)],
 )
 def test_param_count_gqa_and_head_dim(kw):
-    cfg = ModelConfig(n_layers=3, d_model=64, n_heads=8, d_ff=96, vocab_size=100, **kw)
+    kw = dict(kw)
+    family = kw.pop("family", "llama")
+    cfg = small_cfg(family, n_layers=3, d_model=64, n_heads=8, d_ff=96, vocab_size=100, **kw)
     params = abstract_params(cfg)
     d, h, kv, dk = 64, 8, cfg.kv_heads, cfg.d_head
     attn = 2 * d * h * dk + 2 * d * kv * dk  # q, o full width; k, v grouped
-    ffn = (3 if cfg.family == "llama" else 2) * d * 96
-    norms = 2 * d if cfg.family == "llama" else 4 * d
-    final = d if cfg.family == "llama" else 2 * d
-    pos = cfg.max_seq_len * d if cfg.family == "gpt2" else 0
-    assert count(params) == 3 * (attn + ffn + norms) + 100 * d + pos + final
+    gpt2 = family == "gpt2"
+    ffn = (2 if gpt2 else 3) * d * 96
+    biases = (h * dk + 2 * kv * dk + d + 96 + d) if gpt2 else 0  # q, k, v, o, FFN in, out
+    norms = 4 * d if gpt2 else 2 * d
+    final = 2 * d if gpt2 else d
+    pos = cfg.max_seq_len * d if gpt2 else 0
+    assert count(params) == 3 * (attn + ffn + biases + norms) + 100 * d + pos + final
     assert count(params) == param_counts(cfg).total
     assert tuple(params["blocks.attn.k.weight"].shape) == (3, d, kv * dk)
     assert tuple(params["blocks.attn.q.weight"].shape) == (3, d, h * dk)

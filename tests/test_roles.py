@@ -18,10 +18,26 @@ from scaling.presets import PRESETS, with_family
 from scaling.roles import Role, parameters, role_of
 from scaling.train import decay_mask
 
+TINY = PRESETS["tiny"]
 CASES = [PRESETS[n] for n in PRESETS] + [
-    with_family(PRESETS["tiny"], "gpt2"),
-    dataclasses.replace(PRESETS["tiny"], tied_embeddings=False),
+    *(with_family(TINY, family) for family in ("gpt2", "mistral", "gemma")),
+    dataclasses.replace(TINY, tied_embeddings=False),
     ModelConfig(n_layers=3, d_model=64, n_heads=8, n_kv_heads=2, head_dim=6, d_ff=96),
+    # every optional parameter at once, and the variants that create none
+    dataclasses.replace(
+        TINY,
+        name="all-biases",
+        norm="layer",
+        norm_bias=True,
+        qkv_bias=True,
+        attn_out_bias=True,
+        ffn_bias=True,
+        head_bias=True,
+        tied_embeddings=False,
+    ),  # fmt: skip
+    dataclasses.replace(TINY, name="tied-head-bias", head_bias=True, ffn="relu", d_ff=100),
+    dataclasses.replace(TINY, name="plain", norm="layer", positions="sinusoidal", ffn="gelu"),
+    dataclasses.replace(TINY, name="nope", positions="none", ffn="geglu", attn_softcap=30.0),
 ]
 
 
@@ -53,6 +69,9 @@ def test_roles_decide_decay_and_mup_hidden_matrices():
     params = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
     mask = jax.tree_util.tree_flatten_with_path(decay_mask(params))[0]
     decayed = {"/".join(str(k.key) for k in path) for path, on in mask if on}
+    not_decayed = {"/".join(str(k.key) for k in path) for path, on in mask if not on}
+    assert {"blocks/attn/q/bias", "blocks/ffn/w2/bias", "final_norm/bias"} <= not_decayed
+    # GPT-2's biases (q, k, v, o, FFN) and LayerNorm shifts are not decayed, like the gains.
     assert decayed == {
         "embed/weight",
         "pos_embed/weight",
@@ -72,11 +91,11 @@ def test_roles_decide_decay_and_mup_hidden_matrices():
 @pytest.mark.parametrize(
     ("mode", "mesh"), [("dp", (8, 1)), ("fsdp", (8, 1)), ("tp", (1, 8)), ("fsdp_tp", (4, 2))]
 )
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma"])
 def test_estimator_holds_what_jax_places_on_a_device(mode, mesh, family):
     """The estimator's per-device parameter count equals the shard shapes of the real
-    NamedShardings (the same rules drive both)."""
-    cfg = with_family(PRESETS["tiny"], family)
+    NamedShardings (the same rules drive both); gpt2 adds biases split over tensor."""
+    cfg = dataclasses.replace(with_family(TINY, family), head_bias=True)
     params = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
     jax_mesh = parallel.make_mesh(mesh, jax.devices()[: mesh[0] * mesh[1]])
     shards = parallel.shardings(params, mode, jax_mesh)
@@ -90,7 +109,7 @@ def test_estimator_holds_what_jax_places_on_a_device(mode, mesh, family):
 
 def test_every_mode_has_rules_a_default_mesh_and_a_mesh_rule():
     for mode in sharding.MODES:
-        assert set(sharding.RULES[mode]) <= {"embed", "position", "column", "row", "head"}
+        assert set(sharding.RULES[mode]) <= {role.kind for role in Role} - {"vector"}
         sharding.validate_mesh(mode, sharding.default_mesh_shape(mode, 8))
     with pytest.raises(ValueError, match="unknown mode 'pp'; valid: none, dp, fsdp, tp, fsdp_tp"):
         sharding.check_mode("pp")

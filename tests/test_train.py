@@ -63,14 +63,17 @@ def test_optimizer_equals_clipped_optax_adamw_under_sp():
 
 
 def test_loss_falls_toward_the_entropy_floor_and_never_below():
-    result = run(build_run("tiny", steps=100, batch=8, seq=128, lr=1e-2))
+    # 150 steps: the loss plateaus near the unigram entropy before it drops, and when it drops
+    # depends on the init; at 100 steps the last-10 mean ranged 1.59-2.68 over seeds and
+    # versions, at 150 steps 1.42-1.48 (floor 1.24)
+    result = run(build_run("tiny", steps=150, batch=8, seq=128, lr=1e-2))
     losses, floor = np.array(result.losses), result.entropy_floor_nats
     assert losses[0] > math.log(64)  # starts above the unigram entropy of 64 states
     tail = losses[-10:].mean()
     assert tail < losses[0] - 4.0
     assert tail - floor < 0.6, f"last-10 mean {tail:.3f} is not near the floor {floor:.3f}"
     assert losses.min() > floor - 0.1, "a loss below the entropy floor means a bug"
-    assert len(result.step_times_s) == 100 and result.compile_s > 0
+    assert len(result.step_times_s) == 150 and result.compile_s > 0
 
 
 def test_probe_schedule_samples_at_most_eight_measured_steps():

@@ -1,25 +1,56 @@
 """The analytic estimator (scaling.estimate) against XLA's own counts of the real train step.
 
-Tolerances: FLOPs 2 % of XLA's count, memory (argument + temp vs the analytic total) 10 %.
-Measured on CPU, batch 2, seq 128: FLOPs ratio 1.0000 for tiny, 10m and 125m (matmuls alone:
-1.029, 1.026, 1.020, so a matmul-only model fails tiny and 10m); fsdp_tp 4x2 on tiny per
-device 1.011; memory 1.016, 1.021, 1.044. Each cross-check is computed once per module.
+Tolerances: FLOPs 2 % of XLA's count, memory (argument + temp vs the analytic total) 10 %;
+every architecture (the four families and one model with every optional component) also to
+0.01 % of the FLOPs, which a component table off by one FLOP per element fails. Measured on
+CPU, batch 2, seq 128: FLOPs ratio 1.0000 for tiny, 10m and 125m (matmuls alone: 1.029, 1.026,
+1.020, so a matmul-only model fails tiny and 10m) and 0.99999-1.00000 for gpt2, gemma,
+mistral and the all-components model on tiny's widths, remat none/full/dots, float32 and
+bfloat16; fsdp_tp 4x2 on tiny per device 1.011; memory 1.016, 1.021, 1.044 (tiny, 10m, 125m),
+0.998-1.016 across architectures. Each cross-check is computed once per module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import pytest
 
+from scaling.config import RunConfig
 from scaling.estimate import elementwise_flops, flop_counts
 from scaling.estimate.xla_check import METHOD_COMPILE, METHOD_LOWERING, unrolled, xla_cross_check
-from scaling.presets import build_run
+from scaling.presets import PRESETS, build_run, with_family
 from scaling.train import plan
 
 FLOPS_TOLERANCE = 0.02
+ARCH_FLOPS_TOLERANCE = 1e-4
 MEMORY_TOLERANCE = 0.10
+# tiny's widths with each family's fields, and one model with every optional component
+ARCHITECTURES = {
+    "gpt2": dict(family="gpt2"),
+    "gemma": dict(family="gemma", n_kv_heads=2),
+    "mistral": dict(family="mistral", sliding_window=32, n_kv_heads=4),
+    "everything": dict(
+        family="llama", positions="sinusoidal", ffn="relu", d_ff=512, norm="layer",
+        attn_softcap=5.0, final_softcap=3.0, head_bias=True, qkv_bias=True,
+        attn_out_bias=True, ffn_bias=True, embed_scale=True, tied_embeddings=False,
+    ),
+}  # fmt: skip
+
+
+def arch_run(name: str, **kw) -> RunConfig:
+    fields = dict(ARCHITECTURES[name])
+    cfg = dataclasses.replace(with_family(PRESETS["tiny"], fields.pop("family")), **fields)
+    return RunConfig(model=dataclasses.replace(cfg, **kw), batch=2, seq=128)
+
+
+@functools.cache
+def arch_check(name: str, **kw) -> dict:
+    return xla_cross_check(arch_run(name, **kw))
+
+
 SHARDED = ("tiny", dict(mode="fsdp_tp", mesh=(4, 2), batch=8, seq=64))
 
 
@@ -159,3 +190,20 @@ def test_one_device_has_no_communication():
 def test_comm_matches_the_partitioned_hlo_everywhere(size, remat, dtype, mode, mesh):
     c = _comm(size, mode, mesh, dtype, remat)
     assert c["xla_comm_ratio"] == pytest.approx(1.0, abs=COMM_TOLERANCE)
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_every_architecture_matches_xla(name):
+    c = arch_check(name)
+    assert c["xla_flops_ratio"] == pytest.approx(1.0, abs=ARCH_FLOPS_TOLERANCE)
+    assert c["xla_memory_ratio"] == pytest.approx(1.0, abs=MEMORY_TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("name", "remat", "dtype"),
+    [("gpt2", "full", "float32"), ("gemma", "dots", "float32"), ("gpt2", "none", "bfloat16"),
+     ("gemma", "full", "bfloat16"), ("everything", "dots", "bfloat16")],
+)  # fmt: skip
+def test_architectures_under_remat_and_bf16(name, remat, dtype):
+    c = xla_cross_check(arch_run(name, remat=remat, dtype=dtype), memory=False, comm=False)
+    assert c["xla_flops_ratio"] == pytest.approx(1.0, abs=ARCH_FLOPS_TOLERANCE)

@@ -37,7 +37,12 @@ def estimate(
     ] = None,
     hbm_gbps: Annotated[float | None, Opt(help="Replace the profile's HBM GB/s.")] = None,
     hf_config: Annotated[
-        str | None, Opt(help="A Hugging Face config.json (replaces --sizes).")
+        str | None,
+        Opt(
+            "--model",
+            "--hf-config",
+            help="Comma list of Hugging Face config.json paths (replaces --sizes).",
+        ),
     ] = None,
     causal_halving: Annotated[
         bool,
@@ -110,9 +115,11 @@ def build_runs(
         from scaling.estimate.hf_config import model_config_from_hf
 
         overrides = {k: v for k, v in (("dtype", dtype), ("remat", remat)) if v is not None}
-        cfg = model_config_from_hf(hf_config, **overrides)
-        context = min(GPT3_CONTEXT, cfg.max_seq_len)
-        return [RunConfig(model=cfg, seq=context if seq is None else seq, **fields)]
+        configs = [model_config_from_hf(path, **overrides) for path in split_list(hf_config)]
+        return [
+            RunConfig(model=cfg, seq=seq or min(GPT3_CONTEXT, cfg.max_seq_len), **fields)
+            for cfg in configs
+        ]
     names = split_list(sizes)
     if not names:
         raise ValueError("no sizes given; e.g. --sizes 125m,350m")

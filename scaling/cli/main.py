@@ -6,6 +6,7 @@ import typer
 
 from scaling.cli import (
     check,
+    convert,
     data,
     estimate,
     evaluate,
@@ -16,6 +17,7 @@ from scaling.cli import (
     report,
     sweep,
     train,
+    validate,
 )
 
 app = typer.Typer(
@@ -32,7 +34,9 @@ app.command("sweep")(sweep.sweep)
 app.command("report")(report.report)
 app.command("check")(check.check)
 app.command("eval")(evaluate.eval_)
+app.command("validate")(validate.validate)
 app.command("fit")(fit.fit)
 app.add_typer(data.app, name="data")
 app.add_typer(mup.app, name="mup")
+app.add_typer(convert.app, name="convert")
 app.add_typer(plan.app, name="plan")

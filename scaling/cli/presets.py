@@ -1,4 +1,5 @@
-"""`scaling presets`: the model ladder as a table or JSON."""
+"""`scaling presets`: the model presets (CPU ladder, GPT-3 ladder, published architectures) as a
+table or JSON."""
 
 from __future__ import annotations
 
@@ -8,8 +9,25 @@ import typer
 from rich.table import Table
 
 from scaling.cli.common import out_console, print_json
+from scaling.config import ModelConfig
 from scaling.estimate import param_counts
 from scaling.presets import PRESETS
+
+
+def architecture(cfg: ModelConfig) -> str:
+    """A short summary of the architecture fields, e.g. ``rms · rope · swiglu · gqa 32/8``."""
+    norm = {"rms": "rms", "layer": "ln"}[cfg.norm] + ("+b" if cfg.norm_bias else "")
+    norm += "(1+w)" if cfg.norm_unit_offset else ""
+    parts = [norm, cfg.positions, cfg.ffn]
+    if cfg.kv_heads != cfg.n_heads:
+        parts.append(f"{'mqa' if cfg.kv_heads == 1 else 'gqa'} {cfg.n_heads}/{cfg.kv_heads}")
+    if cfg.qkv_bias or cfg.attn_out_bias or cfg.ffn_bias:
+        parts.append("biases")
+    if cfg.sliding_window is not None:
+        parts.append(f"window {cfg.sliding_window}")
+    if cfg.embed_scale:
+        parts.append("×√d")
+    return " · ".join(parts)
 
 
 def preset_rows() -> list[dict]:
@@ -23,11 +41,17 @@ def preset_rows() -> list[dict]:
                 "n_layers": cfg.n_layers,
                 "d_model": cfg.d_model,
                 "n_heads": cfg.n_heads,
+                "n_kv_heads": cfg.kv_heads,
                 "d_head": cfg.d_head,
                 "d_ff": cfg.d_ff,
                 "vocab_size": cfg.vocab_size,
                 "max_seq_len": cfg.max_seq_len,
                 "tied_embeddings": cfg.tied_embeddings,
+                "norm": cfg.norm,
+                "positions": cfg.positions,
+                "ffn": cfg.ffn,
+                "sliding_window": cfg.sliding_window,
+                "architecture": architecture(cfg),
                 "n_params": counts.total,
                 "n_params_non_embedding": counts.non_embedding,
             }
@@ -40,25 +64,20 @@ def human_count(n: int) -> str:
 
 
 def presets(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List the model presets (CPU ladder and the GPT-3 ladder)."""
+    """List the model presets: CPU ladder, GPT-3 ladder, and published architectures (GPT-2,
+    Llama, OpenLLaMA, Mistral, Gemma) with Hugging Face's exact parameter counts."""
     rows = preset_rows()
     if json_:
         print_json(rows)
         return
-    table = Table(title="Model presets (GPT-3 ladder: Brown et al. 2020, table 2.1)")
-    for col in (
-        "name",
-        "family",
-        "layers",
-        "d_model",
-        "heads",
-        "d_ff",
-        "vocab",
-        "context",
-        "params",
-        "non-embedding",
-    ):
-        table.add_column(col, justify="right")
+    table = Table(
+        title="Model presets (GPT-3 ladder: Brown et al. 2020, table 2.1; published "
+        "architectures as their Hugging Face config.json)"
+    )
+    columns = ("name", "family", "layers", "d_model", "heads", "d_ff", "vocab", "context",
+               "architecture", "params", "non-embedding")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("name", "architecture") else "right")
     for r in rows:
         table.add_row(
             r["name"],
@@ -69,6 +88,7 @@ def presets(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
             str(r["d_ff"]),
             str(r["vocab_size"]),
             str(r["max_seq_len"]),
+            r["architecture"],
             human_count(r["n_params"]),
             human_count(r["n_params_non_embedding"]),
         )

@@ -26,7 +26,12 @@ CPU_DEFAULTS = {"batch": 8, "seq": 128, "steps": 6, "timing_warmup_steps": 1}
 
 
 def spec_from_options(
-    modes: str | None, sizes: str | None, mup: str, fixed: dict, spec_path: str | None
+    modes: str | None,
+    sizes: str | None,
+    mup: str,
+    fixed: dict,
+    spec_path: str | None,
+    models: str | None = None,
 ):
     """A SweepSpec from a spec file (options override its fixed settings) or from options."""
     from scaling.config import MODES
@@ -42,15 +47,22 @@ def spec_from_options(
             axes["mode"] = _modes(modes, MODES)
         if sizes:
             axes["size"] = split_list(sizes)
+            axes.pop("model", None)
+        if models:
+            axes["model"] = split_list(models)
+            axes.pop("size", None)
         if mup != "off":
             axes["mup"] = mup_axis[mup]
         return SweepSpec(spec.name, axes, {**spec.fixed, **fixed}, spec.description, spec.points)
-    if not modes or not sizes:
+    if not modes or not (sizes or models):
         raise ValueError(
-            "give MODES and --sizes (e.g. `scaling sweep fsdp_tp --sizes 125m`) "
+            "give MODES and --sizes or --model (e.g. `scaling sweep fsdp_tp --sizes 125m`) "
             "or --spec sweeps/NAME.toml"
         )
-    axes = {"size": split_list(sizes), "mode": _modes(modes, MODES), "mup": mup_axis[mup]}
+    if sizes and models:
+        raise ValueError("give --sizes or --model, not both")
+    models_axis = {"model": split_list(models)} if models else {"size": split_list(sizes)}
+    axes = {**models_axis, "mode": _modes(modes, MODES), "mup": mup_axis[mup]}
     return SweepSpec("cli", axes, {**CPU_DEFAULTS, **fixed})
 
 
@@ -67,6 +79,9 @@ def sweep(
         str | None, typer.Argument(help="Comma list of none,dp,fsdp,tp,fsdp_tp or 'all'.")
     ] = None,
     sizes: Annotated[str | None, Opt(help="Comma list of presets, e.g. 125m,350m.")] = None,
+    model: Annotated[
+        str | None, Opt(help="Comma list of Hugging Face config.json paths (instead of --sizes).")
+    ] = None,
     mup: Annotated[str, Opt(help="muP: off | on | both.")] = "off",
     mup_base_width: Annotated[int | None, Opt(help=MUP_HELP["base_width"])] = None,
     mup_base_head_dim: Annotated[int | None, Opt(help=MUP_HELP["base_head_dim"])] = None,
@@ -145,7 +160,7 @@ def sweep(
     with user_errors():
         validate_peaks(peak_tflops, hbm_gbps)
         grid_spec = spec_from_options(
-            modes, sizes, mup, {k: v for k, v in given.items() if v is not None}, spec
+            modes, sizes, mup, {k: v for k, v in given.items() if v is not None}, spec, model
         )
         shard_index = parse_shard(shard)
         validate_processes(coordinator, num_processes, process_id, local_processes)

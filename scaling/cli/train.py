@@ -36,7 +36,16 @@ def strip_option(argv: list[str], name: str) -> list[str]:
 
 
 def train(
-    size: Annotated[str, Opt(help="Preset name (see `scaling presets`).")] = "tiny",
+    size: Annotated[str | None, Opt(help="Preset name (see `scaling presets`); default tiny.")] = (
+        None
+    ),
+    model: Annotated[
+        str | None, Opt(help="A Hugging Face config.json (or its folder) instead of --size.")
+    ] = None,
+    init: Annotated[
+        str | None,
+        Opt(help="Start from these weights (`scaling convert from-hf`); its model by default."),
+    ] = None,
     steps: Annotated[int, Opt(help="Optimizer steps.")] = 50,
     batch: Annotated[int, Opt(help="Global batch (sequences).")] = 8,
     seq: Annotated[int, Opt(help="Sequence length (tokens).")] = 128,
@@ -45,7 +54,9 @@ def train(
     seed: Annotated[int, Opt(help="Seed for init and data.")] = 0,
     dtype: Annotated[str | None, Opt(help="Compute dtype: float32 | bfloat16.")] = None,
     remat: Annotated[str | None, Opt(help="Rematerialisation: none | full | dots.")] = None,
-    family: Annotated[str | None, Opt(help="Model family: llama | gpt2.")] = None,
+    family: Annotated[
+        str | None, Opt(help="Architecture of a family: llama | gpt2 | mistral | gemma.")
+    ] = None,
     layers: Annotated[int | None, Opt(help="Override the preset's depth.")] = None,
     mup: Annotated[bool, Opt("--mup/--no-mup", help="muP parametrization.")] = False,
     mup_base_width: Annotated[int | None, Opt(help=MUP_HELP["base_width"])] = None,
@@ -107,8 +118,15 @@ def train(
     # reaches the user as one line (checkpoint.finish)
     logging.getLogger("absl").setLevel(logging.CRITICAL)
     with user_errors():
+        # devices and jax.distributed first: reading an --init checkpoint starts jax
+        if devices is not None:
+            parallel.set_cpu_devices(devices)
+        if coordinator is not None or num_processes is not None:
+            parallel.init_distributed(coordinator, num_processes, process_id, init_timeout)
         run_cfg = build_run(
             size,
+            model=_model_source(size, model, init),
+            init=init,
             family=family,
             dtype=dtype,
             remat=remat,
@@ -138,10 +156,6 @@ def train(
             allow_config_change=tuple(split_list(allow_config_change)),
             **{k: v for k, v in locals().items() if k in LOADER_AND_EVAL},
         )
-        if devices is not None:
-            parallel.set_cpu_devices(devices)
-        if coordinator is not None or num_processes is not None:
-            parallel.init_distributed(coordinator, num_processes, process_id, init_timeout)
         validate_peaks(peak_tflops, hbm_gbps)
         _preflight(run_cfg, force)
         result, mfu = _train_with_progress(
@@ -176,7 +190,7 @@ def _render(result, mfu: dict, size: str, json_: bool) -> None:
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if json_:
-        print_json({"size": size, **result.summary(), **mfu})
+        print_json({"size": size or result.model_name, **result.summary(), **mfu})
     elif result.already_done:
         out_console.print(
             f"{result.model_name}: already at step {result.start_step} (--steps {result.steps}); "
@@ -207,6 +221,17 @@ def _preflight(run_cfg, force: bool) -> None:
         raise ValueError(problem)
     if problem:
         err_console.print(f"[yellow]note:[/] {problem}; running anyway (--force)")
+
+
+def _model_source(size: str | None, model: str | None, init: str | None):
+    """--model, else the --init checkpoint's own model unless --size names one, else None."""
+    if size is not None and model is not None:
+        raise ValueError("give --size or --model, not both")
+    if model is not None or init is None or size is not None:
+        return model
+    from scaling.convert import load_model_config
+
+    return load_model_config(init)
 
 
 def _train_with_progress(run_cfg, show: bool, peaks: dict):

@@ -9,7 +9,10 @@ Mesh is (data, tensor); which parameter is split over which axis follows
 device unless its name says otherwise.
 
 What the model computes (scaling/model.py), which every count here follows:
-- parameters are float32 and cast to the compute dtype at use; no biases except LayerNorm's;
+- the architecture is ``ModelConfig``'s fields (norm, positions, FFN kind, biases, window,
+  soft-caps...); parameter counts come from the same role table the model is built from, the
+  elementwise FLOPs from per-component tables (``flops``);
+- parameters are float32 and cast to the compute dtype at use;
 - attention is unfused: the b·h·t·t scores are materialised in float32, masked to causal, and
   the softmax weights are cast back to the compute dtype (no flash attention, no dropout);
 - the logits are float32; the embedding lookup is a gather (0 FLOPs);
@@ -19,8 +22,8 @@ Modules: ``params`` (counts, what a device holds), ``flops`` (model, hardware an
 elementwise FLOPs), ``memory``, ``comm``, ``traffic`` (HBM bytes), ``roofline`` (``estimate``:
 all of it for one configuration, the overlap model and the binding term), ``calibrate``
 (efficiencies fitted to measured runs), ``hardware`` (peak figures with sources), ``hf_config``
-(Hugging Face configs), ``hlo_comm`` (collective bytes of a partitioned HLO), ``xla_check``
-(XLA's own counts of the compiled step).
+(Hugging Face configs, both directions), ``hlo_comm`` (collective bytes of a partitioned
+HLO), ``xla_check`` (XLA's own counts of the compiled step).
 """
 
 from scaling.estimate.comm import CommEstimate, comm_bytes_per_device

@@ -3,12 +3,20 @@ hardware FLOPs (+ remat recompute) and the elementwise FLOPs XLA's cost analysis
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
 from scaling.config import ModelConfig
 from scaling.estimate.mesh import effective_mesh, tensor_split, validate
-from scaling.estimate.params import held_groups, param_counts, readout_held
+from scaling.estimate.params import (
+    held_groups,
+    held_scalars,
+    param_counts,
+    readout_held,
+    stacked_held,
+)
+from scaling.roles import BIAS_ROLES, parameters
 
 CONVENTION_FULL = "full"  # attention counted over all t×t score entries (PaLM app. B, nanoGPT)
 CONVENTION_CAUSAL = "causal_halved"  # only the causal half (MaxText since July 2025)
@@ -45,9 +53,13 @@ def attention_flops_per_token(cfg: ModelConfig, seq: int, *, causal_halving: boo
     Forward per layer per token: q·kᵀ is 2·t·(h·k), weights·v another 2·t·(h·k); the backward
     is twice the forward, so 12·L·t·(h·k) (PaLM, Chowdhery et al. 2022, appendix B, with
     h·k = d_model). Grouped-query attention repeats k/v to all heads, so the cost uses h, not
-    h_kv. ``causal_halving`` counts only the causal half (MaxText's convention since July 2025).
+    h_kv. A sliding window W < t needs only min(W, t) keys per query (MaxText's count for
+    local attention, ``calculate_gemma2_tflops_training_per_device``). ``causal_halving``
+    counts half of that (MaxText's convention since July 2025; for W ≪ t the exact band is
+    W − W²/2t keys, so halving undercounts it, as MaxText does).
     """
-    full = 12.0 * cfg.n_layers * seq * cfg.n_heads * cfg.d_head
+    keys = seq if cfg.sliding_window is None else min(cfg.sliding_window, seq)
+    full = 12.0 * cfg.n_layers * keys * cfg.n_heads * cfg.d_head
     return full / 2 if causal_halving else full
 
 
@@ -91,8 +103,11 @@ def remat_flops_per_token(cfg: ModelConfig, seq: int) -> float:
 
 
 def hardware_flops_per_token(cfg: ModelConfig, seq: int) -> float:
-    """FLOPs per token the hardware executes: 6·N_matmul + full attention + remat recompute."""
-    return flops_per_token(cfg, seq, causal_halving=False) + remat_flops_per_token(cfg, seq)
+    """FLOPs per token the hardware executes: 6·N_matmul + full attention + remat recompute.
+    The model scores every query against all t keys and masks (no block skipping), so a
+    sliding window saves no hardware FLOPs."""
+    full = dataclasses.replace(cfg, sliding_window=None)
+    return flops_per_token(full, seq, causal_halving=False) + remat_flops_per_token(cfg, seq)
 
 
 def flop_counts(
@@ -118,43 +133,155 @@ def flops_per_step(cfg: ModelConfig, *, batch: int, seq: int, causal_halving: bo
 
 # FLOPs that XLA's cost analysis (HloCostAnalysis) counts besides the matmuls: 1 per output
 # element of every elementwise op (add, multiply, divide, compare, select, convert, negate...;
-# exp, log, rsqrt, tanh, logistic count as transcendentals instead), 1 per reduced element
+# exp, log, rsqrt, tanh, logistic, erf count as transcendentals instead), 1 per reduced element
 # (input minus output elements of a reduce), 0 for data movement (gather, transpose, pad...).
-# The per-element counts below are this model's forward + backward ops in that convention,
-# read off its lowered HLO (jax 0.10.2, optax 0.2.8) and pinned by tests/test_xla_check.py.
-# Units: btd = b·t·d_model, bt = b·t, btf = b·t·d_ff, bhtt = b·h·t², rope = b·t·(h + h_kv)·k
-# (the q and k elements RoPE rotates), tt = t² (the causal mask), btv = b·t·V.
-_ELEMENTWISE_LAYER = {  # per layer, float32, remat none
-    # two RMSNorms (f32 mean-square, scale, gain) and two residual adds; SwiGLU (silu = x·σ(x)
-    # and the gate product); RoPE on q and k; softmax (scale, mask select, max-shift, sum,
-    # divide) of the t×t scores
-    "llama": {"btd": 35, "bt": 24, "btf": 13, "bhtt": 14, "rope": 7.5, "tt": 2},
-    # two LayerNorms (mean, centring, variance, scale, gain, bias); GELU (tanh form); softmax
-    "gpt2": {"btd": 48, "bt": 16, "btf": 22, "bhtt": 14, "rope": 0.0, "tt": 2},
+# The counts are this model's forward + backward ops in that convention, per component, read
+# off its lowered HLO by finite differences (tools/count_elementwise.py; jax 0.10.2, optax
+# 0.2.8) and pinned by tests/test_xla_check.py. Units (one device): btd = b·t·d_model, bt = b·t,
+# btf = b·t·d_ff, bhtt = b·h·t², btq = b·t·h·k (q's width), btkv = b·t·h_kv·k, tt = t² (the
+# mask), btv = b·t·V. Terms of the size of a parameter vector (a bias or gain gradient's
+# reduction leaves d instead of b·t·d) are left out: they are 1/(b·t) of the terms kept.
+#
+# Llama's layer (float32, remat none): two RMSNorms and two residual adds; SwiGLU; RoPE on q and
+# k (7.5 per element; the 2 and -2 on q / kv are the gradient of repeating k, v to h heads);
+# softmax of the scores (scale, mask select, max-shift, sum, divide); the causal mask.
+LLAMA_LAYER = {"btd": 35, "bt": 22, "btf": 13, "bhtt": 14, "btq": 9.5, "btkv": 5.5, "tt": 1}
+# Outside the layers: the final norm, the embedding gradient (a scatter-add), log-softmax
+# cross-entropy and its gradient on the logits.
+LLAMA_OUTSIDE = {"btd": 16, "bt": 30, "btv": 5}
+# What each architecture field changes against Llama's layer (per layer) ...
+FFN_LAYER = {  # FFN kind → its per-element count (Llama's SwiGLU: 13); plain FFNs one add less
+    "swiglu": {},
+    "geglu": {"btf": 12},
+    "gelu_tanh": {"btf": 9, "btd": -1},
+    "gelu": {"btd": -1},
+    "relu": {"btf": -6, "btd": -1},
 }
-_ELEMENTWISE_REMAT = {  # extra per layer: the recomputed forward
-    ("llama", "full"): {"btd": 9, "bt": 16, "btf": 5, "bhtt": 6, "rope": 3, "tt": 2},
-    ("llama", "dots"): {"btd": 14, "bt": 16, "btf": 7, "bhtt": 6, "rope": 3, "tt": 2},
-    ("gpt2", "full"): {"btd": 15, "bt": 6, "btf": 8, "bhtt": 6, "rope": 0, "tt": 2},
-    ("gpt2", "dots"): {"btd": 20, "bt": 6, "btf": 9, "bhtt": 6, "rope": 0, "tt": 2},
+NORM_LAYER = {  # two norms per layer
+    ("layer", False): {"btd": 10},
+    ("layer", True): {"btd": 14, "bt": 2},
+    ("rms_unit_offset", False): {"bt": -2},
 }
-# bfloat16 compute adds converts: per layer the residual stream into/out of the f32 norms and
-# the scores/weights casts (recomputed under remat), the RoPE cos/sin tables (t·k), every cast
-# weight (see ``elementwise_flops``); outside, the final norm and the f32 logits.
-_BF16_LAYER = {
-    "none": {"btd": 8, "bhtt": 4, "rope_tables": 4},
-    "remat": {"btd": 12, "bhtt": 6, "rope_tables": 8},
+NO_ROPE_LAYER = {"btq": -7.5, "btkv": -7.5, "bt": -12}  # learned, sinusoidal or no positions
+QKV_BIAS_LAYER = {"btq": 2, "btkv": 4, "bt": 1}  # add forward, reduce for the gradient
+ATTN_OUT_BIAS_LAYER = {"btd": 2, "bt": 1}
+FFN_BIAS_LAYER = {True: {"btd": 2, "btf": 4, "bt": 4}, False: {"btd": 2, "btf": 2, "bt": 2.5}}
+SLIDING_WINDOW_LAYER = {"tt": 3}  # the window's compare and and on the mask
+ATTN_SOFTCAP_LAYER = {"bhtt": 8}
+# ... and outside the layers.
+NORM_OUTSIDE = {
+    ("layer", False): {"btd": 5},
+    ("layer", True): {"btd": 7, "bt": 1},
+    ("rms_unit_offset", False): {"bt": -1},
 }
-# Outside the layers: the final norm, the embedding gradient (a scatter-add: 1 per btd, one
-# more for gpt2's position table), log-softmax cross-entropy and its gradient on the logits.
-_ELEMENTWISE_OUTSIDE = {
-    "llama": {"btd": 16, "bt": 32, "btv": 5},
-    "gpt2": {"btd": 26, "bt": 40, "btv": 5},
+POSITIONS_OUTSIDE = {"learned": {"btd": 3, "bt": 6}, "sinusoidal": {"btd": 1, "bt": 3}}
+EMBED_SCALE_OUTSIDE = {"btd": 2}
+HEAD_BIAS_OUTSIDE = {"btv": 2, "bt": 2}
+FINAL_SOFTCAP_OUTSIDE = {"btv": 8}
+# Remat: extra per layer, the recomputed forward (Llama's), and each field's change to it
+# (the same under full and dots unless a table says otherwise).
+LLAMA_REMAT = {
+    "full": {"btd": 9, "bt": 14, "btf": 5, "bhtt": 6, "bht": -2, "btq": 3, "btkv": 3, "tt": 1},
+    "dots": {"btd": 11, "bt": 14, "btf": 7, "bhtt": 6, "bht": -2, "btq": 4, "btkv": 5, "tt": 1},
 }
+REMAT_DELTAS: dict[str, dict[str, dict[str, float]]] = {  # component → remat → change
+    "ffn:geglu": {"full": {"btf": 4}, "dots": {"btf": 4}},
+    "ffn:gelu_tanh": {"full": {"btf": 3}, "dots": {"btf": 2}},
+    "ffn:gelu": {"full": {"btf": -1}, "dots": {"btf": -2}},
+    "ffn:relu": {"full": {"btf": -4}, "dots": {"btf": -5}},
+    "norm:layer": {"full": {"btd": 4}, "dots": {"btd": 4}},
+    "norm:layer+bias": {"full": {"btd": 6}, "dots": {"btd": 6}},
+    "norm:rms_unit_offset": {"full": {"bt": -2}, "dots": {"bt": -2}},
+    "positions": {
+        "full": {"btq": -3, "btkv": -3, "bt": -12},
+        "dots": {"btq": -3, "btkv": -3, "bt": -12},
+    },  # fmt: skip
+    "qkv_bias": {"full": {"btq": 1, "btkv": 2}, "dots": {"btq": 1, "btkv": 2}},
+    "attn_out_bias": {"full": {"btd": 1}, "dots": {"btd": 1}},
+    "ffn_bias:gated": {"full": {"btf": 2}, "dots": {"btf": 2}},
+    "ffn_bias:plain": {"full": {"btf": 1}, "dots": {"btf": 1}},
+    "sliding_window": {"full": {"tt": 3}, "dots": {"tt": 3}},
+    "attn_softcap": {"full": {"bhtt": 2}, "dots": {"bhtt": 2}},
+}
+# bfloat16 compute adds converts: per layer the residual stream into and out of the float32
+# norms, q (for the scores), the scores and weights (recomputed under remat), and with RoPE its
+# cos/sin per token (btk = b·t·k); outside, the embedding output, the final norm and the
+# logits. Each weight cast counts once forward and once for its gradient, layer matrices and
+# biases once more under remat, the read-out matrix 4 times (``_elementwise``).
+BF16_LAYER = {"none": {"btd": 8, "bhtt": 2, "btq": 4}, "remat": {"btd": 12, "bhtt": 3, "btq": 4}}
+BF16_ROPE = {"none": {"btk": 2}, "remat": {"btk": 4}}
+BF16_OUTSIDE = {"btd": 8}
+BF16_READOUT_CASTS = 4
 # Per parameter and step: global-norm clipping (square, sum), the grad-norm metric (square,
 # sum), Adam's moments, bias corrections and update, weight decay, learning rate, apply.
 OPTIMIZER_FLOPS_DECAYED = 21  # matrices, token/position tables, untied head
 OPTIMIZER_FLOPS_NOT_DECAYED = 19  # norm gains and biases (no weight decay)
+
+
+def _add(total: dict[str, float], *parts: dict[str, float]) -> dict[str, float]:
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def _norm_key(cfg: ModelConfig) -> tuple[str, bool] | None:
+    if cfg.norm == "layer":
+        return ("layer", cfg.norm_bias)
+    return ("rms_unit_offset", False) if cfg.norm_unit_offset else None
+
+
+def _field_parts(cfg: ModelConfig) -> list[tuple[str, dict[str, float]]]:
+    """(component name, per-layer change against Llama) for every field that differs."""
+    parts = [(f"ffn:{cfg.ffn}", FFN_LAYER[cfg.ffn])]
+    norm = _norm_key(cfg)
+    if norm is not None:
+        parts.append((f"norm:{norm[0]}{'+bias' if norm[1] else ''}", NORM_LAYER[norm]))
+    if cfg.positions != "rope":
+        parts.append(("positions", NO_ROPE_LAYER))
+    if cfg.qkv_bias:
+        parts.append(("qkv_bias", QKV_BIAS_LAYER))
+    if cfg.attn_out_bias:
+        parts.append(("attn_out_bias", ATTN_OUT_BIAS_LAYER))
+    if cfg.ffn_bias:
+        gated = "gated" if cfg.ffn_gated else "plain"
+        parts.append((f"ffn_bias:{gated}", FFN_BIAS_LAYER[cfg.ffn_gated]))
+    if cfg.sliding_window is not None:
+        parts.append(("sliding_window", SLIDING_WINDOW_LAYER))
+    if cfg.attn_softcap is not None:
+        parts.append(("attn_softcap", ATTN_SOFTCAP_LAYER))
+    return parts
+
+
+def layer_coefficients(cfg: ModelConfig) -> dict[str, float]:
+    """Elementwise FLOPs per layer per unit (see the tables above) for ``cfg``'s fields, its
+    remat and its compute dtype."""
+    coeffs = _add(dict(LLAMA_LAYER), *(part for _, part in _field_parts(cfg)))
+    if cfg.remat != "none":
+        _add(coeffs, LLAMA_REMAT[cfg.remat])
+        for name, _ in _field_parts(cfg):
+            _add(coeffs, REMAT_DELTAS.get(name, {}).get(cfg.remat, {}))
+    if cfg.dtype == "bfloat16":
+        kind = "remat" if cfg.remat != "none" else "none"
+        _add(coeffs, BF16_LAYER[kind], BF16_ROPE[kind] if cfg.positions == "rope" else {})
+    return coeffs
+
+
+def outside_coefficients(cfg: ModelConfig) -> dict[str, float]:
+    """Elementwise FLOPs outside the layers per unit for ``cfg``'s fields and compute dtype."""
+    coeffs = dict(LLAMA_OUTSIDE)
+    if _norm_key(cfg) is not None:
+        _add(coeffs, NORM_OUTSIDE[_norm_key(cfg)])
+    _add(coeffs, POSITIONS_OUTSIDE.get(cfg.positions, {}))
+    if cfg.embed_scale:
+        _add(coeffs, EMBED_SCALE_OUTSIDE)
+    if cfg.head_bias:
+        _add(coeffs, HEAD_BIAS_OUTSIDE)
+    if cfg.final_softcap is not None:
+        _add(coeffs, FINAL_SOFTCAP_OUTSIDE)
+    if cfg.dtype == "bfloat16":
+        _add(coeffs, BF16_OUTSIDE)
+    return coeffs
 
 
 @dataclass(frozen=True)
@@ -187,20 +314,44 @@ def elementwise_flops(
 
     These run on vector units, not the matmul units ``peak_flops`` describes, so the roofline
     leaves them out; they are what XLA's ``cost_analysis()`` adds to the matmuls (1–3 % at
-    small batch, where the ~21 optimizer FLOPs per parameter weigh most). Per device: the batch
-    is split over data; under tp/fsdp_tp the per-head, FFN and vocabulary terms are split over
-    tensor while the (b, t, d) norms and residual adds are repeated on every tensor shard; the
-    optimizer works on the parameters a device holds (``params_per_device``), so dp repeats it
-    on every device. ``unrolled`` adds what only an unrolled layer loop lowers to: the gradient
-    of each layer's slice of the stacked parameters is padded to the full stack and the L
-    copies summed, (L-1) adds per stacked parameter (a scan writes the slices in place).
-    With bf16 compute every weight cast counts once forward and once for its gradient (layer
-    matrices once more under remat). Against XLA's unrolled lowering on CPU this agrees to
-    better than 0.01 % of the whole step for llama and gpt2, f32 and bf16, remat none, full
-    and dots, grouped-query, tied and untied; it ignores a few O(b·h·t) reduction terms.
+    small batch, where the ~21 optimizer FLOPs per parameter weigh most). Per layer and outside
+    the layers, Llama's counts plus the change each architecture field makes (the tables
+    above; the components add up: GPT-2 and Gemma were also measured whole and agree). Per
+    device: the batch is split over data; under tp/fsdp_tp the per-head, FFN and vocabulary
+    terms are split over tensor while the (b, t, d) norms and residual adds are repeated on
+    every tensor shard; the optimizer works on the parameters a device holds
+    (``params_per_device``), so dp repeats it on every device. ``unrolled`` adds what only an
+    unrolled layer loop lowers to: the gradient of each layer's slice of the stacked
+    parameters is padded to the full stack and the L copies summed, (L-1) adds per stacked
+    parameter (a scan writes the slices in place). With bf16 compute every weight cast counts
+    once forward and once for its gradient (layer matrices once more under remat).
+    tests/test_xla_check.py compares the total with XLA's unrolled lowering on CPU for every
+    architecture.
     """
     validate(cfg, mode, mesh, batch, seq)
     return _elementwise(cfg, batch=batch, seq=seq, mode=mode, mesh=mesh, unrolled=unrolled)
+
+
+def _units(cfg: ModelConfig, *, batch: int, seq: int, mesh: tuple[int, int], mode: str):
+    data, tensor = mesh
+    ts = tensor_split(mode, tensor)
+    bl, t = math.ceil(batch / data), seq
+    return {
+        "btd": bl * t * cfg.d_model,
+        "bt": bl * t,
+        "btf": bl * t * cfg.d_ff / ts,
+        "bhtt": bl * cfg.n_heads * t * t / ts,
+        "bht": bl * cfg.n_heads * t / ts,
+        "btq": bl * t * cfg.n_heads * cfg.d_head / ts,
+        "btkv": bl * t * cfg.kv_heads * cfg.d_head / ts,
+        "tt": t * t,
+        "t": t,
+        "one": 1,
+        "btv": bl * t * cfg.vocab_size / ts,
+        "bv": bl * cfg.vocab_size / ts,
+        "td": t * cfg.d_model,
+        "btk": bl * t * cfg.d_head,
+    }
 
 
 def _elementwise(
@@ -213,38 +364,11 @@ def _elementwise(
     unrolled: bool = False,
 ) -> ElementwiseFlops:
     m = effective_mesh(mode, mesh)
-    data, tensor = m
-    ts = tensor_split(mode, tensor)
-    bl = math.ceil(batch / data)
-    t, L = seq, cfg.n_layers
-    rope = cfg.positions == "rope"
-    remat = cfg.remat != "none"
-    units = {
-        "btd": bl * t * cfg.d_model,
-        "bt": bl * t,
-        "btf": bl * t * cfg.d_ff / ts,
-        "bhtt": bl * cfg.n_heads * t * t / ts,
-        "rope": bl * t * (cfg.n_heads + cfg.kv_heads) * cfg.d_head / ts,
-        "tt": t * t,
-        "btv": bl * t * cfg.vocab_size / ts,
-        "rope_tables": t * cfg.d_head if rope else 0,
-    }
-    per_layer = dict(_ELEMENTWISE_LAYER[cfg.family])
-    if remat:
-        for key, value in _ELEMENTWISE_REMAT[(cfg.family, cfg.remat)].items():
-            per_layer[key] += value
-    outside = dict(_ELEMENTWISE_OUTSIDE[cfg.family])
-    bf16 = cfg.dtype == "bfloat16"
-    if bf16:
-        for key, value in _BF16_LAYER["remat" if remat else "none"].items():
-            per_layer[key] = per_layer.get(key, 0) + value
-        outside["btd"] += 6
-        outside["btv"] += 2
-    layers = L * sum(coeff * units[key] for key, coeff in per_layer.items())
-    # grouped-query attention: the backward of repeating k and v to h heads sums the copies
-    layers += L * 2 * bl * t * (cfg.n_heads - cfg.kv_heads) * cfg.d_head / ts
-    out = sum(coeff * units[key] for key, coeff in outside.items())
-
+    u = _units(cfg, batch=batch, seq=seq, mesh=m, mode=mode)
+    per_layer = layer_coefficients(cfg)
+    outside_coeffs = outside_coefficients(cfg)
+    layers = cfg.n_layers * sum(c * u[k] for k, c in per_layer.items())
+    outside = sum(c * u[k] for k, c in outside_coeffs.items())
     held = held_groups(cfg, mode=mode, mesh=m)
     optimizer = (
         OPTIMIZER_FLOPS_DECAYED * (held.layer_matrices + held.vocab_tables + held.positions)
@@ -253,10 +377,11 @@ def _elementwise(
     readout = readout_held(cfg, mode=mode, mesh=m)  # tied table or untied head
     if cfg.tied_embeddings:
         optimizer += readout  # the table's two gradients (lookup and read-out) are summed
-    if bf16:  # weights cast at use: forward and gradient, layers once more under remat
-        optimizer += (3 if remat else 2) * held.layer_matrices + 2 * readout
+    if cfg.dtype == "bfloat16":  # weights cast at use: forward and gradient, layers once more
+        casts = 3 if cfg.remat != "none" else 2
+        biases = sum(held_scalars(p, mode, m) for p in parameters(cfg) if p.role in BIAS_ROLES)
+        optimizer += casts * (held.layer_matrices + biases) + BF16_READOUT_CASTS * readout
     stacking = 0.0
     if unrolled:
-        layer_vectors = L * 2 * (cfg.d_model if cfg.norm == "rms" else 2 * cfg.d_model)
-        stacking = (L - 1) * (held.layer_matrices + layer_vectors)
-    return ElementwiseFlops(layers, out, optimizer, stacking)
+        stacking = (cfg.n_layers - 1) * stacked_held(cfg, mode=mode, mesh=m)
+    return ElementwiseFlops(layers, outside, optimizer, stacking)

@@ -19,6 +19,9 @@ from scaling.estimate.mesh import (
 )
 from scaling.estimate.params import held_groups, params_per_device, readout_held
 
+# Tensors of width d_ff that jax saves per layer for the FFN's backward, by kind (counted with
+# ``jax._src.ad_checkpoint.saved_residuals`` on the loss, jax 0.10.2).
+FFN_SAVED = {"swiglu": 6, "gelu_tanh": 6, "geglu": 8, "gelu": 4, "relu": 2}
 PARAM_BYTES = F32_BYTES  # parameters are always float32 (cast to the compute dtype at use)
 GRAD_BYTES = F32_BYTES  # gradients of float32 parameters are float32
 OPTIMIZER_BYTES = 2 * F32_BYTES  # AdamW: two float32 moments per parameter (optax.adamw)
@@ -57,8 +60,10 @@ def activation_terms(
     - the two norm outputs (the q/k/v and FFN matmul inputs): 2·c·btd
     - q and k after RoPE, v, all repeated to h heads, and the attention output: 4·c·bt(h·k)
     - exp of the masked scores (float32) 4·b·h·t² and the softmax weights c·b·h·t²
-    - FFN: 6·c·btf. SwiGLU keeps w1's output, σ of it, two silu products, w3's output and the
-      gate product; the tanh-GELU keeps its input and five intermediates.
+    - FFN: k·c·btf with k per kind (``FFN_SAVED``): SwiGLU 6 (w1's output, σ of it, two silu
+      products, w3's output and the gate product), tanh-GELU 6 (its input and five
+      intermediates), GeGLU 8, exact GELU 4, ReLU 2.
+    - soft-capped attention scores keep tanh and its input, float32: 2·4·b·h·t²
     - row statistics: rsqrt and mean of the norms (4·bt), softmax sum and its square (2·bht),
       float32.
 
@@ -78,7 +83,8 @@ def activation_terms(
     attention output (4·bt·hk), the FFN matmul outputs (3·btf SwiGLU, 2·btf GELU, ``full``;
     one btf ``dots``), scores float32 and weights. Outside the layers (every remat): the
     final norm's float32 input and normalised x and its output, exp of the float32 logits for
-    the log-softmax and the logits gradient. With bf16 compute the bf16 copies of the
+    the log-softmax and the logits gradient (with a final soft-cap also tanh and its input,
+    float32). With bf16 compute the bf16 copies of the
     read-out matrix, and under remat ``none`` of the layer weights, are saved too.
 
     Sharding: the batch is split over data; under tp/fsdp_tp the per-head, FFN-hidden and
@@ -144,11 +150,7 @@ class _Elements:
 def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
     """Remat none: what every layer saves, stacked over L by the scan."""
     L, c, cd, f32 = cfg.n_layers, n.c, cfg.dtype, "float32"
-    ffn_name = (
-        "w1 out, σ, silu, w3 out, products"
-        if cfg.ffn == "swiglu"
-        else "GELU input and intermediates"
-    )
+    kept = FFN_SAVED[cfg.ffn]
     add("residual stream into the norms, float32 (L·2·btd)", f32, L * 2 * n.resid * F32_BYTES)
     add("normalised x of the norms, float32 (L·2·btd)", f32, L * 2 * n.resid * F32_BYTES)
     add("norm outputs = matmul inputs (L·2·btd)", cd, L * 2 * n.resid * c)
@@ -156,7 +158,11 @@ def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
         L * 4 * n.heads * c)  # fmt: skip
     add("exp of the attention scores (L·b·h·t²)", f32, L * n.scores * F32_BYTES)
     add("softmax weights of the scores (L·b·h·t²)", cd, L * n.scores * c)
-    add(f"FFN: {ffn_name} (L·6·btf)", cd, L * 6 * n.ffn * c)
+    add(f"FFN: {cfg.ffn} input and intermediates (L·{kept}·btf)", cd, L * kept * n.ffn * c)
+    if cfg.attn_softcap is not None:
+        add(
+            "soft-capped scores: tanh and its input (L·2·b·h·t²)", f32, L * 2 * n.scores * F32_BYTES
+        )
     add("norm and softmax row statistics (L·(4·bt + 2·bht))", f32,
         L * (4 * n.rows + 2 * n.score_rows) * F32_BYTES)  # fmt: skip
     if cfg.scan_layers:
@@ -169,7 +175,7 @@ def _saved_under_remat(cfg: ModelConfig, n: _Elements, add) -> None:
     """Remat full / dots: layer inputs (and the dots policy's matmul outputs), plus one layer
     recomputed during the backward."""
     L, c, cd = cfg.n_layers, n.c, cfg.dtype
-    gated = 2 if cfg.ffn == "swiglu" else 1
+    gated = 2 if cfg.ffn_gated else 1
     add("layer inputs (L·btd)", cd, L * n.resid * c)
     if cfg.remat == "dots":
         proj = n.heads + 2 * n.kv + n.resid + gated * n.ffn
@@ -188,6 +194,8 @@ def _saved_outside_layers(cfg: ModelConfig, n: _Elements, add) -> None:
     add("final norm output (btd)", cfg.dtype, n.resid * n.c)
     add("exp of the logits for the log-softmax (b·t·V)", f32, n.logits * F32_BYTES)
     add("logits gradient (b·t·V)", f32, n.logits * F32_BYTES)
+    if cfg.final_softcap is not None:
+        add("soft-capped logits: tanh and its input (2·b·t·V)", f32, 2 * n.logits * F32_BYTES)
     if n.c != F32_BYTES:
         readout = readout_held(cfg, mode=n.mode, mesh=n.mesh)
         add("read-out matrix cast to the compute dtype", cfg.dtype, ceil(readout) * n.c)

@@ -112,3 +112,9 @@ def readout_held(cfg: ModelConfig, *, mode: str, mesh: tuple[int, int] | None) -
 def params_per_device(cfg: ModelConfig, *, mode: str, mesh: tuple[int, int] | None) -> int:
     """Number of parameter scalars one device holds (largest shard, rounded up)."""
     return int(held_groups(cfg, mode=mode, mesh=mesh).total)
+
+
+def stacked_held(cfg: ModelConfig, *, mode: str, mesh: tuple[int, int] | None) -> int:
+    """Scalars of the stacked (per-layer) parameters one device holds."""
+    m = effective_mesh(mode, mesh)
+    return sum(held_scalars(p, mode, m) for p in parameters(cfg) if p.stacked)

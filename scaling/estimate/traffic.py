@@ -87,7 +87,7 @@ def matmuls(
     layer = 3 * cfg.n_layers + (cfg.n_layers if full else 0)
     projections = [("q", d, heads * k), ("k", d, kv * k), ("v", d, kv * k), ("o", heads * k, d),
                    ("ffn in", d, ffn)]  # fmt: skip
-    if cfg.ffn == "swiglu":
+    if cfg.ffn_gated:  # SwiGLU, GeGLU: a gate matrix beside the input matrix
         projections.append(("ffn gate", d, ffn))
     out = [Matmul(name, layer, rows, k_in, n_out, c) for name, k_in, n_out in projections]
     out.append(Matmul("ffn out", 3 * cfg.n_layers, rows, ffn, d, c))

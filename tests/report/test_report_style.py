@@ -18,7 +18,11 @@ def test_style_maps_are_fixed_per_mode_and_size():
     assert style.color("dp") == rp.MODE_COLORS["dp"] and style.marker("10m") == "s"
     assert style.color("custom") not in rp.MODE_COLORS.values()
     every_preset = rp.Style.of(["dp"], [*PRESETS, "weird"])
-    assert every_preset.marker("weird") not in {every_preset.marker(s) for s in PRESETS}
+    # more presets than markers: markers and line styles cycle at coprime lengths (18, 11), so
+    # the pair still tells every size apart
+    look = lambda s: (every_preset.marker(s), every_preset.linestyle(s))  # noqa: E731
+    assert look("weird") not in {look(s) for s in PRESETS}
+    assert len({look(s) for s in PRESETS}) == len(PRESETS)
     runs = pd.DataFrame(
         {"size": ["tiny", "tiny", "10m", "tiny"], "mup": [False, False, False, True]}
     )
