@@ -1,6 +1,6 @@
-"""`reports/notebooks/scaling_study.ipynb` runs: its code cells are executed in order in one
-namespace from the repository root (as Jupyter would, without a kernel), and its own checks
-against `reports/isoflop-cpu/fit.json` hold."""
+"""`reports/notebooks/scaling_study.ipynb` runs in the default suite: its code cells are executed
+in order in one namespace (as Jupyter would, without a kernel or nbclient, which only the
+validate session installs), and its own checks against `reports/isoflop-cpu/fit.json` hold."""
 
 from __future__ import annotations
 
