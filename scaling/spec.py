@@ -28,11 +28,18 @@ SWEEP_AXES = (
     "seed",
     "width",
     "tied",
+    "steps",
+    "tokens",
+    "layers",
+    "mesh",
     *MUP_KNOBS,
 )
 # Optional settings: absent from SWEEP_DEFAULTS (so run ids of sweeps that do not set them stay
 # what they were); RunConfig's defaults apply when a spec leaves them out.
 LOADER_AND_EVAL = ("eval_every", "eval_batches", "data_threads", "data_prefetch", "data_processes")
+# Shape and length overrides, optional in the same way: ``layers`` replaces the preset's depth;
+# ``tokens`` is a token budget per run, which sets steps = round(tokens / (batch · seq)).
+SHAPE_AND_LENGTH = ("layers", "tokens")
 SWEEP_FIXED = (
     "model",
     "mode",
@@ -53,6 +60,7 @@ SWEEP_FIXED = (
     "seed",
     "timeout_s",
     "mup",
+    *SHAPE_AND_LENGTH,
     *LOADER_AND_EVAL,
     *MUP_KNOBS,
     "peak_tflops",  # a device's peak / HBM bandwidth when it has no profile (measurement only)
@@ -107,12 +115,17 @@ class SweepSpec:
     presets; each run's ``size`` is then the model's name (its folder's). ``family`` left unset
     is the model's own (a preset's or the config's model type), so a run's settings, and its
     run id, name the family it ran.
+
+    ``points`` (TOML ``[[points]]`` tables of axis settings) are runs that are not a product,
+    e.g. the (size, steps) pairs of an IsoFLOP study (``scaling plan``): the grid is every
+    point combined with every combination of the ``axes``.
     """
 
     name: str
     axes: dict[str, list] = field(default_factory=dict)
     fixed: dict[str, object] = field(default_factory=dict)
     description: str = ""
+    points: list[dict[str, object]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for key in self.axes:
@@ -123,20 +136,35 @@ class SweepSpec:
         for key in self.fixed:
             if key not in SWEEP_FIXED:
                 raise _unknown("setting", key, SWEEP_FIXED)
-        models = "model" in self.axes or self.fixed.get("model") is not None
-        if models == ("size" in self.axes):
+        self._check_points()
+        sizes = [*self.axes.get("size", []), *(p["size"] for p in self.points if "size" in p)]
+        given = [*self.axes.get("model", [self.fixed.get("model")])]
+        models = [m for m in [*given, *(p.get("model") for p in self.points)] if m is not None]
+        every_point = all("size" in p or "model" in p for p in self.points)
+        named = "size" in self.axes or "model" in self.axes or self.fixed.get("model") is not None
+        if bool(sizes) == bool(models) or not (named or (self.points and every_point)):
             raise ValueError(
                 "a sweep needs a 'size' axis (presets, e.g. size = [\"tiny\"]) or 'model' "
                 "paths (Hugging Face config.json), not both"
             )
-        for size in self.axes.get("size", []):
+        for size in sizes:
             get_preset(size)
-        for model in self.axes.get("model", [self.fixed.get("model")]):
-            if model is not None:
-                load_model(model)
+        for model in models:
+            load_model(model)
         for mode in self.axes.get("mode", []):
             if mode not in MODES:
                 raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}, all")
+
+    def _check_points(self) -> None:
+        for point in self.points:
+            if not isinstance(point, dict) or not point:
+                raise ValueError(f"a sweep point must be a table of settings, got {point!r}")
+            for key in point:
+                if key not in SWEEP_AXES:
+                    raise _unknown("point setting", key, SWEEP_AXES)
+        sources = [self.fixed, self.axes, *self.points]
+        if any("tokens" in x for x in sources) and any("steps" in x for x in sources):
+            raise ValueError("give 'steps' or 'tokens' (a token budget per run), not both")
 
     def duplicates(self) -> dict[str, list]:
         """Axis values listed more than once (``grid`` runs each once)."""
@@ -147,13 +175,17 @@ class SweepSpec:
         }
 
     def grid(self) -> list[dict[str, object]]:
-        """Run settings, one dict per run, in a stable order (axes vary last-fastest); a value
-        repeated on an axis counts once."""
+        """Run settings, one dict per run, in a stable order (points, then axes varying
+        last-fastest); a value repeated on an axis counts once."""
         keys = list(self.axes)
         runs = []
-        for values in itertools.product(*(_unique(self.axes[k]) for k in keys)):
-            settings = {**SWEEP_DEFAULTS, **self.fixed, **dict(zip(keys, values, strict=True))}
-            runs.append({"sweep": self.name, **_with_model_labels(settings)})
+        for point in self.points or [{}]:
+            for values in itertools.product(*(_unique(self.axes[k]) for k in keys)):
+                chosen = dict(zip(keys, values, strict=True))
+                settings = {**SWEEP_DEFAULTS, **self.fixed, **point, **chosen}
+                if settings.get("tokens") is not None:
+                    settings["steps"] = steps_of(settings)
+                runs.append({"sweep": self.name, **_with_model_labels(settings)})
         return runs
 
 
@@ -185,11 +217,11 @@ def load_sweep_spec(path: str) -> SweepSpec:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"sweep spec {path!r} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"name", "description", "axes", "fixed"}
+    unknown = set(data) - {"name", "description", "axes", "fixed", "points"}
     if unknown:
         raise ValueError(
             f"sweep spec {path!r}: unknown keys {sorted(unknown)}; "
-            "valid: name, description, axes, fixed"
+            "valid: name, description, axes, fixed, points"
         )
     try:
         return SweepSpec(
@@ -197,9 +229,18 @@ def load_sweep_spec(path: str) -> SweepSpec:
             axes=data.get("axes", {}),
             fixed=data.get("fixed", {}),
             description=data.get("description", ""),
+            points=data.get("points", []),
         )
     except ValueError as exc:
         raise ValueError(f"sweep spec {path!r}: {exc}") from None
+
+
+def steps_of(settings: dict) -> int:
+    """The steps of a run with a token budget: tokens / (batch · seq), rounded, ≥ 1."""
+    tokens = settings["tokens"]
+    if not (isinstance(tokens, int | float) and tokens > 0):
+        raise ValueError(f"tokens must be a positive number, got {tokens!r}")
+    return max(1, round(tokens / (settings["batch"] * settings["seq"])))
 
 
 CPU_DEFAULT_DEVICES = 4
@@ -258,6 +299,7 @@ def run_config_from_settings(settings: dict) -> RunConfig:
         mesh=settings["mesh"],
         width=settings.get("width"),
         tied=settings.get("tied"),
+        layers=settings.get("layers"),
         mode=settings["mode"],
         steps=settings["steps"],
         batch=settings["batch"],

@@ -65,6 +65,46 @@ def write_runs(out: Path, rows: list[RunRecord], steps: dict | None = None) -> P
     return out
 
 
+def isoflop_record(out: Path, law, *, noise=0.001, seed=0, curve_points=0, budgets=None):
+    """Runs of 7 sizes about the optimum on each compute budget (C = 6·N·D, batch 8 × seq 128),
+    final losses from ``law`` (a ``scaling.laws.parametric`` law) with log-normal noise; with
+    ``curve_points``, that many step rows per run at log-spaced steps, the loss on the law at
+    the tokens seen so far (LR warm-up over the first two rows)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows, steps = [], {}
+    for C in np.geomspace(1e17, 1e20, 4) if budgets is None else budgets:
+        n_opt = float(law.optimal(C)[0])
+        for x in np.linspace(-1.5, 1.5, 7):
+            N = round(n_opt * np.exp(x))
+            n_steps = round(C / (6 * N) / 1024)
+            loss = float(law.loss(N, n_steps * 1024)) * np.exp(noise * rng.standard_normal())
+            run_id = f"r{len(rows)}"
+            rows.append(
+                make_run_record(
+                    run_id,
+                    batch=8,
+                    seq=128,
+                    steps=n_steps,
+                    n_params=N,
+                    tokens_seen=float(n_steps * 1024),
+                    model_flops_per_step=6.0 * N * 1024,
+                    final_val_loss=loss,
+                    final_loss=loss,
+                    entropy_floor_nats=1.2425,
+                )
+            )
+            at = np.unique(np.geomspace(1, n_steps, curve_points).round().astype(int)) - 1
+            steps[run_id] = [
+                StepRecord(
+                    run_id, int(t), float(law.loss(N, (t + 1) * 1024)), 0.1, min(1, i / 2), 1
+                )
+                for i, t in enumerate(at)
+            ]
+    return write_runs(out, rows, steps)
+
+
 # A few small standard-library modules: real text every machine has (~90 KB).
 STDLIB_SAMPLE = (
     "abc.py",

@@ -25,6 +25,8 @@ JAX_FREE = (
     "scaling.estimate",
     "scaling.check",
     "scaling.report",
+    "scaling.laws",
+    "scaling.plan",
     "scaling.cli.main",
     "scaling.corpus",
     "scaling.tokenizer",

@@ -49,6 +49,47 @@ def test_run_id_is_stable_and_ignores_the_sweep_name():
     assert not set(ids) & {run_id_of(s) for s in changed.grid()}
 
 
+def test_points_with_token_budgets_layers_width_and_mesh_axes(tmp_path):
+    from scaling.spec import run_config_from_settings
+
+    spec_file = tmp_path / "iso.toml"
+    spec_file.write_text(
+        'name = "iso"\n[axes]\nmesh = ["2x1", "1x2"]\nseed = [0, 1]\n'
+        '[fixed]\nmode = "fsdp_tp"\nbatch = 4\nseq = 32\n'
+        '[[points]]\nsize = "tiny"\nlayers = 2\nwidth = 64\ntokens = 1000\n'
+        '[[points]]\nsize = "tiny"\ntokens = 12800\n'
+    )
+    grid = load_sweep_spec(str(spec_file)).grid()
+    assert len(grid) == 2 * 2 * 2
+    runs = [run_config_from_settings(s) for s in grid]
+    # tokens / (batch · seq) rounded: 1000 / 128 → 8; 12800 / 128 = 100
+    assert [r.steps for r in runs] == [8] * 4 + [100] * 4
+    assert [r.model.n_layers for r in runs] == [2] * 4 + [4] * 4
+    assert [r.model.d_model for r in runs] == [64] * 4 + [128] * 4
+    assert [r.mesh for r in runs[:4]] == [(2, 1), (2, 1), (1, 2), (1, 2)]
+    assert [r.seed for r in runs[:4]] == [0, 1, 0, 1]
+    # points without a token budget keep the run ids of the plain grid
+    plain = SweepSpec("a", {"size": ["tiny"]}, SMALL).grid()
+    pointed = SweepSpec("a", {}, SMALL, points=[{"size": "tiny"}]).grid()
+    assert [run_id_of(s) for s in plain] == [run_id_of(s) for s in pointed]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"axes": {"steps": [10]}, "points": [{"size": "tiny", "tokens": 10}]}, "not both"),
+        ({"points": [{"size": "tiny", "colour": 1}]}, "unknown sweep point setting 'colour'"),
+        ({"points": [{"tokens": 10}]}, "needs a 'size' axis"),
+        ({"axes": {"size": ["tiny"]}, "fixed": {"tokens": -5}}, "tokens must be a positive"),
+    ],
+)
+def test_bad_points_and_token_budgets_name_the_problem(spec, message):
+    with pytest.raises(ValueError, match=message):
+        SweepSpec(
+            "x", spec.get("axes", {}), spec.get("fixed", {}), "", spec.get("points", [])
+        ).grid()
+
+
 def test_shards_cover_the_grid_exactly_once(tmp_path):
     spec = SweepSpec("s", {"size": ["tiny", "10m", "30m"], "mode": ["dp", "fsdp", "tp"]}, SMALL)
     first = [r.index for r in plan_sweep(spec, tmp_path, parse_shard("0/2"))]

@@ -10,7 +10,9 @@ from scaling.cli import (
     data,
     estimate,
     evaluate,
+    fit,
     mup,
+    plan,
     presets,
     report,
     sweep,
@@ -33,6 +35,8 @@ app.command("report")(report.report)
 app.command("check")(check.check)
 app.command("eval")(evaluate.eval_)
 app.command("validate")(validate.validate)
+app.command("fit")(fit.fit)
 app.add_typer(data.app, name="data")
 app.add_typer(mup.app, name="mup")
 app.add_typer(convert.app, name="convert")
+app.add_typer(plan.app, name="plan")

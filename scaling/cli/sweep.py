@@ -53,7 +53,7 @@ def spec_from_options(
             axes.pop("size", None)
         if mup != "off":
             axes["mup"] = mup_axis[mup]
-        return SweepSpec(spec.name, axes, {**spec.fixed, **fixed}, spec.description)
+        return SweepSpec(spec.name, axes, {**spec.fixed, **fixed}, spec.description, spec.points)
     if not modes or not (sizes or models):
         raise ValueError(
             "give MODES and --sizes or --model (e.g. `scaling sweep fsdp_tp --sizes 125m`) "

@@ -13,14 +13,14 @@ lacks the data. A run has one colour, marker and line style across all figures (
 
 Modules: ``record`` (loading), ``style``, ``axes`` (helpers shared by the figures), one module
 per figure family (``loss``, ``performance``, ``predicted``, ``scaling_law``, ``mup``,
-``baseline``), ``fit`` (the scaling-law fit), ``tables``, ``pages`` (html/md) and ``build``
+``baseline``), ``tables``, ``pages`` (html/md) and ``build``
 (the figure registry ``FIGURES`` and ``build_report``). A new figure is a function in its
 family module and an entry in ``FIGURES``.
 """
 
+from scaling.laws.compute import ScalingFit, fit_scaling_law
 from scaling.report.axes import FigureResult
 from scaling.report.build import FIGURES, FORMATS, build_report, default_out, parse_formats
-from scaling.report.fit import ScalingFit, fit_scaling_law
 from scaling.report.mup import coord_check_figure, coord_check_result
 from scaling.report.pages import Report, render_html, render_markdown
 from scaling.report.record import Record, load_record, size_order

@@ -12,6 +12,13 @@ from scaling import records
 from scaling.report.axes import FigureResult
 from scaling.report.baseline import fig_baseline, ratio_table, unmatched_table
 from scaling.report.calibration import calibration_results
+from scaling.report.laws import (
+    fig_heldout,
+    fig_isoflop,
+    fig_loss_contours,
+    fig_optimal_scaling,
+    laws_table,
+)
 from scaling.report.loss import fig_loss_vs_compute, fig_loss_vs_step, fig_val_loss
 from scaling.report.mup import fig_coord_check, fig_mup_lr, transfer_table
 from scaling.report.pages import Report, render_html, render_markdown
@@ -35,6 +42,10 @@ FIGURES = (
     fig_memory_vs_estimate,
     fig_compile_time,
     fig_scaling_law,
+    fig_isoflop,
+    fig_optimal_scaling,
+    fig_loss_contours,
+    fig_heldout,
     fig_mup_lr,
     fig_coord_check,
 )
@@ -76,6 +87,9 @@ def build_report(
     tables = [summary_table(rec)]
     if fit is not None:
         tables.append(fit_table(fit))
+    laws = laws_table(rec)
+    if laws is not None:
+        tables.append(laws)
     transfer = transfer_table(rec)
     if transfer is not None:
         tables.append(transfer)

@@ -8,8 +8,8 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from scaling.laws.compute import ScalingFit
 from scaling.report.axes import FigureResult
-from scaling.report.fit import ScalingFit
 from scaling.report.record import Record
 from scaling.report.tables import Table
 

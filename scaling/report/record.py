@@ -35,6 +35,8 @@ class Record:
     steps: pd.DataFrame
     coord: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    # results computed once per report and shared by its figures (e.g. the scaling-law fits)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def ok(self) -> pd.DataFrame:

@@ -1,11 +1,12 @@
 """The scaling-law figure: final loss of each ok run against its training compute, with the fit
-of ``scaling.report.fit`` through the lowest loss at each compute."""
+of ``scaling.laws.compute`` through the lowest loss at each compute."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+from scaling.laws.compute import ScalingFit, fit_scaling_law
 from scaling.report.axes import (
     FigureResult,
     draw_floors,
@@ -15,7 +16,6 @@ from scaling.report.axes import (
     new_figure,
     spans_decades,
 )
-from scaling.report.fit import ScalingFit, fit_scaling_law
 from scaling.report.record import Record
 from scaling.report.style import Style
 

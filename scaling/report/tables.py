@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scaling.laws.compute import ScalingFit
 from scaling.report.axes import mib
-from scaling.report.fit import ScalingFit
 from scaling.report.record import Record
 
 

@@ -1,5 +1,6 @@
-"""The scaling-law fit L(C) = E + A·C^(−α): pure NumPy, with SciPy's curve_fit when importable.
-Knows nothing of records or figures."""
+"""The loss-vs-compute law L(C) = E + A·C^(−α): pure NumPy, with SciPy's curve_fit when importable.
+Knows nothing of records or figures (the report's scaling-law figure and ``scaling fit --law
+loss-vs-compute`` both use it)."""
 
 from __future__ import annotations
 
