@@ -39,6 +39,17 @@ Tolerance: ``DEFAULT_TOLERANCE = 0.20``, from the run-to-run spread of ``sweeps/
 0.20 stays clear of the quiet spread while a 30 % slowdown (ratio 0.70) still fails with 10
 points to spare. ``sweeps/baselines/ci-cpu.parquet`` holds the five quiet sweeps (the check
 uses their per-configuration median).
+
+Relative mode (``relative=True``, ``--relative``) is for a machine other than the baseline's:
+MFU against a CPU probe still differs between CPU models (on the CI runner of stop 20 every
+tiny configuration read 0.78-0.85× this host's baseline, uniformly, while code that had passed
+here at 0.99-1.19×). There the check divides every ratio by the *machine factor*, the median of
+the matched configurations' ratios measured side by side in the one current sweep, and gates
+on what remains: a configuration that got slower relative to the others (a mode's sharding,
+one code path) still fails, while a uniform shift, which on another machine cannot be told from
+the hardware, is reported as the machine factor and not gated. It needs at least
+``MIN_RELATIVE`` matched configurations so that one regressed configuration cannot move the
+median by itself.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ if TYPE_CHECKING:  # pandas loads with the records, so `scaling --help` starts f
 
 DEFAULT_TOLERANCE = 0.20
 DEFAULT_METRIC = "mfu"
+MIN_RELATIVE = 3
 METRICS: dict[str, bool] = {  # metric → higher is better
     "mfu": True,
     "tokens_per_s": True,
@@ -89,6 +101,7 @@ class CheckResult:
     tolerance: float
     rows: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    machine_factor: float | None = None  # relative mode: median current/baseline ratio
 
     @property
     def higher_is_better(self) -> bool:
@@ -110,6 +123,7 @@ class CheckResult:
             "metric": self.metric,
             "higher_is_better": self.higher_is_better,
             "tolerance": self.tolerance,
+            "machine_factor": self.machine_factor,
             "passed": self.passed,
             "rows": [
                 {k: v for k, v in dataclasses.asdict(r).items() if k != "settings_json"}
@@ -234,9 +248,11 @@ def compare(
     tolerance: float = DEFAULT_TOLERANCE,
     remeasure: Remeasure | None = None,
     on_remeasure: Callable[[Comparison], None] | None = None,
+    relative: bool = False,
 ) -> CheckResult:
     """Compare two run tables by configuration; ``remeasure`` (if given) re-runs each
-    regressed configuration once and the re-measurement decides its verdict."""
+    regressed configuration once and the re-measurement decides its verdict. ``relative``
+    divides every ratio by the machine factor (module docstring) before the verdict."""
     _validate_options(metric, tolerance)
     higher = METRICS[metric]
     base_ok, base_other = _group(baseline, metric)
@@ -291,14 +307,35 @@ def compare(
             f"record {len(cur_ok)}, none in common (matched on {', '.join(CONFIG_KEYS)})"
         )
     result.notes += _environment_notes(baseline, current)
+    if relative:
+        _apply_machine_factor(result, higher)
     if remeasure is not None:
         for row in result.with_verdict("REGRESSED", "FAILED"):
             if on_remeasure is not None:
                 on_remeasure(row)
-            _remeasure_row(row, remeasure, metric, tolerance, higher)
+            _remeasure_row(row, remeasure, metric, tolerance, higher, result.machine_factor)
     order = {"FAILED": 0, "REGRESSED": 1, "improved": 2, "ok": 3}
     result.rows.sort(key=lambda r: (order.get(r.verdict, 4), r.label))
     return result
+
+
+def _apply_machine_factor(result: CheckResult, higher: bool) -> None:
+    """Divide each matched ratio by the median ratio of the matched configurations."""
+    matched = [r for r in result.rows if r.ratio is not None]
+    if len(matched) < MIN_RELATIVE:
+        raise ValueError(
+            f"--relative needs at least {MIN_RELATIVE} configurations in common with the "
+            f"baseline, got {len(matched)}"
+        )
+    factor = float(statistics.median(r.ratio for r in matched))
+    result.machine_factor = factor
+    for row in matched:
+        row.ratio /= factor
+        row.verdict = verdict_of(row.ratio, result.tolerance, higher)
+    result.notes.append(
+        f"relative: ratios divided by the machine factor {factor:.3f} (median current/baseline "
+        f"of {len(matched)} configurations measured side by side); a uniform shift is not gated"
+    )
 
 
 def _pop_meshless(other: dict, config: dict) -> dict | None:
@@ -313,7 +350,12 @@ def _pop_meshless(other: dict, config: dict) -> dict | None:
 
 
 def _remeasure_row(
-    row: Comparison, remeasure: Remeasure, metric: str, tolerance: float, higher: bool
+    row: Comparison,
+    remeasure: Remeasure,
+    metric: str,
+    tolerance: float,
+    higher: bool,
+    machine_factor: float | None = None,
 ) -> None:
     if not row.settings_json:
         row.note = "cannot re-measure: the record has no settings_json"
@@ -325,7 +367,7 @@ def _remeasure_row(
         row.note = f"re-measurement {record.status}: {record.error[:120]}"
         return
     row.first_current, row.current = row.current, value
-    row.ratio = value / row.baseline
+    row.ratio = value / row.baseline / (machine_factor or 1.0)
     row.verdict = verdict_of(row.ratio, tolerance, higher)
 
 
@@ -353,9 +395,11 @@ def check(
     tolerance: float = DEFAULT_TOLERANCE,
     remeasure: Remeasure | None = None,
     on_remeasure: Callable[[Comparison], None] | None = None,
+    relative: bool = False,
 ) -> CheckResult:
     """Load both sides and compare them; ``remeasure`` (e.g. ``scaling.sweep.remeasure``)
-    re-runs each regressed configuration once."""
+    re-runs each regressed configuration once; ``relative`` gates on ratios divided by the
+    machine factor."""
     _validate_options(metric, tolerance)
     base = load_baseline(baseline)
     cur = load_current(*(current if isinstance(current, list | tuple) else [current]))
@@ -366,6 +410,7 @@ def check(
         tolerance=tolerance,
         remeasure=remeasure,
         on_remeasure=on_remeasure,
+        relative=relative,
     )
 
 

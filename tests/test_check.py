@@ -117,6 +117,50 @@ def test_improvement_is_reported_with_a_hint_to_refresh_the_baseline(tmp_path):
     assert _verdicts(slower_steps)["dp"] == "improved"
 
 
+def test_relative_mode_passes_a_uniformly_slower_machine_and_reports_its_factor(tmp_path):
+    base = _sweep(tmp_path / "base")
+    slower = {mode: 0.78 for mode in MESHES}  # another CPU model: every run reads 0.78×
+    cur = _sweep(tmp_path / "cur", scale=slower)
+    assert _check(base, cur).exit_code == 1
+    result = _check(base, cur, "--relative", "--json")
+    assert result.exit_code == 0, result.output
+    payload = _json(result)
+    assert payload["machine_factor"] == pytest.approx(0.78)
+    assert all(r["ratio"] == pytest.approx(1.0) for r in payload["rows"])
+    assert "machine factor 0.780" in _check(base, cur, "--relative").stdout
+
+
+def test_relative_mode_still_fails_a_mode_slower_than_the_others(tmp_path):
+    base = _sweep(tmp_path / "base")
+    scale = {mode: 0.85 for mode in MESHES} | {"fsdp": 0.85 * 0.7}
+    cur = _sweep(tmp_path / "cur", scale=scale)
+    result = _check(base, cur, "--relative", "--json")
+    assert result.exit_code == 1, result.output
+    assert _verdicts(result) == {m: "REGRESSED" if m == "fsdp" else "ok" for m in MESHES}
+    ratio = {r["config"]["mode"]: r["ratio"] for r in _json(result)["rows"]}
+    assert ratio["fsdp"] == pytest.approx(0.7)
+    assert _json(result)["machine_factor"] == pytest.approx(0.85)
+
+
+def test_relative_mode_remeasures_against_the_same_machine_factor(tmp_path):
+    base = load_runs(_write(tmp_path / "base", [_record(m, 0.1) for m in MESHES]))
+    current = [_record(m, 0.08 if m != "dp" else 0.04) for m in MESHES]
+    current = load_runs(_write(tmp_path / "cur", current))
+    again = _record("dp", 0.076)  # re-measured: 0.95 of the others' 0.8×
+    result = check.compare(base, current, relative=True, remeasure=lambda settings: again)
+    (dp,) = [r for r in result.rows if r.config["mode"] == "dp"]
+    assert dp.remeasured and dp.verdict == "ok" and dp.ratio == pytest.approx(0.95)
+    assert result.machine_factor == pytest.approx(0.8)
+
+
+def test_relative_mode_needs_three_configurations_in_common(tmp_path):
+    base = _write(tmp_path / "base", [_record("dp", 0.1), _record("tp", 0.1)])
+    result = _check(base, base, "--relative")
+    assert result.exit_code == 2
+    assert "--relative needs at least 3 configurations in common" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_missing_runs_are_listed_on_either_side(tmp_path):
     base = _sweep(tmp_path / "base")
     cur = tmp_path / "cur"

@@ -34,6 +34,13 @@ def check(
         str, Opt(help="mfu | tokens_per_s | step_time_s_median (lower is better).")
     ] = DEFAULT_METRIC,
     rerun: Annotated[bool, Opt(help="Re-measure a regressed run once before failing.")] = True,
+    relative: Annotated[
+        bool,
+        Opt(
+            help="Divide each ratio by the median ratio of all matched runs (the machine "
+            "factor) before the verdict: for a machine other than the baseline's."
+        ),
+    ] = False,
     json_: Annotated[bool, Opt("--json", help="Print the verdicts as JSON.")] = False,
     update_baseline: Annotated[
         bool, Opt(help="Write the current ok runs to --baseline (atomically) and exit 0.")
@@ -68,6 +75,7 @@ def check(
             tolerance=tolerance,
             remeasure=remeasure if rerun else None,
             on_remeasure=on_remeasure,
+            relative=relative,
         )
     if json_:
         print_json(result.to_dict())
@@ -92,7 +100,8 @@ def render(result, baseline: Path) -> None:
     table = Table(
         title=f"{metric} vs baseline ({sense} is better, tolerance ±{result.tolerance:.0%})"
     )
-    for col in ("config", "baseline", "current", "ratio", "verdict", "note"):
+    ratio = "ratio" if result.machine_factor is None else "ratio ÷ machine"
+    for col in ("config", "baseline", "current", ratio, "verdict", "note"):
         table.add_column(
             col,
             justify="left" if col in ("config", "verdict", "note") else "right",
