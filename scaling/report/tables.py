@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from scaling.laws.compute import ScalingFit
 from scaling.report.axes import mib
@@ -112,25 +114,49 @@ _ENVIRONMENT_COLUMNS = {  # run column: page heading
 }
 
 
+# A CPU probe's source names its own measured median ("median 33.0 GFLOP/s of 9"); the value has
+# its own column, so runs of one environment group into one row.
+_MEASURED_PEAK = re.compile(r"median [0-9.]+ [kMGTP]?FLOP/s of \d+")
+
+
 def environment_table(rec: Record) -> Table:
     cols = list(_ENVIRONMENT_COLUMNS)
     env = rec.runs.copy()
     env[cols] = env[cols].astype(str)
+    env["peak_source"] = env["peak_source"].str.replace(
+        _MEASURED_PEAK, "median per run", regex=True
+    )
+    env["peak"] = pd.to_numeric(env.get("peak_flops_per_device", math.nan), errors="coerce")
     groups = (
-        env.groupby(cols, sort=False)
-        .agg(runs=("run_id", "size"), first=("started_at", "min"), last=("started_at", "max"))
+        env.groupby(cols, sort=False, dropna=False)
+        .agg(
+            runs=("run_id", "size"),
+            first=("started_at", "min"),
+            last=("started_at", "max"),
+            peak_min=("peak", "min"),
+            peak_max=("peak", "max"),
+        )
         .reset_index()
     )
     rows = [
         [
             *(str(r[c]) for c in cols),
+            _peak_range(r["peak_min"], r["peak_max"]),
             str(r["runs"]),
             f"{r['first']} … {r['last']}" if r["first"] != r["last"] else str(r["first"]),
         ]
         for _, r in groups.iterrows()
     ]
-    names = [*_ENVIRONMENT_COLUMNS.values(), "runs", "started (UTC)"]
+    names = [*_ENVIRONMENT_COLUMNS.values(), "peak GFLOP/s per device", "runs", "started (UTC)"]
     return Table("Environment", names, rows)
+
+
+def _peak_range(low: float, high: float) -> str:
+    if not math.isfinite(low):
+        return "-"
+    if math.isclose(low, high, rel_tol=5e-3):
+        return f"{low / 1e9:,.1f}"
+    return f"{low / 1e9:,.1f} – {high / 1e9:,.1f}"
 
 
 def fit_table(fit: ScalingFit) -> Table:

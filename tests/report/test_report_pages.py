@@ -49,3 +49,27 @@ def test_markdown_has_the_summary_rows_failures_and_environment(built):
     assert "0.0.test" in md and "testhost" in md and "unit-test peak 1e12" in md
     for f in result.figures:
         assert f"]({f.name}.png)" in md and f"]({f.name}.csv)" in md
+
+
+def test_environment_groups_runs_whose_probe_medians_differ_into_one_row(tmp_path):
+    from report_records import run, write
+
+    from scaling.report.record import load_record
+    from scaling.report.tables import environment_table
+
+    probe = "cpu matmul probe (2048² f32), same process: median {:.1f} GFLOP/s of 9"
+    peaks = [33.0e9, 21.8e9, 25.4e9]
+    write(
+        tmp_path,
+        [
+            run(f"p{i}", "tiny", "dp", peak_source=probe.format(p / 1e9), peak_flops_per_device=p)
+            for i, p in enumerate(peaks)
+        ]
+        + [run("other", "tiny", "none", hostname="otherhost")],
+    )
+    table = environment_table(load_record(tmp_path))
+    assert len(table.rows) == 2  # one per host, not one per probe median
+    (probed,) = [r for r in table.rows if r[table.columns.index("host")] == "testhost"]
+    assert probed[table.columns.index("runs")] == "3"
+    assert "same process: median per run" in probed[table.columns.index("peak FLOP/s source")]
+    assert probed[table.columns.index("peak GFLOP/s per device")] == "21.8 – 33.0"
