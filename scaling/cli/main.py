@@ -11,6 +11,7 @@ from scaling.cli import (
     estimate,
     evaluate,
     fit,
+    generate,
     mup,
     plan,
     presets,
@@ -36,6 +37,7 @@ app.command("check")(check.check)
 app.command("eval")(evaluate.eval_)
 app.command("validate")(validate.validate)
 app.command("fit")(fit.fit)
+app.command("generate")(generate.generate)
 app.add_typer(data.app, name="data")
 app.add_typer(mup.app, name="mup")
 app.add_typer(convert.app, name="convert")
