@@ -63,9 +63,10 @@ def decode_hardware(device, *, hbm_gbps: float | None = None) -> HardwareProfile
 
         base = cpu_hardware()
         gbps = hbm_gbps or measure_bandwidth() / 1e9
+        how = "given" if hbm_gbps else "measured (median of a jitted sum over 256 MiB)"
         source = (
-            f"{base.source}; bandwidth {'given' if hbm_gbps else 'measured'}: {gbps:.1f} GB/s"
-            + ("" if hbm_gbps else " (median of a jitted sum over 256 MiB, scaling.decode_bench)")
+            "peak: median FLOP/s of a jitted matmul on this host (scaling.measure); memory "
+            f"bandwidth {gbps:.1f} GB/s {how}"
         )
         return dataclasses.replace(
             custom_profile(base, name=base.name, hbm_gbps=gbps, source=source),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scaling.records import read_record_file, write_frame_atomic
+from scaling.records import _load, read_record_file, write_frame_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -127,32 +127,19 @@ def decode_status(out_dir: str | Path, run_id: str) -> str | None:
         return None
 
 
+def _load_all(dirs, sub: str, columns: list[str], required: tuple[str, ...]) -> pd.DataFrame:
+    import pandas as pd
+
+    frames = [_load(Path(d) / sub, columns, required) for d in dirs]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
 def load_decode(*dirs: str | Path) -> pd.DataFrame:
     """Every decode row of the directories (an empty frame where there are none); a
     ``ValueError`` names a file that does not read."""
-    import pandas as pd
-
-    frames = []
-    for d in dirs:
-        folder = Path(d) / DECODE_DIR
-        for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
-            frames.append(read_record_file(path, _REQUIRED))
-    if not frames:
-        return pd.DataFrame(columns=DECODE_COLUMNS)
-    return pd.concat(frames, ignore_index=True)
+    return _load_all(dirs, DECODE_DIR, DECODE_COLUMNS, _REQUIRED)
 
 
 def load_decode_steps(*dirs: str | Path) -> pd.DataFrame:
-    import pandas as pd
-
-    frames = []
-    for d in dirs:
-        folder = Path(d) / DECODE_STEPS_DIR
-        for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
-            frames.append(read_record_file(path, ("run_id", "latency_s")))
-    frames = [f for f in frames if not f.empty]
-    return (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame(columns=DECODE_STEP_COLUMNS)
-    )
+    return _load_all(dirs, DECODE_STEPS_DIR, DECODE_STEP_COLUMNS, ("run_id", "latency_s"))
