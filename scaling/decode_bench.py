@@ -35,7 +35,7 @@ from scaling.decode_record import DecodeRecord, DecodeStep, decode_run_id, decod
 from scaling.decode_record import write_decode as write_record
 from scaling.estimate.hardware import HardwareProfile, custom_profile, match_device_kind
 from scaling.estimate.inference import decode_estimate, kv_cache_bytes_per_device
-from scaling.generate import Decoder, generate
+from scaling.generate import Decoder, generate, xla_decode_step_costs
 from scaling.model import build_model
 from scaling.records import git_sha
 
@@ -113,6 +113,8 @@ def _predict(record: DecodeRecord, cfg, hardware: HardwareProfile | None, mesh) 
         return
     est = decode_estimate(cfg, hardware, batch=record.batch, prompt_len=record.prompt_len,
                           gen_len=record.gen_len, mode=record.mode, mesh=mesh)  # fmt: skip
+    record.est_decode_flops_per_step = est.decode_flops_per_step
+    record.est_decode_bytes_per_step = est.decode_bytes_per_step
     record.predicted_prefill_s = est.prefill_s
     record.predicted_decode_step_s = est.decode_step_s
     record.predicted_decode_tokens_per_s = est.decode_tokens_per_s
@@ -159,6 +161,10 @@ def bench_one(settings: dict, hardware: HardwareProfile | None, repeats: int):
         model = build_model(cfg, record.seed)
         record.n_params = sum(x.size for x in jax.tree.leaves(flax.nnx.state(model)))
         max_len = record.prompt_len + record.gen_len
+        if run.mode == "none":  # the estimate's per-device figures are one device's here
+            xla = xla_decode_step_costs(model, record.batch, max_len)
+            record.xla_decode_flops_per_step = xla["flops"]
+            record.xla_decode_bytes_per_step = xla["bytes"]
         decoder = Decoder(model, record.batch, record.prompt_len, max_len, mesh=mesh,
                           mode=run.mode)  # fmt: skip
         record.compile_s = decoder.compile_s

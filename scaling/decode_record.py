@@ -66,6 +66,13 @@ class DecodeRecord:
     decode_tokens_per_s: float = math.nan  # batch / decode_step_s_median
     kv_cache_bytes_per_device: float = math.nan  # the cache arrays' shards, measured
     est_kv_cache_bytes_per_device: float = math.nan  # scaling.estimate.inference
+    est_decode_flops_per_step: float = math.nan  # scaling.estimate.inference, per device
+    est_decode_bytes_per_step: float = math.nan  # weights + cache read per step, per device
+    # XLA's cost_analysis of the lowered decode step (layers unrolled, one device): FLOPs agree
+    # with the estimate within ~1 % (elementwise work); "bytes accessed" sums every op's
+    # operands and results, so it is several times the unique HBM traffic estimated above.
+    xla_decode_flops_per_step: float = math.nan
+    xla_decode_bytes_per_step: float = math.nan
     predicted_prefill_s: float = math.nan  # roofline
     predicted_decode_step_s: float = math.nan
     predicted_decode_tokens_per_s: float = math.nan

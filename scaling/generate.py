@@ -156,10 +156,11 @@ def _attention(attn, x, positions, mask, k_all, v_all, layer, index):
 
 
 def cached_forward(
-    model: TransformerLM, tokens: Int[Array, "b t"], cache: KVCache
+    model: TransformerLM, tokens: Int[Array, "b t"], cache: KVCache, *, unroll: bool = False
 ) -> tuple[Float[Array, "b t v"], KVCache]:
     """Logits of ``tokens`` written at slots ``cache.index ..`` (prefill: the padded prompt;
-    decode: one token), attending to the cache; returns the advanced cache."""
+    decode: one token), attending to the cache; returns the advanced cache. ``unroll`` unrolls
+    the layer scan (XLA's cost analysis counts a scan body once, FACTS.md)."""
     cfg = model.cfg
     slots = cache.index + jnp.arange(tokens.shape[1])
     positions = jnp.maximum(slots[None, :] - cache.pad[:, None], 0)
@@ -179,7 +180,9 @@ def cached_forward(
         return (h, k_all, v_all), None
 
     layers = jnp.arange(cfg.n_layers)
-    (x, k_all, v_all), _ = jax.lax.scan(layer, (x, cache.k, cache.v), (stacked, layers))
+    (x, k_all, v_all), _ = jax.lax.scan(
+        layer, (x, cache.k, cache.v), (stacked, layers), unroll=cfg.n_layers if unroll else 1
+    )
     # The read-out of TransformerLM._forward (final norm, head, soft-cap, muP multiplier).
     x = model.final_norm(x)
     logits = model.embed.attend(x) if model.head is None else model.head.logits(x, model.embed)
@@ -350,3 +353,21 @@ def _trim(ids: np.ndarray, stop_tokens: tuple[int, ...]) -> list[list[int]]:
         end = next((i + 1 for i, t in enumerate(row) if t in stop_tokens), len(row))
         rows.append(row[:end])
     return rows
+
+
+def xla_decode_step_costs(model: TransformerLM, batch: int, max_len: int) -> dict[str, float]:
+    """XLA's ``cost_analysis`` of one decode step (one token per row over a ``max_len`` cache),
+    layers unrolled so every layer is counted: ``flops`` and ``bytes accessed`` (one device,
+    unsharded; lowering only, nothing is compiled)."""
+    graphdef, state = nnx.split(model)
+    cfg = model.cfg
+
+    def step(state, token, cache):
+        return cached_forward(nnx.merge(graphdef, state), token, cache, unroll=True)
+
+    cache = jax.eval_shape(lambda: empty_cache(cfg, jnp.zeros((batch,), jnp.int32), max_len))
+    token = jax.ShapeDtypeStruct((batch, 1), jnp.int32)
+    costs = jax.jit(step).lower(state, token, cache).cost_analysis()
+    costs = costs[0] if isinstance(costs, list) else costs
+    return {"flops": float(costs.get("flops", float("nan"))),
+            "bytes": float(costs.get("bytes accessed", float("nan")))}  # fmt: skip

@@ -46,6 +46,9 @@ def test_rows_measure_decode_and_sit_beside_the_roofline(bench):
         est = decode_estimate(get_preset("tiny"), hw, batch=r["batch"], prompt_len=4, gen_len=4)
         assert r["predicted_decode_tokens_per_s"] == pytest.approx(est.decode_tokens_per_s)
         assert r["platform"] == "cpu" and r["jax_version"] and r["started_at"]
+        # XLA's count of the decode step: the estimate's matmuls plus ~1 % elementwise work
+        assert 1.0 <= r["xla_decode_flops_per_step"] / r["est_decode_flops_per_step"] <= 1.05
+        assert r["est_decode_flops_per_step"] == est.decode_flops_per_step
     frame = load_decode(out)
     assert list(frame.columns) == DECODE_COLUMNS and len(frame) == 1
 
