@@ -32,6 +32,9 @@ JAX_FREE = (
     "scaling.tokenizer",
     "scaling.prepare",
     "scaling.prepared",
+    "scaling.estimate.inference",
+    "scaling.decode_record",
+    "scaling.report.decode",
 )
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 100

@@ -67,9 +67,21 @@ def estimate(
     json_: Annotated[bool, Opt("--json", help="Last stdout line: a JSON list, one per size.")] = (
         False
     ),
+    task: Annotated[str, Opt(help="train (a training step) | decode (KV-cache inference).")] = (
+        "train"
+    ),
+    prompt_len: Annotated[int, Opt(help="--task decode: prompt tokens per row.")] = 128,
+    gen_len: Annotated[int, Opt(help="--task decode: generated tokens per row.")] = 128,
 ) -> None:
-    """Estimate memory, FLOPs, communication and step time for model sizes on a mesh."""
+    """Estimate memory, FLOPs, communication and step time for model sizes on a mesh
+    (``--task decode``: the inference roofline of KV-cache generation)."""
+    if task == "decode":
+        _estimate_decode(sizes, hf_config, mode, mesh, batch, dtype, hardware, peak_tflops,
+                         hbm_gbps, prompt_len, gen_len, json_)  # fmt: skip
+        return
     with user_errors():
+        if task != "train":
+            raise ValueError(f"unknown task {task!r}; valid: train, decode")
         runs = build_runs(sizes, hf_config, mode=mode, mesh=mesh, batch=batch, seq=seq,
                           dtype=dtype, remat=remat)  # fmt: skip
         if compile_ and (devices is not None or mode != "none"):
@@ -89,6 +101,21 @@ def estimate(
         print_json(rows)
     else:
         out_console.print(render(rows, compiled=compile_))
+
+
+def _estimate_decode(sizes, hf_config, mode, mesh, batch, dtype, hardware, peak_tflops,
+                     hbm_gbps, prompt_len, gen_len, json_) -> None:  # fmt: skip
+    from scaling.cli.estimate_decode import decode_rows, render_decode
+
+    with user_errors():
+        runs = build_runs(sizes, hf_config, mode=mode, mesh=mesh, batch=batch, seq=1,
+                          dtype=dtype, remat=None)  # fmt: skip
+        profile = resolve_hardware(hardware, peak_tflops=peak_tflops, hbm_gbps=hbm_gbps)
+        rows = decode_rows(runs, profile, prompt_len=prompt_len, gen_len=gen_len)
+    if json_:
+        print_json(rows)
+    else:
+        out_console.print(render_decode(rows, si=si, seconds=seconds))
 
 
 def build_runs(

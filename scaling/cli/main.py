@@ -5,12 +5,14 @@ from __future__ import annotations
 import typer
 
 from scaling.cli import (
+    bench_decode,
     check,
     convert,
     data,
     estimate,
     evaluate,
     fit,
+    generate,
     mup,
     plan,
     presets,
@@ -36,6 +38,8 @@ app.command("check")(check.check)
 app.command("eval")(evaluate.eval_)
 app.command("validate")(validate.validate)
 app.command("fit")(fit.fit)
+app.command("generate")(generate.generate)
+app.command("bench-decode")(bench_decode.bench_decode)
 app.add_typer(data.app, name="data")
 app.add_typer(mup.app, name="mup")
 app.add_typer(convert.app, name="convert")

@@ -12,6 +12,7 @@ from scaling import records
 from scaling.report.axes import FigureResult
 from scaling.report.baseline import fig_baseline, ratio_table, unmatched_table
 from scaling.report.calibration import calibration_results
+from scaling.report.decode import fig_decode_throughput
 from scaling.report.laws import (
     fig_heldout,
     fig_isoflop,
@@ -41,6 +42,7 @@ FIGURES = (
     fig_step_time_vs_roofline,
     fig_memory_vs_estimate,
     fig_compile_time,
+    fig_decode_throughput,
     fig_scaling_law,
     fig_isoflop,
     fig_optimal_scaling,

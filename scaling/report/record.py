@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from scaling import records
+from scaling.decode_record import load_decode
 from scaling.presets import PRESETS
 from scaling.sharding import MODES
 
@@ -35,6 +36,8 @@ class Record:
     steps: pd.DataFrame
     coord: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    # decode benchmark rows (``scaling.decode_record``), with ``source``; None where none
+    decode: pd.DataFrame | None = None
     # results computed once per report and shared by its figures (e.g. the scaling-law fits)
     cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -60,8 +63,16 @@ def load_record(*dirs: str | Path) -> Record:
         raise ValueError("give at least one sweep directory")
     paths = [Path(d) for d in dirs]
     runs_frames, steps_frames, coord_frames, notes = [], [], [], []
+    decode_frames = []
     for path, source in zip(paths, _source_names(paths), strict=True):
-        runs, steps = _read_sweep(path)
+        decode = load_decode(path) if path.is_dir() else None
+        if decode is not None and not decode.empty:
+            decode_frames.append(decode.assign(source=source))
+        if decode_frames and not (path / "runs").is_dir():  # a decode-only record
+            runs = pd.DataFrame(columns=records.RUN_COLUMNS)
+            steps = pd.DataFrame(columns=records.STEP_COLUMNS)
+        else:
+            runs, steps = _read_sweep(path)
         runs_frames.append(_normalise_runs(runs).assign(source=source))
         steps_frames.append(steps.assign(source=source))
         coord = _read_coord(path, notes)
@@ -76,7 +87,8 @@ def load_record(*dirs: str | Path) -> Record:
     runs = _sort_runs(runs)
     runs["label"] = _labels(runs)
     runs["variant"] = _variants(runs)
-    return Record(paths, runs.reset_index(drop=True), steps, coord, notes)
+    decode = pd.concat(decode_frames, ignore_index=True) if decode_frames else None
+    return Record(paths, runs.reset_index(drop=True), steps, coord, notes, decode=decode)
 
 
 def _read_sweep(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
