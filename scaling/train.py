@@ -21,11 +21,12 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from scaling import parallel
+from scaling import attention, parallel
 from scaling.config import RunConfig
 from scaling.data import batch_dataset, entropy_floor, loader
 from scaling.estimate import param_counts
-from scaling.evaluate import Evaluator, cross_entropy
+from scaling.evaluate import Evaluator, cross_entropy  # noqa: F401 (tests import it here)
+from scaling.loss import next_token_loss
 from scaling.measure import MatmulProbe, StepClock, median_s, memory_figures
 from scaling.model import build_model
 from scaling.mup import lr_multipliers
@@ -101,9 +102,7 @@ def make_train_step(run: RunConfig, graphdef, tx: optax.GradientTransformation) 
     schedule = make_schedule(run)
 
     def loss_of(params, tokens: Int[Array, "b t1"]) -> Float[Array, ""]:
-        logits = nnx.merge(graphdef, params)(tokens[:, :-1])
-        with jax.named_scope("loss"):
-            return cross_entropy(logits, tokens[:, 1:])
+        return next_token_loss(nnx.merge(graphdef, params), tokens, run.loss_chunk)
 
     def train_step(state: TrainState, tokens: Int[Array, "b t1"]):
         loss, grads = jax.value_and_grad(loss_of)(state.params, tokens)
@@ -151,6 +150,7 @@ class Plan:
 def plan(run: RunConfig, devices=None) -> Plan:
     """Validate the mode and mesh and build the sharded, jitted init and step."""
     devices = list(jax.devices() if devices is None else devices)
+    attention.check_supported(run.model, devices[0].platform)
     mesh_shape = run.mesh or parallel.default_mesh_shape(run.mode, len(devices))
     n_used = len(devices) if run.mode != "none" else 1
     parallel.validate(run.mode, mesh_shape, n_used, run.model, run.batch)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from scaling.cli.common import (
+    KERNEL_HELP,
     MUP_HELP,
     PEAK_HELP,
     err_console,
@@ -54,6 +55,8 @@ def train(
     seed: Annotated[int, Opt(help="Seed for init and data.")] = 0,
     dtype: Annotated[str | None, Opt(help="Compute dtype: float32 | bfloat16.")] = None,
     remat: Annotated[str | None, Opt(help="Rematerialisation: none | full | dots.")] = None,
+    attention: Annotated[str | None, Opt(help=KERNEL_HELP["attention"])] = None,
+    loss_chunk: Annotated[int, Opt(help=KERNEL_HELP["loss_chunk"])] = 0,
     family: Annotated[
         str | None, Opt(help="Architecture of a family: llama | gpt2 | mistral | gemma.")
     ] = None,
@@ -130,6 +133,8 @@ def train(
             family=family,
             dtype=dtype,
             remat=remat,
+            attention=attention,
+            loss_chunk=loss_chunk,
             mup=mup,
             mup_knobs=mup_knobs(
                 mup_base_width,
