@@ -69,25 +69,16 @@ def attend(
     cfg: ModelConfig,
     scale: float,
 ) -> Float[Array, "b h t k"]:
-    """Causal (optionally sliding-window, soft-capped) attention of ``cfg.attention``; k and v
-    carry the key/value heads (g divides h), not repeated."""
-    if cfg.attention == "reference":
-        return _reference(q, k, v, cfg, scale)
+    """Causal (optionally sliding-window, soft-capped) attention of ``cfg.attention`` (not
+    ``reference``: that is the model's own einsum path, ``model.scaled_dot_product_attention``);
+    k and v carry the key/value heads (g divides h), not repeated."""
     if cfg.attention in ("xla", "cudnn"):
         return _dot_product_attention(q, k, v, cfg, scale)
     if cfg.attention == "splash":
         return _splash(q, k, v, cfg, scale)
-    raise ValueError(f"unknown attention {cfg.attention!r}; valid: {', '.join(ATTENTIONS)}")
-
-
-def _reference(q, k, v, cfg: ModelConfig, scale: float) -> Array:
-    from scaling.model import attention_mask, scaled_dot_product_attention
-
-    groups = q.shape[1] // k.shape[1]
-    if groups != 1:
-        k, v = jnp.repeat(k, groups, axis=1), jnp.repeat(v, groups, axis=1)
-    mask = attention_mask(q.shape[2], cfg.sliding_window)
-    return scaled_dot_product_attention(q, k, v, mask, scale, cfg.attn_softcap)
+    raise ValueError(
+        f"attention {cfg.attention!r} has no kernel here; valid: {', '.join(ATTENTIONS[1:])}"
+    )
 
 
 def _dot_product_attention(q, k, v, cfg: ModelConfig, scale: float) -> Array:

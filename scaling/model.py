@@ -279,7 +279,14 @@ class CausalSelfAttention(nnx.Module):
             q = apply_rope(q, cfg, positions[:, None, :])
             k = apply_rope(k, cfg, positions[:, None, :])
         b, _, t, _ = q.shape
-        out = attention.attend(q, k, v, cfg, self.scale)  # cfg.attention picks the kernel
+        if cfg.attention != "reference":  # jax's or a fused kernel (scaling.attention)
+            out = attention.attend(q, k, v, cfg, self.scale)
+            return self.o(out.transpose(0, 2, 1, 3).reshape(b, t, self.n_heads * self.d_head))
+        if self.kv_heads != self.n_heads:
+            k = jnp.repeat(k, self.n_heads // self.kv_heads, axis=1)
+            v = jnp.repeat(v, self.n_heads // self.kv_heads, axis=1)
+        mask = attention_mask(t, cfg.sliding_window)
+        out = scaled_dot_product_attention(q, k, v, mask, self.scale, cfg.attn_softcap)
         return self.o(out.transpose(0, 2, 1, 3).reshape(b, t, self.n_heads * self.d_head))
 
 

@@ -8,6 +8,7 @@ from scaling.cli import (
     check,
     convert,
     data,
+    env,
     estimate,
     evaluate,
     fit,
@@ -36,6 +37,7 @@ app.command("check")(check.check)
 app.command("eval")(evaluate.eval_)
 app.command("validate")(validate.validate)
 app.command("fit")(fit.fit)
+app.command("env")(env.env)
 app.add_typer(data.app, name="data")
 app.add_typer(mup.app, name="mup")
 app.add_typer(convert.app, name="convert")
