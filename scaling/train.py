@@ -371,7 +371,8 @@ def _summarize_profile(result: RunResult, profile_dir: str) -> None:
     from scaling.profile import SUMMARY_FILE, summarize
 
     try:
-        summary = summarize(profile_dir, result.step_time_s_median).to_dict()
+        timed = result.timed_step_times_s  # the steps the trace holds (StepClock)
+        summary = summarize(profile_dir, sum(timed) / len(timed)).to_dict()
     except (ValueError, OSError, KeyError) as exc:
         result.notes.append(f"profile summary not made: {exc}")
         return

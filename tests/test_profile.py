@@ -35,37 +35,53 @@ def _event(op, ts, dur, run="1", tid=7):
     return {"ph": "X", "pid": 1, "tid": tid, "ts": ts, "dur": dur, "name": op, "args": args}
 
 
-def test_self_time_subtracts_nested_operations_on_the_same_thread():
+def test_self_time_subtracts_nested_operations_and_splits_overlaps():
     events = [
         _event("while.1", 0, 100),  # its body: 30 + 50 µs nested inside
         _event("dot.1", 10, 30),
         _event("dot.2", 45, 50),
         _event("copy.1", 100, 5),  # starts as the loop ends: not nested
         _event("while.1", 200, 100, run="2"),
-        _event("dot.9", 0, 40, tid=8),  # another thread: never a child of while.1
+        _event("dot.9", 105, 40, tid=8),  # another thread, alone in time
+        _event("dot.8", 200, 20, run="2", tid=8),  # overlaps while.1's own 20 µs: shared
         {"ph": "X", "pid": 1, "tid": 7, "ts": 1, "dur": 1, "name": "end: dot.1", "args": {}},
     ]
-    totals, runs = self_times(events)
+    totals, runs, idle = self_times(events)
     assert runs == 2
+    assert idle == pytest.approx(0.0)  # run 1: 0-145 busy; run 2: 200-300 busy
     assert totals == pytest.approx(
         {
-            "while.1": 20e-6 + 100e-6,
+            "while.1": 20e-6 + 90e-6,
             "dot.1": 30e-6,
             "dot.2": 50e-6,
             "copy.1": 5e-6,
             "dot.9": 40e-6,
+            "dot.8": 10e-6,
         }  # fmt: skip
     )
+    assert sum(totals.values()) == pytest.approx((145 + 100) * 1e-6)  # busy wall time
+
+
+def test_idle_is_the_gap_between_operations_inside_a_step():
+    events = [_event("dot.1", 0, 10), _event("dot.2", 30, 10), _event("dot.3", 35, 20, tid=8)]
+    totals, runs, idle = self_times(events)
+    assert runs == 1 and idle == pytest.approx(20e-6)  # 10-30: nothing ran in the 0-55 span
+    assert sum(totals.values()) + idle == pytest.approx(55e-6)
 
 
 def test_profiled_cpu_run_sums_to_its_step_time(cli, tmp_path):
-    """The brief's check: on CPU the scopes' self time is within 10 % of the median step."""
+    """The brief's check: on CPU the scopes (idle included) are within 10 % of the mean wall
+    time of the profiled steps."""
     out = tmp_path / "prof"
-    result = cli("train", "--steps", "4", "--batch", "2", "--seq", "32", "--profile", out, "--json")
+    result = cli(
+        "train", "--steps", "4", "--batch", "4", "--seq", "128", "--profile", out, "--json"
+    )
     assert result.exit_code == 0, result.output
     profile = last_json(result.stdout)["profile"]
     assert 0.9 <= profile["coverage"] <= 1.1, profile
-    assert {"attention", "ffn", "norm", "head", "loss", "optimizer"} <= set(profile["scopes_s"])
+    assert {"attention", "ffn", "norm", "head", "loss", "optimizer", "idle"} <= set(
+        profile["scopes_s"]
+    )
     assert profile["steps"] == 3  # the measured steps after one timing warm-up
     stored = json.loads((out / "summary.json").read_text())
     assert stored["scopes_s"] == profile["scopes_s"]

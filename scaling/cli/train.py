@@ -296,8 +296,8 @@ def profile_table(profile: dict, title: str):
     step = profile["step_time_s"]
     table = Table(title=title, caption=(
         f"self time per step over {profile['steps']} profiled steps; scopes add to "
-        f"{profile['total_s'] * 1e3:.1f} ms = {profile['coverage']:.1%} of the median step "
-        f"{step * 1e3:.1f} ms"
+        f"{profile['total_s'] * 1e3:.1f} ms = {profile['coverage']:.1%} of the mean profiled "
+        f"step {step * 1e3:.1f} ms"
     ))  # fmt: skip
     for column in ("scope / top operation", "ms per step", "share of step"):
         table.add_column(column, justify="left" if column.startswith("scope") else "right")
