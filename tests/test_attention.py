@@ -224,3 +224,33 @@ def test_rows_before_schema_4_load_as_reference_attention_and_whole_logits(tmp_p
         records.config_of({**runs.loc["old"].to_dict(), "attention": float("nan")})["attention"]
         == "reference"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("window", "cap"), [(None, None), (17, 30.0)])
+def test_splash_wrapper_matches_the_reference_in_pallas_interpret_mode(monkeypatch, window, cap):
+    """The TPU path's plumbing (scale, GQA groups, causal/local mask, soft-cap) on CPU: the
+    splash kernel in Pallas interpret mode against the reference einsum (f32, 1e-5)."""
+    import functools
+
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+
+    from scaling.model import attention_mask, scaled_dot_product_attention
+
+    real = splash.make_splash_mqa_single_device
+    monkeypatch.setattr(splash, "make_splash_mqa_single_device",
+                        functools.partial(real, interpret=True))  # fmt: skip
+    attention._splash_kernel.cache_clear()
+    b, h, g, t, k = 1, 4, 2, 128, 128  # the kernel's blocks are 128 positions
+    rng = np.random.default_rng(0)
+    q, kv_k, kv_v = (jnp.asarray(rng.normal(size=s), jnp.float32)
+                     for s in [(b, h, t, k), (b, g, t, k), (b, g, t, k)])  # fmt: skip
+    shape = dict(d_model=h * k, n_heads=h, n_kv_heads=g, max_seq_len=t)
+    cfg = dataclasses.replace(TINY, **shape, attention="splash", sliding_window=window,
+                              attn_softcap=cap)  # fmt: skip
+    got = attention.attend(q, kv_k, kv_v, cfg, 0.088)
+    repeat = functools.partial(jnp.repeat, repeats=h // g, axis=1)
+    want = scaled_dot_product_attention(q, repeat(kv_k), repeat(kv_v), attention_mask(t, window),
+                                        0.088, cap)  # fmt: skip
+    attention._splash_kernel.cache_clear()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
