@@ -254,3 +254,26 @@ def test_splash_wrapper_matches_the_reference_in_pallas_interpret_mode(monkeypat
                                         0.088, cap)  # fmt: skip
     attention._splash_kernel.cache_clear()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_chunked_loss_lowers_xla_temp_memory_as_the_estimate_says():
+    """tiny with a 32768 vocabulary, batch 8 × 256 (logits dominate): XLA's temp bytes of the
+    compiled step fall by ~half with 64-position chunks (measured 816.9 → 432.3 MB, jax 0.10.2),
+    and the estimate's gradients + activations stay within 10 % of them both ways."""
+    from scaling import train
+    from scaling.measure import memory_figures
+    from scaling.presets import build_run
+
+    cfg = dataclasses.replace(get_preset("tiny"), vocab_size=32768)
+    temp, estimated = {}, {}
+    for chunk in (0, 64):
+        run = build_run(model=cfg, batch=8, seq=256, loss_chunk=chunk)
+        p = train.plan(run)
+        with jax.set_mesh(p.mesh):
+            compiled = p.step.lower(*p.abstract_inputs()).compile()
+        temp[chunk] = memory_figures(compiled)["temp_bytes"]
+        est = memory_per_device(cfg, mode="none", mesh=None, batch=8, seq=256, loss_chunk=chunk)
+        estimated[chunk] = est.grads + est.activations
+        assert estimated[chunk] == pytest.approx(temp[chunk], rel=0.1)
+    assert temp[64] < 0.6 * temp[0]
