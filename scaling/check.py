@@ -173,7 +173,8 @@ def load_current(*paths: str | Path) -> pd.DataFrame:
 
 
 def _validated(runs: pd.DataFrame, path: Path) -> pd.DataFrame:
-    needed = {*CONFIG_KEYS, "status", *METRICS} - {"d_model", "n_layers", "tied", "family"}
+    optional = {"d_model", "n_layers", "tied", "family", "attention", "loss_chunk"}  # config_of
+    needed = {*CONFIG_KEYS, "status", *METRICS} - optional
     missing = sorted(needed - set(runs.columns))
     if missing:
         raise ValueError(f"{str(path)!r} is not a run record: missing columns {missing}")

@@ -24,6 +24,9 @@ Ffn = Literal["swiglu", "geglu", "gelu_tanh", "gelu", "relu"]
 FAMILIES: tuple[str, ...] = ("llama", "gpt2", "mistral", "gemma")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 REMATS: tuple[str, ...] = ("none", "full", "dots")
+# Attention implementations (scaling.attention); the fused ones store no (b, h, t, t) scores.
+ATTENTIONS: tuple[str, ...] = ("reference", "xla", "cudnn", "splash")
+FUSED_ATTENTIONS: tuple[str, ...] = ("cudnn", "splash")
 # The muP knobs (ModelConfig fields), settable from the CLI and sweep specs under these names.
 MUP_KNOBS: tuple[str, ...] = (
     "mup_base_width",
@@ -45,6 +48,7 @@ FFN_KINDS: dict[str, tuple[bool, str]] = {
     "relu": (False, "relu"),
 }
 __all__ = [
+    "ATTENTIONS",
     "DTYPES",
     "FAMILIES",
     "FFNS",
@@ -121,6 +125,7 @@ class ModelConfig:
     # numerics and training
     dtype: Dtype = "float32"  # compute dtype; parameters are always float32
     remat: Remat = "none"
+    attention: str = "reference"  # one of ATTENTIONS (scaling.attention); what runs, not the math
     scan_layers: bool = True  # False unrolls the layer loop (used to let XLA count FLOPs)
     init_std: float = 0.02  # std of embeddings (and of the muP base for hidden matrices)
     # muP (Tensor Programs V, microsoft/mup); with mup=False the model is standard
@@ -168,6 +173,7 @@ _CHOICES = {
     "family": FAMILIES,
     "dtype": DTYPES,
     "remat": REMATS,
+    "attention": ATTENTIONS,
     "norm": NORMS,
     "positions": POSITIONS,
     "ffn": FFNS,
@@ -291,6 +297,9 @@ class RunConfig:
     data_threads: int = 2  # Grain read threads preparing batches ahead of the loop (0: inline)
     data_prefetch: int = 8  # batches buffered ahead
     data_processes: int = 0  # Grain worker processes (0: threads of this process only)
+    # Cross-entropy over chunks of this many positions (scaling.loss), so the (b, t, v) float32
+    # logits are never all live; 0: the whole logits at once. Must divide seq.
+    loss_chunk: int = 0
 
     def __post_init__(self) -> None:
         validate_run(self)
@@ -331,11 +340,25 @@ def validate_run(run: RunConfig) -> None:
     for name in ("eval_batches", "data_prefetch"):
         if getattr(run, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(run, name)}")
+    _check_loss_chunk(run.loss_chunk, run.seq)
     unknown = [f for f in run.allow_config_change if f not in RESUME_CHANGEABLE]
     if unknown:
         raise ValueError(
             f"--allow-config-change: unknown field {unknown[0]!r}; valid: "
             f"{', '.join(RESUME_CHANGEABLE)}"
+        )
+
+
+def _check_loss_chunk(loss_chunk: int, seq: int) -> None:
+    """``ValueError`` unless ``loss_chunk`` is 0 (whole logits) or a divisor of ``seq``."""
+    if isinstance(loss_chunk, bool) or not isinstance(loss_chunk, int) or loss_chunk < 0:
+        raise ValueError(f"loss_chunk must be 0 (whole logits) or a positive integer, got "
+                         f"{loss_chunk!r}")  # fmt: skip
+    if loss_chunk and seq % loss_chunk:
+        divisors = [c for c in range(1, seq) if seq % c == 0][-3:]
+        raise ValueError(
+            f"loss_chunk={loss_chunk} does not divide seq={seq}; use 0 (whole logits) or a "
+            f"divisor of seq, e.g. {', '.join(map(str, divisors))}"
         )
 
 
@@ -359,6 +382,8 @@ RESUME_FREE = (
     "name",
     "remat",
     "scan_layers",
+    "attention",
+    "loss_chunk",
 )
 # Fixed: the shapes and structure of the saved state (muP adds an optimizer stage).
 RESUME_FIXED = (

@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 
-from scaling import mup
+from scaling import attention, mup
 from scaling.config import ModelConfig
 
 TRUNCATION = 3.0  # truncated-normal inits are cut at ±3σ
@@ -278,10 +278,13 @@ class CausalSelfAttention(nnx.Module):
         if cfg.positions == "rope":
             q = apply_rope(q, cfg, positions[:, None, :])
             k = apply_rope(k, cfg, positions[:, None, :])
+        b, _, t, _ = q.shape
+        if cfg.attention != "reference":  # jax's or a fused kernel (scaling.attention)
+            out = attention.attend(q, k, v, cfg, self.scale)
+            return self.o(out.transpose(0, 2, 1, 3).reshape(b, t, self.n_heads * self.d_head))
         if self.kv_heads != self.n_heads:
             k = jnp.repeat(k, self.n_heads // self.kv_heads, axis=1)
             v = jnp.repeat(v, self.n_heads // self.kv_heads, axis=1)
-        b, _, t, _ = q.shape
         mask = attention_mask(t, cfg.sliding_window)
         out = scaled_dot_product_attention(q, k, v, mask, self.scale, cfg.attn_softcap)
         return self.o(out.transpose(0, 2, 1, 3).reshape(b, t, self.n_heads * self.d_head))
@@ -411,18 +414,31 @@ class TransformerLM(nnx.Module):
             return shard_over_batch((x * mup.input_multiplier(cfg)).astype(compute_dtype(cfg)))
 
     def _forward(self, tokens: Array, positions: Array | None, collect):
-        cfg = self.cfg
+        x, embedded, collected = self._hidden(tokens, positions, collect)
+        with jax.named_scope("head"):
+            logits = self.readout(x)
+        return logits, embedded, collected
+
+    def _hidden(self, tokens: Array, positions: Array | None, collect):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         embedded = self._embed(tokens, positions)
         x, collected = self._run_blocks(embedded, positions, collect)
         with jax.named_scope("head"):
-            x = self.final_norm(x)
-            head = self.head
-            logits = self.embed.attend(x) if head is None else head.logits(x, self.embed)
-            logits = softcap(logits.astype(jnp.float32), cfg.final_softcap)
-            logits = logits * mup.logit_multiplier(cfg)
-        return logits, embedded, collected
+            return self.final_norm(x), embedded, collected
+
+    def final_hidden(
+        self, tokens: Int[Array, "b t"], positions: Int[Array, "b t"] | None = None
+    ) -> Float[Array, "b t d"]:
+        """The final norm's output: the read-out's input (``scaling.loss`` chunks from here)."""
+        return self._hidden(tokens, positions, lambda h: ())[0]
+
+    def readout(self, x: Float[Array, "... d"]) -> Float[Array, "... v"]:
+        """Float32 logits of final hidden states: head (or tied table), soft-cap, muP scale."""
+        head = self.head
+        logits = self.embed.attend(x) if head is None else head.logits(x, self.embed)
+        logits = softcap(logits.astype(jnp.float32), self.cfg.final_softcap)
+        return logits * mup.logit_multiplier(self.cfg)
 
     def _run_blocks(self, x: Array, positions: Array, collect) -> tuple[Array, Array]:
         graphdef, stacked = nnx.split(self.blocks)

@@ -72,6 +72,7 @@ def memory_problem(
         mesh=None if run.mode == "none" else mesh,
         batch=run.batch,
         seq=run.seq,
+        loss_chunk=run.loss_chunk,
     )
     if platform == "cpu":
         capacity, need = host_memory_bytes(), est.total * n_local_devices

@@ -181,6 +181,7 @@ def build_run(
     family: str | None = None,
     dtype: str | None = None,
     remat: str | None = None,
+    attention: str | None = None,
     mup: bool = False,
     mesh: str | tuple[int, int] | None = None,
     width: int | None = None,
@@ -201,7 +202,8 @@ def build_run(
         cfg = with_width(cfg, width)
     if family is not None:
         cfg = with_family(cfg, family)
-    overrides = {k: v for k, v in (("dtype", dtype), ("remat", remat)) if v is not None}
+    chosen = (("dtype", dtype), ("remat", remat), ("attention", attention))
+    overrides = {k: v for k, v in chosen if v is not None}
     if tied is not None:
         overrides["tied_embeddings"] = bool(tied)
     if layers is not None:

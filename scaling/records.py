@@ -16,6 +16,8 @@ Schema versions: 2 renamed two ambiguous version-1 columns (``RENAMED_COLUMNS``)
 ``tied``; ``load_runs`` reads version-1 files under the new names. 3 added validation loss
 (``final_val_loss``, ``final_val_bpb``, per step ``val_loss``), ``tokens_seen`` and the data
 wait (per step ``data_wait_s``, per run ``data_wait_s_median``); older files read with NaN there.
+4 added ``attention`` and ``loss_chunk`` (older rows ran the reference attention and the
+whole-logits loss, which is what ``config_of`` reads there).
 A prepared data directory is written through ``atomic_directory`` (a temporary directory, then a
 rename).
 """
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pandas is imported where frames are built, so writers stay light
     import pandas as pd
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # oom-predicted: not run, the memory pre-flight (scaling.preflight) says it cannot fit
 STATUSES = ("ok", "oom", "oom-predicted", "diverged", "error", "timeout")
 # version 1 name → version 2 name
@@ -77,6 +79,8 @@ class RunRecord:
     n_layers: int = 0
     n_heads: int = 0
     tied: bool | None = None  # tied input/output embeddings; None where unknown (version 1)
+    attention: str = "reference"  # ModelConfig.attention (scaling.attention); < v4: reference
+    loss_chunk: int = 0  # RunConfig.loss_chunk: positions per loss chunk; 0 whole logits
     settings_json: str = ""  # every setting of the run (sweep.run_id_of hashes these)
     # outcome
     status: str = "error"  # one of STATUSES
@@ -171,6 +175,8 @@ CONFIG_KEYS = (
     "seq",
     "dtype",
     "remat",
+    "attention",
+    "loss_chunk",
 )
 
 
@@ -202,12 +208,19 @@ def config_of(row) -> dict:
         "seq": int(row["seq"]),
         "dtype": str(row["dtype"]),
         "remat": str(row["remat"]),
+        "attention": _str_or(row.get("attention"), "reference"),
+        "loss_chunk": _int_or_zero(row.get("loss_chunk")),
     }
 
 
 def config_key(row) -> tuple:
     config = config_of(row)
     return tuple(config[k] for k in CONFIG_KEYS)
+
+
+def _str_or(value, default: str) -> str:
+    """``value`` as text; ``default`` for None, NaN (a column older rows lack) or ''."""
+    return str(value) if isinstance(value, str) and value else default
 
 
 def _int_or_zero(value) -> int:
@@ -277,6 +290,8 @@ def base_record(settings: dict, run_id: str) -> RunRecord:
         seq=int(settings["seq"]),
         dtype=settings["dtype"],
         remat=settings["remat"],
+        attention=str(settings.get("attention") or "reference"),
+        loss_chunk=int(settings.get("loss_chunk") or 0),
         steps=int(settings["steps"]),
         timing_warmup_steps=int(settings["timing_warmup_steps"]),
         lr=float(settings["lr"]),
@@ -473,8 +488,16 @@ def recorded_status(out_dir: str | Path, run_id: str) -> str | None:
 
 
 def upgrade_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Version-1 run rows under version-2 column names (a no-op for version 2)."""
-    return runs.rename(columns={k: v for k, v in RENAMED_COLUMNS.items() if k in runs.columns})
+    """Version-1 run rows under version-2 column names; rows before version 4 with the
+    reference attention and the whole-logits loss they ran (a no-op for version 4)."""
+    runs = runs.rename(columns={k: v for k, v in RENAMED_COLUMNS.items() if k in runs.columns})
+    defaults = {"attention": "reference", "loss_chunk": 0}
+    for column, value in defaults.items():
+        if column not in runs.columns:
+            runs[column] = value
+        elif runs[column].isna().any():
+            runs[column] = runs[column].fillna(value).astype(type(value))
+    return runs
 
 
 def _load(folder: Path, columns: list[str], required: tuple[str, ...]) -> pd.DataFrame:

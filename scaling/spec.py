@@ -33,6 +33,8 @@ SWEEP_AXES = (
     "layers",
     "mesh",
     *MUP_KNOBS,
+    "attention",
+    "loss_chunk",
 )
 # Optional settings: absent from SWEEP_DEFAULTS (so run ids of sweeps that do not set them stay
 # what they were); RunConfig's defaults apply when a spec leaves them out.
@@ -40,6 +42,9 @@ LOADER_AND_EVAL = ("eval_every", "eval_batches", "data_threads", "data_prefetch"
 # Shape and length overrides, optional in the same way: ``layers`` replaces the preset's depth;
 # ``tokens`` is a token budget per run, which sets steps = round(tokens / (batch · seq)).
 SHAPE_AND_LENGTH = ("layers", "tokens")
+# Kernels (attention implementation, chunked loss), optional in the same way: absent, the
+# reference attention and the whole-logits loss run, and old run ids stay what they were.
+KERNELS = ("attention", "loss_chunk")
 SWEEP_FIXED = (
     "model",
     "mode",
@@ -61,6 +66,7 @@ SWEEP_FIXED = (
     "timeout_s",
     "mup",
     *SHAPE_AND_LENGTH,
+    *KERNELS,
     *LOADER_AND_EVAL,
     *MUP_KNOBS,
     "peak_tflops",  # a device's peak / HBM bandwidth when it has no profile (measurement only)
@@ -295,6 +301,7 @@ def run_config_from_settings(settings: dict) -> RunConfig:
         family=settings["family"],
         dtype=settings["dtype"],
         remat=settings["remat"],
+        attention=settings.get("attention"),
         mup=bool(settings["mup"]),
         mesh=settings["mesh"],
         width=settings.get("width"),
@@ -310,5 +317,6 @@ def run_config_from_settings(settings: dict) -> RunConfig:
         data=settings["data"],
         timing_warmup_steps=settings["timing_warmup_steps"],
         **{k: settings[k] for k in LOADER_AND_EVAL if settings.get(k) is not None},
+        **({"loss_chunk": settings["loss_chunk"]} if settings.get("loss_chunk") else {}),
         mup_knobs={key: settings.get(key) for key in MUP_KNOBS},
     )

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -21,14 +22,17 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from scaling import parallel
+from scaling import attention, parallel
 from scaling.config import RunConfig
 from scaling.data import batch_dataset, entropy_floor, loader
 from scaling.estimate import param_counts
-from scaling.evaluate import Evaluator, cross_entropy
+from scaling.evaluate import Evaluator, cross_entropy  # noqa: F401 (tests import it here)
+from scaling.loss import next_token_loss
 from scaling.measure import MatmulProbe, StepClock, median_s, memory_figures
 from scaling.model import build_model
 from scaling.mup import lr_multipliers
+from scaling.profile import HLO_FILE
+from scaling.records import write_json_atomic, write_text_atomic
 from scaling.roles import param_path, role_of
 
 
@@ -101,9 +105,7 @@ def make_train_step(run: RunConfig, graphdef, tx: optax.GradientTransformation) 
     schedule = make_schedule(run)
 
     def loss_of(params, tokens: Int[Array, "b t1"]) -> Float[Array, ""]:
-        logits = nnx.merge(graphdef, params)(tokens[:, :-1])
-        with jax.named_scope("loss"):
-            return cross_entropy(logits, tokens[:, 1:])
+        return next_token_loss(nnx.merge(graphdef, params), tokens, run.loss_chunk)
 
     def train_step(state: TrainState, tokens: Int[Array, "b t1"]):
         loss, grads = jax.value_and_grad(loss_of)(state.params, tokens)
@@ -151,6 +153,7 @@ class Plan:
 def plan(run: RunConfig, devices=None) -> Plan:
     """Validate the mode and mesh and build the sharded, jitted init and step."""
     devices = list(jax.devices() if devices is None else devices)
+    attention.check_supported(run.model, devices[0].platform)
     mesh_shape = run.mesh or parallel.default_mesh_shape(run.mode, len(devices))
     n_used = len(devices) if run.mode != "none" else 1
     parallel.validate(run.mode, mesh_shape, n_used, run.model, run.batch)
@@ -205,6 +208,8 @@ class RunResult:
     val_bpbs: list[float] = field(default_factory=list)
     eval_tokens: int = 0  # predicted tokens per evaluation
     notes: list[str] = field(default_factory=list)  # what the user should know (checkpoints)
+    # A profiled run's trace summary (``scaling.profile.ProfileSummary.to_dict``), else None.
+    profile: dict | None = None
 
     @property
     def already_done(self) -> bool:
@@ -281,6 +286,7 @@ class RunResult:
             "tokens_seen": self.tokens_seen,
             "data_wait_s": self.data_wait_s,
             "data_wait_fraction": _or_none(self.data_wait_fraction),
+            "profile": self.profile,
         }
 
 
@@ -324,6 +330,8 @@ def run(
         compiled = p.step.lower(*p.abstract_inputs()).compile()
         result = _new_result(run_cfg, p, start, time.perf_counter() - t0, compiled)
         result.notes = notes
+        if profile_dir:  # the op → named-scope map the profile summary reads
+            write_text_atomic(compiled.as_text(), Path(profile_dir) / HLO_FILE)
         result.eval_tokens = evaluator.tokens if evaluator else 0
         clock = StepClock(
             run_cfg.timing_warmup_steps,
@@ -352,7 +360,24 @@ def run(
         if manager is not None:
             checkpoint.finish(manager)
     result.step_times_s = clock.step_times_s
+    if profile_dir and clock.measured_steps > 0:
+        _summarize_profile(result, profile_dir)
     return result
+
+
+def _summarize_profile(result: RunResult, profile_dir: str) -> None:
+    """The trace's summary by named scope (``scaling.profile``), in the result and stored as
+    ``summary.json`` beside the trace; a trace it cannot read becomes a note, not a failure."""
+    from scaling.profile import SUMMARY_FILE, summarize
+
+    try:
+        timed = result.timed_step_times_s  # the steps the trace holds (StepClock)
+        summary = summarize(profile_dir, sum(timed) / len(timed)).to_dict()
+    except (ValueError, OSError, KeyError) as exc:
+        result.notes.append(f"profile summary not made: {exc}")
+        return
+    result.profile = summary
+    write_json_atomic(summary, Path(profile_dir) / SUMMARY_FILE, indent=1)
 
 
 def _start_state(run_cfg: RunConfig, p: Plan, manager, iterator, notes: list[str]) -> TrainState:

@@ -71,6 +71,7 @@ def measure_run(
         batch=run_cfg.batch,
         seq=run_cfg.seq,
         hardware=profile,
+        loss_chunk=run_cfg.loss_chunk,
     )
     _fill_measured(record, result, device)
     _fill_predicted(record, est, result, n)

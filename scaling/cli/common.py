@@ -16,6 +16,12 @@ err_console = Console(stderr=True)
 out_console = Console()
 
 
+KERNEL_HELP = {
+    "attention": "Attention: reference | xla | cudnn (NVIDIA) | splash (TPU).",
+    "loss_chunk": "Cross-entropy over chunks of N positions (0: whole logits).",
+}
+
+
 def fail(message: str) -> typer.Exit:
     """Print ``error: message`` on one line of stderr; the caller raises the returned Exit."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

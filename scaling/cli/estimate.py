@@ -10,7 +10,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from scaling.cli.common import err_console, out_console, print_json, split_list, user_errors
+from scaling.cli.common import (
+    KERNEL_HELP,
+    err_console,
+    out_console,
+    print_json,
+    split_list,
+    user_errors,
+)
 from scaling.config import RunConfig, parse_mesh
 from scaling.estimate.xla_check import report
 from scaling.presets import GPT3_CONTEXT, build_run, get_preset
@@ -29,6 +36,8 @@ def estimate(
     seq: Annotated[int | None, Opt(help="Sequence length (default: min(2048, context)).")] = None,
     dtype: Annotated[str | None, Opt(help="Compute dtype: float32 | bfloat16.")] = None,
     remat: Annotated[str | None, Opt(help="Rematerialisation: none | full | dots.")] = None,
+    attention: Annotated[str | None, Opt(help=KERNEL_HELP["attention"])] = None,
+    loss_chunk: Annotated[int, Opt(help=KERNEL_HELP["loss_chunk"])] = 0,
     hardware: Annotated[
         str, Opt(help="h100 h200 a100 b200 gh200 l4 a10g mi300x tpu-v4/v5e/v5p/v6e cpu.")
     ] = "h100",
@@ -83,7 +92,8 @@ def estimate(
         if task != "train":
             raise ValueError(f"unknown task {task!r}; valid: train, decode")
         runs = build_runs(sizes, hf_config, mode=mode, mesh=mesh, batch=batch, seq=seq,
-                          dtype=dtype, remat=remat)  # fmt: skip
+                          dtype=dtype, remat=remat, attention=attention,
+                          loss_chunk=loss_chunk)  # fmt: skip
         if compile_ and (devices is not None or mode != "none"):
             simulate_devices(devices, runs[0].mesh)
         profile = resolve_hardware(hardware, peak_tflops=peak_tflops, hbm_gbps=hbm_gbps)
@@ -128,6 +138,8 @@ def build_runs(
     seq: int | None,
     dtype: str | None,
     remat: str | None,
+    attention: str | None = None,
+    loss_chunk: int = 0,
 ) -> list[RunConfig]:
     """One RunConfig per size (or the Hugging Face model); ValueError for bad input."""
     shape = parse_mesh(mesh) if mesh is not None else None
@@ -137,11 +149,12 @@ def build_runs(
         raise ValueError(
             f"mesh {mesh} needs a sharded --mode (dp, fsdp, tp, fsdp_tp); mode none is one device"
         )
-    fields = dict(mode=mode, mesh=shape, batch=batch)
+    fields = dict(mode=mode, mesh=shape, batch=batch, loss_chunk=loss_chunk)
     if hf_config is not None:
         from scaling.estimate.hf_config import model_config_from_hf
 
-        overrides = {k: v for k, v in (("dtype", dtype), ("remat", remat)) if v is not None}
+        chosen = (("dtype", dtype), ("remat", remat), ("attention", attention))
+        overrides = {k: v for k, v in chosen if v is not None}
         configs = [model_config_from_hf(path, **overrides) for path in split_list(hf_config)]
         return [
             RunConfig(model=cfg, seq=seq or min(GPT3_CONTEXT, cfg.max_seq_len), **fields)
@@ -152,7 +165,7 @@ def build_runs(
         raise ValueError("no sizes given; e.g. --sizes 125m,350m")
     contexts = {name: min(GPT3_CONTEXT, get_preset(name).max_seq_len) for name in names}
     return [
-        build_run(name, dtype=dtype, remat=remat,
+        build_run(name, dtype=dtype, remat=remat, attention=attention,
                   seq=contexts[name] if seq is None else seq, **fields)
         for name in names
     ]  # fmt: skip

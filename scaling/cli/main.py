@@ -9,6 +9,7 @@ from scaling.cli import (
     check,
     convert,
     data,
+    env,
     estimate,
     evaluate,
     fit,
@@ -40,6 +41,7 @@ app.command("validate")(validate.validate)
 app.command("fit")(fit.fit)
 app.command("generate")(generate.generate)
 app.command("bench-decode")(bench_decode.bench_decode)
+app.command("env")(env.env)
 app.add_typer(data.app, name="data")
 app.add_typer(mup.app, name="mup")
 app.add_typer(convert.app, name="convert")

@@ -100,6 +100,10 @@ def sweep(
     devices: Annotated[int | None, Opt(help="Simulated CPU devices per run.")] = None,
     dtype: Annotated[str | None, Opt(help="float32 | bfloat16.")] = None,
     remat: Annotated[str | None, Opt(help="none | full | dots.")] = None,
+    attention: Annotated[str | None, Opt(help="reference | xla | cudnn | splash.")] = None,
+    loss_chunk: Annotated[
+        int | None, Opt(help="Cross-entropy over chunks of N positions (0: whole).")
+    ] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
     data: Annotated[
         str | None, Opt(help="'synthetic', a token file, or a `data prepare` directory.")
@@ -141,6 +145,8 @@ def sweep(
         "devices": devices,
         "dtype": dtype,
         "remat": remat,
+        "attention": attention,
+        "loss_chunk": loss_chunk,
         "lr": lr,
         "data": data,
         "eval_every": eval_every,

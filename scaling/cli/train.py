@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from scaling.cli.common import (
+    KERNEL_HELP,
     MUP_HELP,
     PEAK_HELP,
     err_console,
@@ -54,6 +55,8 @@ def train(
     seed: Annotated[int, Opt(help="Seed for init and data.")] = 0,
     dtype: Annotated[str | None, Opt(help="Compute dtype: float32 | bfloat16.")] = None,
     remat: Annotated[str | None, Opt(help="Rematerialisation: none | full | dots.")] = None,
+    attention: Annotated[str | None, Opt(help=KERNEL_HELP["attention"])] = None,
+    loss_chunk: Annotated[int, Opt(help=KERNEL_HELP["loss_chunk"])] = 0,
     family: Annotated[
         str | None, Opt(help="Architecture of a family: llama | gpt2 | mistral | gemma.")
     ] = None,
@@ -97,6 +100,10 @@ def train(
     ] = 120.0,
     local_processes: Annotated[int, Opt(help="Spawn P local processes on 127.0.0.1.")] = 0,
     timeout: Annotated[float, Opt(help="Timeout for --local-processes workers (s).")] = 600,
+    profile: Annotated[
+        str | None,
+        Opt(help="Trace the measured steps into DIR (jax.profiler) and summarise by scope."),
+    ] = None,
     json_: Annotated[bool, Opt("--json", help="Last stdout line: a JSON result.")] = False,
 ) -> None:
     """Train a preset on synthetic data (default), a token file or a prepared directory."""
@@ -130,6 +137,8 @@ def train(
             family=family,
             dtype=dtype,
             remat=remat,
+            attention=attention,
+            loss_chunk=loss_chunk,
             mup=mup,
             mup_knobs=mup_knobs(
                 mup_base_width,
@@ -159,9 +168,14 @@ def train(
         validate_peaks(peak_tflops, hbm_gbps)
         _preflight(run_cfg, force)
         result, mfu = _train_with_progress(
-            run_cfg, show=not json_, peaks={"peak_tflops": peak_tflops, "hbm_gbps": hbm_gbps}
+            run_cfg,
+            show=not json_,
+            peaks={"peak_tflops": peak_tflops, "hbm_gbps": hbm_gbps},
+            profile_dir=profile,
         )
     _render(result, mfu, size, json_)
+    if result.profile is not None and not json_:
+        out_console.print(profile_table(result.profile, f"profile {profile}"))
 
 
 def _spawn(local_processes: int, devices: int | None, timeout: float) -> int:
@@ -234,7 +248,7 @@ def _model_source(size: str | None, model: str | None, init: str | None):
     return load_model_config(init)
 
 
-def _train_with_progress(run_cfg, show: bool, peaks: dict):
+def _train_with_progress(run_cfg, show: bool, peaks: dict, profile_dir: str | None = None):
     """The run's result and its MFU against the device's peak (``measure.run_mfu``)."""
     import jax
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -267,9 +281,29 @@ def _train_with_progress(run_cfg, show: bool, peaks: dict):
     device = measure.local_device()
     probe = measure.probe_for(device) if measure.needs_probe(device, peaks["peak_tflops"]) else None
     try:
-        result = run(run_cfg, on_step=on_step, probe=probe)
+        result = run(run_cfg, on_step=on_step, probe=probe, profile_dir=profile_dir)
     finally:
         progress.stop()
     if result.already_done:  # nothing was trained, so nothing was measured
         return result, {}
     return result, measure.run_mfu(run_cfg, result, device, probe, **peaks)
+
+
+def profile_table(profile: dict, title: str):
+    """The profile summary: per scope its time per step and share, then the top operations."""
+    from rich.table import Table
+
+    step = profile["step_time_s"]
+    table = Table(title=title, caption=(
+        f"self time per step over {profile['steps']} profiled steps; scopes add to "
+        f"{profile['total_s'] * 1e3:.1f} ms = {profile['coverage']:.1%} of the mean profiled "
+        f"step {step * 1e3:.1f} ms"
+    ))  # fmt: skip
+    for column in ("scope / top operation", "ms per step", "share of step"):
+        table.add_column(column, justify="left" if column.startswith("scope") else "right")
+    for scope, seconds in profile["scopes_s"].items():
+        table.add_row(f"[bold]{scope}[/]", f"{seconds * 1e3:.2f}", f"{seconds / step:.1%}")
+    for op in profile["top_ops"][:10]:
+        table.add_row(f"  {op['name']} ({op['scope']})", f"{op['self_s'] * 1e3:.2f}",
+                      f"{op['self_s'] / step:.1%}")  # fmt: skip
+    return table

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from scaling.config import ModelConfig
+from scaling.config import FUSED_ATTENTIONS, ModelConfig
 from scaling.estimate.hardware import HardwareProfile
 from scaling.estimate.mesh import (
     DTYPE_BYTES,
@@ -47,7 +47,13 @@ def korthikanti_activation_bytes_per_layer(
 
 
 def activation_terms(
-    cfg: ModelConfig, *, mode: str, mesh: tuple[int, int] | None, batch: int, seq: int
+    cfg: ModelConfig,
+    *,
+    mode: str,
+    mesh: tuple[int, int] | None,
+    batch: int,
+    seq: int,
+    loss_chunk: int = 0,
 ) -> tuple[ActivationTerm, ...]:
     """Activations kept alive for the backward pass, per device, grouped with their dtypes.
 
@@ -92,6 +98,13 @@ def activation_terms(
     residual-stream ones are not. Gradient temporaries of the backward (a layer's score
     gradients, ~3 % of XLA's temp at seq 256), XLA workspace and fragmentation are not
     counted; tests/test_xla_check.py compares the total with XLA's ``memory_analysis``.
+
+    Attention implementations (``cfg.attention``, ``scaling.attention``): ``reference`` as
+    above; ``xla`` keeps the same (b, h, t, t) tensors but k and v at their own g heads (no
+    repeat); the fused ``cudnn`` and ``splash`` kernels store no t×t scores, weights or mask:
+    they keep q, k, v, the output and one float32 log-sum-exp per query row and head (bht),
+    and recompute the scores block by block in the backward (Dao et al. 2022, FlashAttention).
+    ``loss_chunk`` > 0 (``scaling.loss``): the logits terms are one chunk's, b·c·V, not b·t·V.
     """
     validate(cfg, mode, mesh, batch, seq)
     n = _Elements.of(cfg, mode=mode, mesh=effective_mesh(mode, mesh), batch=batch, seq=seq)
@@ -107,7 +120,7 @@ def activation_terms(
             add("layer weights cast to the compute dtype", cfg.dtype, ceil(held) * n.c)
     else:
         _saved_under_remat(cfg, n, add)
-    _saved_outside_layers(cfg, n, add)
+    _saved_outside_layers(cfg, n, add, loss_chunk or seq, seq)
     return tuple(terms)
 
 
@@ -154,11 +167,19 @@ def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
     add("residual stream into the norms, float32 (L·2·btd)", f32, L * 2 * n.resid * F32_BYTES)
     add("normalised x of the norms, float32 (L·2·btd)", f32, L * 2 * n.resid * F32_BYTES)
     add("norm outputs = matmul inputs (L·2·btd)", cd, L * 2 * n.resid * c)
-    add("q, k (RoPE), v repeated to h heads; attention output (L·4·bt·hk)", cd,
-        L * 4 * n.heads * c)  # fmt: skip
+    if cfg.attention == "reference":
+        add("q, k (RoPE), v repeated to h heads; attention output (L·4·bt·hk)", cd,
+            L * 4 * n.heads * c)  # fmt: skip
+    else:
+        add("q (RoPE), attention output (L·2·bt·hk); k (RoPE), v at g heads (L·2·bt·gk)", cd,
+            L * (2 * n.heads + 2 * n.kv) * c)  # fmt: skip
+    add(f"FFN: {cfg.ffn} input and intermediates (L·{kept}·btf)", cd, L * kept * n.ffn * c)
+    if cfg.attention in FUSED_ATTENTIONS:
+        add("norm row statistics (L·4·bt); fused attention log-sum-exp (L·bht)", f32,
+            L * (4 * n.rows + n.score_rows) * F32_BYTES)  # fmt: skip
+        return
     add("exp of the attention scores (L·b·h·t²)", f32, L * n.scores * F32_BYTES)
     add("softmax weights of the scores (L·b·h·t²)", cd, L * n.scores * c)
-    add(f"FFN: {cfg.ffn} input and intermediates (L·{kept}·btf)", cd, L * kept * n.ffn * c)
     if cfg.attn_softcap is not None:
         add(
             "soft-capped scores: tanh and its input (L·2·b·h·t²)", f32, L * 2 * n.scores * F32_BYTES
@@ -184,18 +205,25 @@ def _saved_under_remat(cfg: ModelConfig, n: _Elements, add) -> None:
     else:  # full
         transient = 3 * n.resid + 4 * n.heads + (gated + 1) * n.ffn
     add("one layer recomputed in the backward (compute dtype part)", cd, transient * c)
+    if cfg.attention in FUSED_ATTENTIONS:
+        add("one layer recomputed: fused attention log-sum-exp (bht)", "float32",
+            n.score_rows * F32_BYTES)  # fmt: skip
+        return
     add("one layer recomputed: attention scores", "float32", n.scores * F32_BYTES)
     add("one layer recomputed: softmax weights", cd, n.scores * c)
 
 
-def _saved_outside_layers(cfg: ModelConfig, n: _Elements, add) -> None:
+def _saved_outside_layers(cfg: ModelConfig, n: _Elements, add, chunk: int, seq: int) -> None:
+    """The read-out and the loss; with a loss chunk c < t only one (b, c, V) block of logits
+    is live at a time, in the forward and in the backward's recompute."""
     f32 = "float32"
     add("final norm input and normalised x, float32 (2·btd)", f32, 2 * n.resid * F32_BYTES)
     add("final norm output (btd)", cfg.dtype, n.resid * n.c)
-    add("exp of the logits for the log-softmax (b·t·V)", f32, n.logits * F32_BYTES)
-    add("logits gradient (b·t·V)", f32, n.logits * F32_BYTES)
+    rows, logits = ("b·t·V", n.logits) if chunk >= seq else ("b·c·V", n.logits // seq * chunk)
+    add(f"exp of the logits for the log-softmax ({rows})", f32, logits * F32_BYTES)
+    add(f"logits gradient ({rows})", f32, logits * F32_BYTES)
     if cfg.final_softcap is not None:
-        add("soft-capped logits: tanh and its input (2·b·t·V)", f32, 2 * n.logits * F32_BYTES)
+        add(f"soft-capped logits: tanh and its input (2·{rows})", f32, 2 * logits * F32_BYTES)
     if n.c != F32_BYTES:
         readout = readout_held(cfg, mode=n.mode, mesh=n.mesh)
         add("read-out matrix cast to the compute dtype", cfg.dtype, ceil(readout) * n.c)
@@ -243,6 +271,7 @@ def memory_per_device(
     batch: int,
     seq: int,
     hardware: HardwareProfile | None = None,
+    loss_chunk: int = 0,
 ) -> MemoryEstimate:
     """Per-device training memory (bytes) for ``mode`` on ``mesh`` = (data, tensor).
 
@@ -253,7 +282,7 @@ def memory_per_device(
     """
     validate(cfg, mode, mesh, batch, seq)
     n_params = params_per_device(cfg, mode=mode, mesh=mesh)
-    terms = activation_terms(cfg, mode=mode, mesh=mesh, batch=batch, seq=seq)
+    terms = activation_terms(cfg, mode=mode, mesh=mesh, batch=batch, seq=seq, loss_chunk=loss_chunk)
     params, grads, optimizer = (
         n_params * PARAM_BYTES,
         n_params * GRAD_BYTES,
@@ -267,7 +296,7 @@ def memory_per_device(
         "params": "float32",
         "grads": "float32",
         "optimizer": "float32 (AdamW m, v)",
-        "activations": f"{cfg.dtype}; attention scores and logits float32",
+        "activations": f"{cfg.dtype}; attention scores (unfused) and logits float32",
     }
     fits = None if capacity is None else total <= capacity
     return MemoryEstimate(

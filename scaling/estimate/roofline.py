@@ -174,6 +174,7 @@ def estimate(
     hardware: HardwareProfile,
     causal_halving: bool = False,
     efficiency: Efficiency = DATASHEET,
+    loss_chunk: int = 0,
 ) -> Estimate:
     """Parameters, FLOPs, memory, communication and roofline step time of one training step.
 
@@ -186,13 +187,16 @@ def estimate(
     split the one peak and the one memory bandwidth. MFU uses model FLOPs in the
     ``causal_halving`` convention, so halving lowers it. The elementwise FLOPs (XLA's
     convention, ``elementwise_flops``) are reported per device but left out of the compute
-    time: they run on vector units, not at the matmul peak.
+    time: they run on vector units, not at the matmul peak. ``loss_chunk``: the chunked
+    loss's memory (``memory.activation_terms``); its read-out recompute is not in the FLOPs.
     """
     validate(cfg, mode, mesh, batch, seq)
     m = effective_mesh(mode, mesh)
     n = m[0] * m[1]
     flops = flop_counts(cfg, batch=batch, seq=seq, causal_halving=causal_halving)
-    memory = memory_per_device(cfg, mode=mode, mesh=m, batch=batch, seq=seq, hardware=hardware)
+    memory = memory_per_device(
+        cfg, mode=mode, mesh=m, batch=batch, seq=seq, hardware=hardware, loss_chunk=loss_chunk
+    )
     comm = comm_bytes_per_device(cfg, mode=mode, mesh=m, batch=batch, seq=seq)
     peak, hbm = hardware.peak_flops(cfg.dtype), hardware.hbm_bandwidth_bytes_per_s
     if hardware.devices_share_host:

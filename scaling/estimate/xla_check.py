@@ -198,7 +198,8 @@ def _memory_check(run: RunConfig, jax, plan) -> dict[str, Any]:
     from scaling.measure import memory_figures
 
     figures = memory_figures(compiled)
-    analytic = memory_per_device(run.model, mode=run.mode, mesh=mesh, batch=run.batch, seq=run.seq)
+    analytic = memory_per_device(run.model, mode=run.mode, mesh=mesh, batch=run.batch,
+                                 seq=run.seq, loss_chunk=run.loss_chunk)  # fmt: skip
     out: dict[str, Any] = {"xla_compile_s": compile_s, "analytic_memory_per_device_bytes":
                            analytic.to_dict()}  # fmt: skip
     if not figures:
@@ -268,6 +269,7 @@ def report(
         est = estimate(
             run.model, mode=run.mode, mesh=run.mesh, batch=run.batch, seq=run.seq,
             hardware=hardware, causal_halving=causal_halving, efficiency=efficiency or DATASHEET,
+            loss_chunk=run.loss_chunk,
         )  # fmt: skip
         row: dict[str, Any] = est.to_dict()
         row["peak_source"] = hardware.source

@@ -25,6 +25,7 @@ from scaling.report.mup import fig_coord_check, fig_mup_lr, transfer_table
 from scaling.report.pages import Report, render_html, render_markdown
 from scaling.report.performance import fig_compile_time, fig_throughput
 from scaling.report.predicted import fig_memory_vs_estimate, fig_step_time_vs_roofline
+from scaling.report.profile import fig_step_breakdown
 from scaling.report.record import Record, load_record, size_order
 from scaling.report.scaling_law import fig_scaling_law, scaling_fit_of
 from scaling.report.style import Style
@@ -43,6 +44,7 @@ FIGURES = (
     fig_memory_vs_estimate,
     fig_compile_time,
     fig_decode_throughput,
+    fig_step_breakdown,
     fig_scaling_law,
     fig_isoflop,
     fig_optimal_scaling,

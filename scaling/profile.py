@@ -1,0 +1,197 @@
+"""A readable summary of a ``jax.profiler`` trace of the training step: top operations by self
+time and the step time by the model's named scopes. Never imports jax.
+
+Inputs, both written by ``train.run`` under the profile directory:
+
+- the Chrome/Perfetto trace ``plugins/profile/<time>/<host>.trace.json.gz`` that
+  ``jax.profiler.stop_trace`` writes beside the ``.xplane.pb`` (no TensorBoard needed): one
+  complete event (``"ph": "X"``) per executed HLO operation, with ``args.hlo_op`` (the
+  instruction name), ``args.hlo_module`` and ``args.run_id`` (one per execution);
+- ``step.hlo.txt``: the compiled step's optimised HLO (``compiled.as_text()``), whose
+  instructions carry ``metadata={op_name="jit(train_step)/…/block/attention/…"}``: the path of
+  ``jax.named_scope`` names the model and the step use (embed, attention, ffn, norm, head,
+  loss, optimizer). An operation's scope is the innermost of those in its path; collectives
+  (all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute) are grouped as
+  ``collectives`` whatever their path; no scope (parameter copies, loop bookkeeping): ``other``;
+the time inside an execution (first operation's start to the last one's end) when no operation
+ran — the executor dispatching between operations — is ``idle``.
+
+Self time: an operation's duration minus that of the operations nested inside it on the same
+thread (a while loop's body runs inside the loop's event); where operations on several threads
+overlap, the overlapping wall time is split evenly between them, so the scopes add up to the
+time the step was busy, never more than its wall time. The per-step figures divide by the
+number of profiled executions of the step; ``coverage`` is their sum ÷ the mean wall time of
+the same (profiled, measured) steps, below 1 by the host's dispatch gaps. A mean, not the
+median: the first traced step carries the profiler's start-up and both sides must hold it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SCOPES = ("attention", "ffn", "norm", "head", "loss", "optimizer", "embed")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+HLO_FILE = "step.hlo.txt"
+SUMMARY_FILE = "summary.json"
+IDLE = "idle"  # inside the step's span, no operation running (executor dispatch between ops)
+STEP_MODULE = "jit_train_step"
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+(?:\{[^}]*\})?\s+([\w\-]+)\(")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_WORD = re.compile(r"[A-Za-z_]+")
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """One HLO operation: its self time per step (seconds) and its scope."""
+
+    name: str
+    scope: str
+    self_s: float
+
+
+@dataclass
+class ProfileSummary:
+    """Seconds per step by scope, the top operations, and how much of the step they cover."""
+
+    steps: int  # profiled executions of the step
+    step_time_s: float  # mean wall time of the profiled steps (``StepClock``)
+    scopes_s: dict[str, float] = field(default_factory=dict)  # per step, self time
+    top_ops: list[OpTime] = field(default_factory=list)
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.scopes_s.values())
+
+    @property
+    def coverage(self) -> float:
+        """Scopes' time per step ÷ the mean wall time of the profiled steps."""
+        return self.total_s / self.step_time_s if self.step_time_s > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_s": self.total_s, "coverage": self.coverage}
+
+
+def op_scopes(hlo_text: str) -> dict[str, str]:
+    """Instruction name → scope (``SCOPES``, ``collectives`` or ``other``) of an HLO module's
+    text; the scope is the innermost named scope in the instruction's ``op_name``."""
+    scopes = {}
+    for line in hlo_text.splitlines():
+        match = _INSTRUCTION.match(line)
+        if not match:
+            continue
+        name, opcode = match.groups()
+        if opcode.removesuffix("-start").removesuffix("-done") in COLLECTIVES:
+            scopes[name] = "collectives"
+            continue
+        op_name = _OP_NAME.search(line)
+        # transformations wrap scope names: "transpose(jvp(head))" is the head's backward
+        words = _WORD.findall(op_name.group(1)) if op_name else []
+        scopes[name] = next((w for w in reversed(words) if w in SCOPES), "other")
+    return scopes
+
+
+def newest_trace(profile_dir: str | Path) -> Path:
+    """The newest ``*.trace.json.gz`` under ``profile_dir``; ``ValueError`` when none."""
+    traces = sorted(Path(profile_dir).rglob("*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    if not traces:
+        raise ValueError(f"no *.trace.json.gz under {str(profile_dir)!r}; was it profiled?")
+    return traces[-1]
+
+
+def self_times(
+    events: list[dict], module: str = STEP_MODULE
+) -> tuple[dict[str, float], int, float]:
+    """Wall time (seconds) attributed to each HLO operation of ``module`` over the trace, the
+    number of executions of the module (distinct ``run_id``), and the idle seconds inside the
+    executions' spans (first operation's start to last one's end) when no operation ran.
+
+    Per thread an operation's self intervals are its span minus those of the operations nested
+    in it; where self intervals of several threads overlap (XLA runs independent operations
+    concurrently), the overlapping time is split evenly between them, so the totals add up to
+    the time at least one operation ran, never more than the wall time."""
+    per_thread: dict[tuple, list[dict]] = defaultdict(list)
+    spans: dict[object, list[float]] = {}
+    for e in events:
+        args = e.get("args") or {}
+        if e.get("ph") == "X" and args.get("hlo_module") == module and "hlo_op" in args:
+            per_thread[(e["pid"], e["tid"])].append(e)
+            span = spans.setdefault(args.get("run_id"), [e["ts"], e["ts"] + e["dur"]])
+            span[0], span[1] = min(span[0], e["ts"]), max(span[1], e["ts"] + e["dur"])
+    segments: list[tuple[float, float, str]] = []
+    for thread_events in per_thread.values():
+        segments += _self_segments(thread_events)
+    totals = _split_overlaps(segments)
+    spanned = sum(end - start for start, end in spans.values()) / 1e6
+    return totals, len(spans), max(spanned - sum(totals.values()), 0.0)
+
+
+def _self_segments(events: list[dict]) -> list[tuple[float, float, str]]:
+    """(start µs, end µs, op) pieces of each operation not covered by operations nested in it
+    (events of one thread)."""
+    events = sorted(events, key=lambda e: (e["ts"], -e["dur"]))
+    out: list[tuple[float, float, str]] = []
+    stack: list[list] = []  # [end, op, cursor]: cursor = where its current self piece began
+
+    def close_until(t: float) -> None:
+        while stack and stack[-1][0] <= t:
+            end, op, cursor = stack.pop()
+            out.append((cursor, end, op))
+            if stack:
+                stack[-1][2] = end
+
+    for e in events:
+        close_until(e["ts"])
+        if stack:
+            out.append((stack[-1][2], e["ts"], stack[-1][1]))
+        stack.append([e["ts"] + e["dur"], e["args"]["hlo_op"], e["ts"]])
+    close_until(float("inf"))
+    return [s for s in out if s[1] > s[0]]
+
+
+def _split_overlaps(segments: list[tuple[float, float, str]]) -> dict[str, float]:
+    """Seconds per op, the time between consecutive boundaries shared by the active ops."""
+    boundaries = sorted([(s, 1, i) for i, (s, _, _) in enumerate(segments)]
+                        + [(e, -1, i) for i, (_, e, _) in enumerate(segments)])  # fmt: skip
+    totals: dict[str, float] = defaultdict(float)
+    active: set[int] = set()
+    last = None
+    for t, kind, i in boundaries:
+        if active and last is not None and t > last:
+            share = (t - last) / len(active) / 1e6
+            for j in active:
+                totals[segments[j][2]] += share
+        last = t
+        if kind == 1:
+            active.add(i)
+        else:
+            active.discard(i)
+    return dict(totals)
+
+
+def summarize(profile_dir: str | Path, step_time_s: float, top: int = 15) -> ProfileSummary:
+    """The summary of the newest trace under ``profile_dir`` with its ``step.hlo.txt``."""
+    profile_dir = Path(profile_dir)
+    hlo = profile_dir / HLO_FILE
+    if not hlo.is_file():
+        raise ValueError(f"no {HLO_FILE} in {str(profile_dir)!r} (written by a profiled run)")
+    scopes = op_scopes(hlo.read_text())
+    with gzip.open(newest_trace(profile_dir), "rt") as f:
+        events = json.load(f)["traceEvents"]
+    totals, steps, idle = self_times(events)
+    if not steps:
+        raise ValueError(f"the trace under {str(profile_dir)!r} has no {STEP_MODULE} operations")
+    by_scope: dict[str, float] = defaultdict(float)
+    ops = []
+    for name, seconds in totals.items():
+        scope = scopes.get(name, "other")
+        by_scope[scope] += seconds / steps
+        ops.append(OpTime(name, scope, seconds / steps))
+    by_scope[IDLE] = idle / steps
+    ops.sort(key=lambda op: op.self_s, reverse=True)
+    ordered = dict(sorted(by_scope.items(), key=lambda kv: kv[1], reverse=True))
+    return ProfileSummary(steps, step_time_s, ordered, ops[:top])

@@ -1,0 +1,88 @@
+"""Profile summaries (scaling.profile): scopes from the HLO's op_name paths, self time from a
+trace's nested events, and a profiled CPU run whose scopes add up to its step time."""
+
+import json
+
+import pytest
+from helpers import last_json
+
+from scaling.profile import op_scopes, self_times
+
+HLO = """
+HloModule jit_train_step
+  %ynn_fusion.41 = f32[256,2048]{1,0} fusion(%a, %b), kind=kCustom, calls=%f.41, metadata={op_name="jit(train_step)/jvp(head)/...d,vd->...v/dot_general" stack_frame_id=159}
+  %ynn_fusion.38 = f32[256,128]{1,0} fusion(%c, %b), kind=kCustom, metadata={op_name="jit(train_step)/transpose(jvp(head))/dot_general"}
+  %ynn_fusion.12 = f32[4,64]{1,0} fusion(%d), kind=kCustom, metadata={op_name="jit(train_step)/jvp()/while/body/closed_call/block/attention/norm/reduce_sum"}
+  ROOT %dot.3 = f32[4,64]{1,0} dot(%e, %f), metadata={op_name="jit(train_step)/transpose(jvp(block))/attention/dot_general"}
+  %all-reduce-start.2 = f32[8]{0} all-reduce-start(%g), replica_groups={}, metadata={op_name="jit(train_step)/optimizer/add"}
+  %copy.183 = f32[4,4,64,384]{3,2,1,0} copy(%wrapped_broadcast.6)
+"""  # noqa: E501
+
+
+def test_scopes_are_the_innermost_named_scope_and_collectives_by_opcode():
+    assert op_scopes(HLO) == {
+        "ynn_fusion.41": "head",
+        "ynn_fusion.38": "head",  # transpose(jvp(head)): the head's backward
+        "ynn_fusion.12": "norm",  # block/attention/norm: the innermost scope
+        "dot.3": "attention",
+        "all-reduce-start.2": "collectives",
+        "copy.183": "other",  # no metadata: loop bookkeeping
+    }
+
+
+def _event(op, ts, dur, run="1", tid=7):
+    args = {"hlo_module": "jit_train_step", "hlo_op": op, "run_id": run}
+    return {"ph": "X", "pid": 1, "tid": tid, "ts": ts, "dur": dur, "name": op, "args": args}
+
+
+def test_self_time_subtracts_nested_operations_and_splits_overlaps():
+    events = [
+        _event("while.1", 0, 100),  # its body: 30 + 50 µs nested inside
+        _event("dot.1", 10, 30),
+        _event("dot.2", 45, 50),
+        _event("copy.1", 100, 5),  # starts as the loop ends: not nested
+        _event("while.1", 200, 100, run="2"),
+        _event("dot.9", 105, 40, tid=8),  # another thread, alone in time
+        _event("dot.8", 200, 20, run="2", tid=8),  # overlaps while.1's own 20 µs: shared
+        {"ph": "X", "pid": 1, "tid": 7, "ts": 1, "dur": 1, "name": "end: dot.1", "args": {}},
+    ]
+    totals, runs, idle = self_times(events)
+    assert runs == 2
+    assert idle == pytest.approx(0.0)  # run 1: 0-145 busy; run 2: 200-300 busy
+    assert totals == pytest.approx(
+        {
+            "while.1": 20e-6 + 90e-6,
+            "dot.1": 30e-6,
+            "dot.2": 50e-6,
+            "copy.1": 5e-6,
+            "dot.9": 40e-6,
+            "dot.8": 10e-6,
+        }  # fmt: skip
+    )
+    assert sum(totals.values()) == pytest.approx((145 + 100) * 1e-6)  # busy wall time
+
+
+def test_idle_is_the_gap_between_operations_inside_a_step():
+    events = [_event("dot.1", 0, 10), _event("dot.2", 30, 10), _event("dot.3", 35, 20, tid=8)]
+    totals, runs, idle = self_times(events)
+    assert runs == 1 and idle == pytest.approx(20e-6)  # 10-30: nothing ran in the 0-55 span
+    assert sum(totals.values()) + idle == pytest.approx(55e-6)
+
+
+def test_profiled_cpu_run_sums_to_its_step_time(cli, tmp_path):
+    """The brief's check: on CPU the scopes (idle included) are within 10 % of the mean wall
+    time of the profiled steps."""
+    out = tmp_path / "prof"
+    result = cli(
+        "train", "--steps", "4", "--batch", "4", "--seq", "128", "--profile", out, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    profile = last_json(result.stdout)["profile"]
+    assert 0.9 <= profile["coverage"] <= 1.1, profile
+    assert {"attention", "ffn", "norm", "head", "loss", "optimizer", "idle"} <= set(
+        profile["scopes_s"]
+    )
+    assert profile["steps"] == 3  # the measured steps after one timing warm-up
+    stored = json.loads((out / "summary.json").read_text())
+    assert stored["scopes_s"] == profile["scopes_s"]
+    assert (out / "step.hlo.txt").is_file()
