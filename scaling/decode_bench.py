@@ -10,8 +10,9 @@ is the whole step, blocked on its result). Prompts are random ids of one length 
 greedy, no stop tokens: every generation runs ``gen_len`` tokens.
 
 The roofline needs the device's peak and memory bandwidth: accelerators use their datasheet
-profile (``estimate.hardware``); the CPU uses the calibrated matmul peak
-(``measure.cpu_hardware``) and a bandwidth measured here (``measure_bandwidth``), since the CPU
+profile (``estimate.hardware``); the CPU uses a matmul peak calibrated in this process
+(``measure.cpu_hardware(use_cache=False)``: a cached figure from another hour of a shared host
+can be several times off) and a bandwidth measured here (``measure_bandwidth``), since the CPU
 profile's own bandwidth is an unmeasured order of magnitude.
 """
 
@@ -61,11 +62,11 @@ def decode_hardware(device, *, hbm_gbps: float | None = None) -> HardwareProfile
     if device.platform == "cpu":
         from scaling.measure import cpu_hardware
 
-        base = cpu_hardware()
+        base = cpu_hardware(use_cache=False)
         gbps = hbm_gbps or measure_bandwidth() / 1e9
         how = "given" if hbm_gbps else "measured (median of a jitted sum over 256 MiB)"
         source = (
-            "peak: median FLOP/s of a jitted matmul on this host (scaling.measure); memory "
+            "peak: median FLOP/s of a jitted matmul in this process (scaling.measure); memory "
             f"bandwidth {gbps:.1f} GB/s {how}"
         )
         return dataclasses.replace(
