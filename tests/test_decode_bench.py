@@ -70,6 +70,11 @@ def test_report_plots_the_decode_rows(bench, tmp_path):
     data = pd.read_csv(tmp_path / "report" / "decode.csv")
     assert list(data["batch"]) == [2] and (data["measured_over_roofline"] > 0).all()
     assert figure.data["decode_tokens_per_s"].notna().all()
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "1 decode rows (1 ok)" in page and "runs (" not in page  # no empty training table
+    (row,) = [line for line in page.splitlines() if line.startswith("| tiny | none | 1x1 | 2 |")]
+    measured = f"{data['decode_tokens_per_s'].iloc[0]:,.0f}"
+    assert f"| {measured} |" in row and ("| memory |" in row or "| compute |" in row)
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,14 @@ from scaling.report.profile import fig_step_breakdown
 from scaling.report.record import Record, load_record, size_order
 from scaling.report.scaling_law import fig_scaling_law, scaling_fit_of
 from scaling.report.style import Style
-from scaling.report.tables import Table, environment_table, failed_table, fit_table, summary_table
+from scaling.report.tables import (
+    Table,
+    decode_table,
+    environment_table,
+    failed_table,
+    fit_table,
+    summary_table,
+)
 
 FORMATS = ("html", "md")
 
@@ -85,10 +92,11 @@ def build_report(
     style = Style.of(all_runs["mode"], size_order(all_runs), all_runs)
     notes = list(rec.notes)
     figures = [f for f in (fn(rec, style) for fn in FIGURES) if f is not None]
-    fit, fit_note = scaling_fit_of(rec)
+    training = not rec.runs.empty  # else a decode-only record (scaling bench-decode)
+    fit, fit_note = scaling_fit_of(rec) if training else (None, "")
     if fit_note:
         notes.append(fit_note)
-    tables = [summary_table(rec)]
+    tables = [summary_table(rec)] if training else []
     if fit is not None:
         tables.append(fit_table(fit))
     laws = laws_table(rec)
@@ -108,10 +116,14 @@ def build_report(
         figure, table = calibration_results(rec, style, calibrate_on)
         figures.append(figure)
         tables.append(table)
+    decode = decode_table(rec)
+    if decode is not None:
+        tables.append(decode)
     failed = failed_table(rec)
     if failed is not None:
         tables.append(failed)
-    tables.append(environment_table(rec))
+    if training:
+        tables.append(environment_table(rec))
     if not any(f.name == "mup_lr" for f in figures) and rec.runs["mup"].any():
         notes.append("muP runs are recorded but lack d_model or final losses; no LR figure.")
     report = Report(out, figures, tables, notes, _write_figures(figures, out), rec, fit)

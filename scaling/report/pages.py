@@ -26,10 +26,16 @@ class Report:
 
 
 def _overview(report: Report, baseline) -> list[str]:
-    runs = report.record.runs
-    counts = runs["status"].value_counts()
-    status = ", ".join(f"{n} {s}" for s, n in counts.items())
-    lines = [f"{len(runs)} runs ({status}) from {', '.join(map(str, report.record.dirs))}."]
+    sources = ", ".join(map(str, report.record.dirs))
+    runs, decode = report.record.runs, report.record.decode
+    parts = [("runs", runs)] if not runs.empty or decode is None else []  # none: decode only
+    if decode is not None and not decode.empty:
+        parts.append(("decode rows", decode))
+    lines = []
+    for what, rows in parts:
+        counts = rows["status"].value_counts()
+        status = ", ".join(f"{n} {s}" for s, n in counts.items())
+        lines.append(f"{len(rows)} {what} ({status}) from {sources}.")
     if baseline is not None:
         lines.append(f"Baseline: {baseline}.")
     lines.append(

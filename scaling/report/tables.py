@@ -171,3 +171,31 @@ def fit_table(fit: ScalingFit) -> Table:
         rows,
         f"{fit.n_points} points, {fit.method}, RMS residual of log L {fit.rmse_log:.3g}.",
     )
+
+
+def decode_table(rec: Record) -> Table | None:
+    """The decode benchmark's rows (``scaling bench-decode``): measured beside the roofline."""
+    if rec.decode is None or rec.decode.empty:
+        return None
+    rows = []
+    for r in rec.decode.sort_values(["size", "mode", "batch", "prompt_len"]).itertuples():
+        ok = r.status == "ok"
+        ratio = r.decode_tokens_per_s / r.predicted_decode_tokens_per_s if ok else math.nan
+        rows.append(
+            [r.size, r.mode, r.mesh, str(r.batch), f"{r.prompt_len}+{r.gen_len}", r.dtype,
+             r.status, fmt(r.ttft_s * 1e3, "{:.1f}"),
+             f"{fmt(r.decode_step_s_median * 1e3, '{:.2f}')} · "
+             f"{fmt(r.decode_step_s_p90 * 1e3, '{:.2f}')}",
+             fmt(r.decode_tokens_per_s, "{:,.0f}"),
+             fmt(r.predicted_decode_tokens_per_s, "{:,.0f}"), fmt(ratio, "{:.2f}"),
+             str(r.predicted_bound), fmt(r.kv_cache_bytes_per_device / 1e6, "{:.2f}")]
+        )  # fmt: skip
+    columns = ["size", "mode", "mesh", "batch", "prompt+gen", "dtype", "status", "TTFT (ms)",
+               "ms/token (p50 · p90)", "tokens/s", "roofline tokens/s", "measured ÷ roofline",
+               "bound", "KV MB/device"]  # fmt: skip
+    env = rec.decode.iloc[0]
+    note = (
+        f"Device {env.device_kind} ({env.platform}), jax {env.jax_version}, flax "
+        f"{env.flax_version}, git {env.git_sha}, host {env.hostname}. {env.hardware_source}."
+    )
+    return Table("Decode benchmark", columns, rows, note)
