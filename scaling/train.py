@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from scaling import parallel
+from scaling import moe, parallel
 from scaling.config import RunConfig
 from scaling.data import batch_dataset, entropy_floor, loader
 from scaling.estimate import param_counts
@@ -100,17 +100,20 @@ def init_state(run: RunConfig, tx: optax.GradientTransformation) -> TrainState:
 def make_train_step(run: RunConfig, graphdef, tx: optax.GradientTransformation) -> Callable:
     schedule = make_schedule(run)
 
-    def loss_of(params, tokens: Int[Array, "b t1"]) -> Float[Array, ""]:
-        logits = nnx.merge(graphdef, params)(tokens[:, :-1])
+    def loss_of(params, tokens: Int[Array, "b t1"]) -> tuple[Float[Array, ""], dict]:
+        """Cross-entropy plus the MoE auxiliary losses (``moe.aux_total``; 0 when dense);
+        the reported ``loss`` is the cross-entropy alone, comparable with dense runs."""
+        logits, aux = nnx.merge(graphdef, params).forward_with_aux(tokens[:, :-1])
         with jax.named_scope("loss"):
-            return cross_entropy(logits, tokens[:, 1:])
+            ce = cross_entropy(logits, tokens[:, 1:])
+            return ce + moe.aux_total(run.model, aux), {"loss": ce, **moe.router_metrics(aux)}
 
     def train_step(state: TrainState, tokens: Int[Array, "b t1"]):
-        loss, grads = jax.value_and_grad(loss_of)(state.params, tokens)
+        (_, reported), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params, tokens)
         with jax.named_scope("optimizer"):
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+        metrics = {**reported, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return train_step
@@ -205,6 +208,8 @@ class RunResult:
     val_bpbs: list[float] = field(default_factory=list)
     eval_tokens: int = 0  # predicted tokens per evaluation
     notes: list[str] = field(default_factory=list)  # what the user should know (checkpoints)
+    # MoE router statistics per step (``moe.router_metrics`` names → one value per step)
+    router: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def already_done(self) -> bool:
@@ -281,6 +286,7 @@ class RunResult:
             "tokens_seen": self.tokens_seen,
             "data_wait_s": self.data_wait_s,
             "data_wait_fraction": _or_none(self.data_wait_fraction),
+            **({"router": self.router} if self.router else {}),
         }
 
 
@@ -452,6 +458,9 @@ def _record_step(result: RunResult, metrics: dict, step_time_s: float) -> dict[s
     result.losses.append(metrics["loss"])
     result.grad_norms.append(metrics["grad_norm"])
     result.lrs.append(metrics["lr"])
+    for name in moe.ROUTER_METRICS:
+        if name in metrics:
+            result.router.setdefault(name, []).append(metrics[name])
     return metrics
 
 
