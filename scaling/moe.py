@@ -44,6 +44,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from scaling.config import ModelConfig
+from scaling.records import ROUTER_COLUMNS
 
 Activation = Callable[[Array], Array]
 Init = Callable[[jax.Array, tuple[int, ...], float], Array]
@@ -216,14 +217,7 @@ def aux_total(cfg: ModelConfig, aux: dict[str, Array]) -> Array:
     )
 
 
-ROUTER_METRICS = (
-    "aux_loss",
-    "z_loss",
-    "expert_load_min",
-    "expert_load_max",
-    "expert_load_entropy",
-    "dropped_fraction",
-)
+ROUTER_METRICS = ROUTER_COLUMNS  # the names a step logs and the record stores
 
 
 def router_metrics(aux: dict[str, Array]) -> dict[str, Array]:

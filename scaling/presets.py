@@ -115,7 +115,7 @@ PUBLISHED: tuple[ModelConfig, ...] = (
 MIXTRAL_8X7B = dataclasses.replace(
     _published("mixtral-8x7b", "mistral", n_layers=32, d_model=4096, n_heads=32, n_kv_heads=8,
                d_ff=14336, vocab_size=32000, max_seq_len=32768, tied_embeddings=False,
-               rope_theta=1e6, n_experts=8, experts_per_token=2),
+               rope_theta=1e6, n_experts=8, experts_per_token=2, moe_aux_loss_coef=0.02),
     sliding_window=None,
 )  # fmt: skip
 

@@ -186,6 +186,7 @@ class RunResult:
     n_devices: int
     n_processes: int
     n_params: int
+    n_params_active: int  # parameters one token uses (= n_params when dense)
     steps: int
     start_step: int
     tokens_per_step: int
@@ -261,6 +262,7 @@ class RunResult:
             "n_devices": self.n_devices,
             "n_processes": self.n_processes,
             "n_params": self.n_params,
+            "n_params_active": self.n_params_active,
             "steps": self.steps,
             "start_step": self.start_step,
             "losses": self.losses,
@@ -441,6 +443,7 @@ def _new_result(run_cfg: RunConfig, p: Plan, start: int, compile_s: float, compi
         n_devices=p.mesh.size,
         n_processes=jax.process_count(),
         n_params=param_counts(run_cfg.model).total,
+        n_params_active=param_counts(run_cfg.model).active,
         steps=run_cfg.steps,
         start_step=start,
         tokens_per_step=run_cfg.tokens_per_step,
