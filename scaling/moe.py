@@ -100,6 +100,16 @@ class Experts(nnx.Module):
         return self.w1[...].astype(dtype), w3, self.w2[...].astype(dtype)
 
 
+def _expert_ffn(x: Array, params, activation: Activation, matmul) -> Array:
+    """The FFN kind on rows already grouped by expert; ``matmul(rows, w)`` applies each
+    expert's matrix to its own rows (a grouped matmul, or a batched einsum over buffers)."""
+    w1, w3, w2 = params
+    hidden = activation(matmul(x, w1))
+    if w3 is not None:
+        hidden = hidden * matmul(x, w3)
+    return matmul(hidden, w2)
+
+
 def dropless_ffn(
     x: Float[Array, "n d"],
     weights: Float[Array, "n k"],
@@ -109,17 +119,13 @@ def dropless_ffn(
 ) -> Float[Array, "n d"]:
     """Sort the n·k assignments by expert, run each expert on its rows (grouped matmul), scale
     by the routing weight and add each token's k results back."""
-    w1, w3, w2 = params
-    n_experts, k = w1.shape[0], experts.shape[-1]
+    n_experts, k = params[0].shape[0], experts.shape[-1]
     flat = experts.reshape(-1)
     order = jnp.argsort(flat, stable=True)
     token = order // k
     sizes = jnp.bincount(flat, length=n_experts).astype(jnp.int32)
-    rows = x[token]
-    hidden = activation(jax.lax.ragged_dot(rows, w1, sizes))
-    if w3 is not None:
-        hidden = hidden * jax.lax.ragged_dot(rows, w3, sizes)
-    out = jax.lax.ragged_dot(hidden, w2, sizes)
+    grouped = lambda rows, w: jax.lax.ragged_dot(rows, w, sizes)  # noqa: E731
+    out = _expert_ffn(x[token], params, activation, grouped)
     out = out * weights.reshape(-1)[order][:, None].astype(out.dtype)
     return jnp.zeros_like(x).at[token].add(out)
 
@@ -134,8 +140,7 @@ def capacity_ffn(
 ) -> tuple[Float[Array, "n d"], Array]:
     """Fixed (e, c, d) buffers: returns the combined output and the fraction of assignments
     dropped. Priority: all first choices (in token order), then all second choices, ..."""
-    w1, w3, w2 = params
-    n_experts, (n, k), d = w1.shape[0], experts.shape, x.shape[-1]
+    n_experts, (n, k), d = params[0].shape[0], experts.shape, x.shape[-1]
     flat = experts.T.reshape(-1)  # k-major: every token's first choice comes first
     token = jnp.tile(jnp.arange(n), k)
     onehot = jax.nn.one_hot(flat, n_experts, dtype=jnp.int32)
@@ -145,10 +150,8 @@ def capacity_ffn(
     slot = jnp.where(kept, flat * slots + position, dump)
     buffer = jnp.zeros((dump + 1, d), x.dtype).at[slot].set(x[token])
     inputs = buffer[:dump].reshape(n_experts, slots, d)
-    hidden = activation(jnp.einsum("ecd,edf->ecf", inputs, w1))
-    if w3 is not None:
-        hidden = hidden * jnp.einsum("ecd,edf->ecf", inputs, w3)
-    outputs = jnp.einsum("ecf,efd->ecd", hidden, w2).reshape(dump, d)
+    batched = lambda rows, w: jnp.einsum("eci,eio->eco", rows, w)  # noqa: E731
+    outputs = _expert_ffn(inputs, params, activation, batched).reshape(dump, d)
     outputs = jnp.concatenate([outputs, jnp.zeros((1, d), outputs.dtype)])
     scale = (weights.T.reshape(-1) * kept).astype(x.dtype)
     combined = jnp.zeros_like(x).at[token].add(outputs[slot] * scale[:, None])
