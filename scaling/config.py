@@ -20,6 +20,7 @@ Remat = Literal["none", "full", "dots"]
 Norm = Literal["rms", "layer"]
 Positions = Literal["rope", "learned", "sinusoidal", "none"]
 Ffn = Literal["swiglu", "geglu", "gelu_tanh", "gelu", "relu"]
+MoeDispatch = Literal["dropless", "capacity"]
 
 FAMILIES: tuple[str, ...] = ("llama", "gpt2", "mistral", "gemma")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
@@ -39,6 +40,7 @@ MUP_KNOBS: tuple[str, ...] = (
 NORMS: tuple[str, ...] = ("rms", "layer")
 POSITIONS: tuple[str, ...] = ("rope", "learned", "sinusoidal", "none")
 FFNS: tuple[str, ...] = ("swiglu", "geglu", "gelu_tanh", "gelu", "relu")
+MOE_DISPATCHES: tuple[str, ...] = ("dropless", "capacity")
 # FFN kind → (gated, activation): gated FFNs are W2 (act(W1 x) ⊙ W3 x), the others W2 act(W1 x)
 FFN_KINDS: dict[str, tuple[bool, str]] = {
     "swiglu": (True, "silu"),
@@ -89,6 +91,15 @@ class ModelConfig:
       window − 1 positions; None: all), ``attn_softcap`` (scores → c·tanh(scores / c)).
     - read-out: ``tied_embeddings``, ``final_softcap`` (logits → c·tanh(logits / c)).
     - ``embed_scale``: multiply token embeddings by √d_model (Gemma).
+    - mixture of experts (``scaling.moe``; ``n_experts`` 0 means a dense FFN and the other
+      ``moe_*`` fields are unused): ``n_experts`` FFNs of width ``d_ff`` per layer, each token
+      routed to ``experts_per_token`` of them (softmax over experts, top-k, renormalised over
+      the chosen ones: Mixtral); ``moe_shared_expert`` adds one always-on FFN of width
+      ``d_ff``; ``moe_aux_loss_coef`` weighs the load-balancing loss and ``moe_z_loss_coef``
+      the router z-loss (both averaged over layers, added to the training loss);
+      ``moe_dispatch`` is ``dropless`` (every token reaches its experts) or ``capacity``
+      (each expert takes at most ``moe_capacity_factor`` × its balanced share of tokens, the
+      rest are dropped: they skip the FFN through the residual).
     """
 
     name: str = "custom"
@@ -122,6 +133,14 @@ class ModelConfig:
     attn_softcap: float | None = None
     final_softcap: float | None = None
     embed_scale: bool = False
+    # mixture of experts (see the docstring); n_experts=0 is a dense FFN
+    n_experts: int = 0
+    experts_per_token: int = 2
+    moe_shared_expert: bool = False
+    moe_aux_loss_coef: float = 0.01
+    moe_z_loss_coef: float = 0.001
+    moe_dispatch: MoeDispatch = "dropless"
+    moe_capacity_factor: float = 1.25
     # numerics and training
     dtype: Dtype = "float32"  # compute dtype; parameters are always float32
     remat: Remat = "none"
@@ -160,6 +179,11 @@ class ModelConfig:
         return FFN_KINDS[self.ffn][1]
 
     @property
+    def moe(self) -> bool:
+        """The FFN of every block is a mixture of experts (``scaling.moe``)."""
+        return self.n_experts > 0
+
+    @property
     def rope_scaled(self) -> bool:
         return self.positions == "rope" and self.rope_scaling_factor != 1.0
 
@@ -177,10 +201,11 @@ _CHOICES = {
     "norm": NORMS,
     "positions": POSITIONS,
     "ffn": FFNS,
+    "moe_dispatch": MOE_DISPATCHES,
 }
 _BOOLS = (
     "tied_embeddings", "norm_bias", "norm_unit_offset", "qkv_bias", "attn_out_bias", "ffn_bias",
-    "head_bias", "embed_scale", "scan_layers", "mup", "mup_zero_readout",
+    "head_bias", "embed_scale", "scan_layers", "mup", "mup_zero_readout", "moe_shared_expert",
 )  # fmt: skip
 
 
@@ -235,6 +260,28 @@ def validate_model(cfg: ModelConfig) -> None:
         )
     if cfg.mup:
         _validate_mup(cfg)
+    _validate_moe(cfg)
+
+
+def _validate_moe(cfg: ModelConfig) -> None:
+    for name in ("n_experts", "experts_per_token"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if cfg.moe and not 1 <= cfg.experts_per_token <= cfg.n_experts:
+        raise ValueError(
+            f"experts_per_token={cfg.experts_per_token} is out of range; valid: "
+            f"1..n_experts={cfg.n_experts}"
+        )
+    for name in ("moe_aux_loss_coef", "moe_z_loss_coef"):
+        value = getattr(cfg, name)
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if cfg.moe and cfg.ffn_bias:
+        raise ValueError("a mixture of experts has no FFN biases; set ffn_bias=False")
+    factor = cfg.moe_capacity_factor
+    if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 0):
+        raise ValueError(f"moe_capacity_factor must be a positive number, got {factor!r}")
 
 
 def _validate_mup(cfg: ModelConfig) -> None:
@@ -398,6 +445,8 @@ RESUME_FIXED = (
     "max_seq_len",
     "tied_embeddings",
     "mup",
+    "n_experts",
+    "moe_shared_expert",
 )
 # Everything else (batch, seed, data, LR schedule, optimizer, numerics) changes what the resumed
 # run computes: refused unless listed in allow_config_change.

@@ -176,7 +176,10 @@ def cached_forward(
             block.attn, block.attn_norm(h), positions, mask, k_all, v_all, i, cache.index
         )
         h = h + out
-        h = shard_over_batch(h + block.ffn(block.ffn_norm(h)))
+        ffn = block.ffn(block.ffn_norm(h))
+        if isinstance(ffn, tuple):  # a mixture of experts: (output, router statistics)
+            ffn = ffn[0]
+        h = shard_over_batch(h + ffn)
         return (h, k_all, v_all), None
 
     layers = jnp.arange(cfg.n_layers)

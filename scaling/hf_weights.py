@@ -11,8 +11,10 @@ two layout rules:
   slice of it.
 
 Per-layer tensors are stacked into the leading layer axis the model scans over (and
-unstacked on export). A checkpoint key that no parameter takes raises ``ValueError`` unless
-it is a known non-parameter buffer (GPT-2's causal-mask ``attn.bias``, rotary ``inv_freq``)
+unstacked on export); Mixtral's per-expert tensors (``block_sparse_moe.experts.{e}.w1``, the
+checkpoint layout on the Hub) are stacked into the expert axis after it. A checkpoint key
+that no parameter takes raises ``ValueError`` unless it is a known non-parameter buffer
+(GPT-2's causal-mask ``attn.bias``, rotary ``inv_freq``)
 or the duplicate ``lm_head.weight`` of a tied model.
 """
 
@@ -80,12 +82,23 @@ _LLAMA_NAMES: dict[ParamPath, str] = {
         for leaf in ("weight", "bias")
     },
 }
+_MIXTRAL_NAMES: dict[ParamPath, str] = {
+    **{k: v for k, v in _LLAMA_NAMES.items() if k[1] != "ffn"},
+    ("blocks", "ffn", "router", "weight"): "layers.{i}.block_sparse_moe.gate.weight",
+    **{
+        ("blocks", "ffn", "experts", name): (
+            f"layers.{{i}}.block_sparse_moe.experts.{{e}}.{name}.weight"
+        )
+        for name in ("w1", "w2", "w3")  # w1 the activated branch, w3 the linear one (as ours)
+    },
+}
 # model type → (prefix of the decoder's tensors in a *ForCausalLM checkpoint, names)
 _NAMES = {
     "gpt2": ("transformer.", _GPT2_NAMES),
     "llama": ("model.", _LLAMA_NAMES),
     "mistral": ("model.", _LLAMA_NAMES),
     "gemma": ("model.", _LLAMA_NAMES),
+    "mixtral": ("model.", _MIXTRAL_NAMES),
 }
 HEAD_KEY = "lm_head.weight"
 
@@ -99,14 +112,20 @@ class TensorMap:
     transpose: bool  # the Hugging Face tensor is (out, in) (torch.nn.Linear)
     columns: tuple[int, int] | None = None  # a slice of the last axis (GPT-2's fused c_attn)
 
-    def hf_keys(self, prefix: str, n_layers: int) -> list[str]:
+    def hf_keys(self, prefix: str, n_layers: int) -> list[tuple[tuple[int, ...], str]]:
+        """(index into our array, Hugging Face key) pairs: () for an unstacked parameter,
+        (layer,) for a stacked one, (layer, expert) for expert matrices."""
         name = self.hf_name if self.param.role is Role.HEAD else prefix + self.hf_name
         if not self.param.stacked:
-            return [name]
-        return [name.format(i=i) for i in range(n_layers)]
+            return [((), name)]
+        if "{e}" in name:
+            experts = self.param.shape[1]
+            pairs = [(i, e) for i in range(n_layers) for e in range(experts)]
+            return [((i, e), name.format(i=i, e=e)) for i, e in pairs]
+        return [((i,), name.format(i=i)) for i in range(n_layers)]
 
-    def layer_shape(self) -> tuple[int, ...]:
-        return self.param.shape[1:] if self.param.stacked else self.param.shape
+    def tensor_shape(self, index: tuple[int, ...]) -> tuple[int, ...]:
+        return self.param.shape[len(index) :]
 
 
 def tensor_maps(cfg: ModelConfig) -> tuple[TensorMap, ...]:
@@ -198,10 +217,10 @@ def read_params(
     maps = tensor_maps(cfg)
     keys = source.keys()
     prefix = _prefix(hf_model_type(cfg), keys, maps[0].hf_name)
-    wanted: dict[str, list[tuple[TensorMap, int | None]]] = {}
+    wanted: dict[str, list[tuple[TensorMap, tuple[int, ...]]]] = {}
     for m in maps:
-        for layer, key in enumerate(m.hf_keys(prefix, cfg.n_layers)):
-            wanted.setdefault(key, []).append((m, layer if m.param.stacked else None))
+        for index, key in m.hf_keys(prefix, cfg.n_layers):
+            wanted.setdefault(key, []).append((m, index))
     missing = sorted(set(wanted) - keys)
     if missing:
         raise ValueError(f"{folder}: missing tensors {missing[:5]} (of {len(missing)})")
@@ -212,14 +231,14 @@ def read_params(
                 continue
             raise ValueError(f"{folder}: unexpected tensor {key!r} {list(tensor.shape)} "
                              f"for a {hf_model_type(cfg)} model")  # fmt: skip
-        for m, layer in wanted[key]:
+        for m, index in wanted[key]:
             value = tensor.T if m.transpose else tensor
             if m.columns is not None:
                 value = value[..., m.columns[0] : m.columns[1]]
-            if value.shape != m.layer_shape():
-                need = f"{'/'.join(m.param.path)} needs {list(m.layer_shape())}"
+            if value.shape != m.tensor_shape(index):
+                need = f"{'/'.join(m.param.path)} needs {list(m.tensor_shape(index))}"
                 raise ValueError(f"{folder}: tensor {key!r} has shape {list(tensor.shape)}; {need}")
-            target = out[m.param.path] if layer is None else out[m.param.path][layer]
+            target = out[m.param.path][index]
             target[...] = value.astype(target.dtype)
         if on_tensor is not None:
             on_tensor(key)
@@ -233,17 +252,16 @@ def hf_tensors(
     params: dict[ParamPath, np.ndarray], cfg: ModelConfig, *, dtype: str = "float32"
 ) -> Iterator[tuple[str, np.ndarray]]:
     """The Hugging Face tensors of ``params`` (our layout), one at a time, in ``dtype``."""
-    groups: dict[str, list[tuple[TensorMap, int | None]]] = {}
+    groups: dict[str, list[tuple[TensorMap, tuple[int, ...]]]] = {}
     prefix, _ = _NAMES[hf_model_type(cfg)]
     for m in tensor_maps(cfg):
-        for layer, key in enumerate(m.hf_keys(prefix, cfg.n_layers)):
-            groups.setdefault(key, []).append((m, layer if m.param.stacked else None))
+        for index, key in m.hf_keys(prefix, cfg.n_layers):
+            groups.setdefault(key, []).append((m, index))
     np_dtype = NUMPY_DTYPES[dtype]
     for key, parts in groups.items():
         pieces = []
-        for m, layer in parts:
-            value = np.asarray(params[m.param.path])
-            pieces.append((m, value if layer is None else value[layer]))
+        for m, index in parts:
+            pieces.append((m, np.asarray(params[m.param.path])[index]))
         if len(pieces) == 1 and pieces[0][0].columns is None:
             m, value = pieces[0]
             tensor = value.T if m.transpose else value

@@ -28,12 +28,20 @@ READOUT_PARAMS = nnx.Any(nnx.PathContains("embed"), nnx.PathContains("head"))
 def next_token_loss(model, tokens: Int[Array, "b t1"], loss_chunk: int = 0) -> Float[Array, ""]:
     """Mean next-token cross-entropy (nats/token, float32) of ``model`` on ``tokens``;
     ``loss_chunk`` > 0 computes it over chunks of that many positions."""
+    return next_token_loss_with_aux(model, tokens, loss_chunk)[0]
+
+
+def next_token_loss_with_aux(
+    model, tokens: Int[Array, "b t1"], loss_chunk: int = 0
+) -> tuple[Float[Array, ""], dict[str, Array]]:
+    """``next_token_loss`` and the MoE router statistics of the forward ({} when dense)."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     if not loss_chunk:
-        logits = model(inputs)
+        logits, aux = model.forward_with_aux(inputs)
         with jax.named_scope("loss"):
-            return cross_entropy(logits, targets)
-    return chunked_cross_entropy(model, model.final_hidden(inputs), targets, loss_chunk)
+            return cross_entropy(logits, targets), aux
+    hidden, aux = model.final_hidden_with_aux(inputs)
+    return chunked_cross_entropy(model, hidden, targets, loss_chunk), aux
 
 
 def chunked_cross_entropy(

@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 
-from scaling import attention, mup
+from scaling import attention, moe, mup
 from scaling.config import ModelConfig
 
 TRUNCATION = 3.0  # truncated-normal inits are cut at ±3σ
@@ -296,6 +296,21 @@ def make_norm(cfg: ModelConfig) -> RMSNorm | LayerNorm:
     return LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias)
 
 
+def make_ffn(cfg: ModelConfig, rngs: nnx.Rngs) -> FeedForward | moe.MoEFeedForward:
+    """The dense FFN, or the mixture of experts when ``cfg.n_experts`` > 0 (built from this
+    module's pieces: a ``(d, e)`` router, the shared expert as a dense FFN)."""
+    if not cfg.moe:
+        return FeedForward(cfg, rngs=rngs)
+    return moe.MoEFeedForward(
+        cfg,
+        rngs=rngs,
+        router=Linear(cfg.d_model, cfg.n_experts, rngs=rngs),
+        shared=FeedForward(cfg, rngs=rngs) if cfg.moe_shared_expert else None,
+        activation=ACTIVATIONS[cfg.ffn_activation],
+        init=truncated_normal,
+    )
+
+
 class TransformerBlock(nnx.Module):
     """Pre-norm block: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``."""
 
@@ -303,12 +318,21 @@ class TransformerBlock(nnx.Module):
         self.attn_norm = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg, rngs=rngs)
         self.ffn_norm = make_norm(cfg)
-        self.ffn = FeedForward(cfg, rngs=rngs)
+        self.ffn = make_ffn(cfg, rngs)
+
+    def __call__(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"]) -> Array:
+        return self.forward_with_aux(x, positions)[0]
 
     @jax.named_scope("block")
-    def __call__(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"]) -> Array:
+    def forward_with_aux(
+        self, x: Float[Array, "b t d"], positions: Int[Array, "b t"]
+    ) -> tuple[Float[Array, "b t d"], dict[str, Array]]:
+        """The block's output and the MoE layer's router statistics ({} for a dense FFN)."""
         x = x + self.attn(self.attn_norm(x), positions)
-        return x + self.ffn(self.ffn_norm(x))
+        if isinstance(self.ffn, FeedForward):
+            return x + self.ffn(self.ffn_norm(x)), {}
+        out, aux = self.ffn(self.ffn_norm(x))
+        return x + out, aux
 
 
 class Head(nnx.Module):
@@ -385,21 +409,28 @@ class TransformerLM(nnx.Module):
     def __call__(
         self, tokens: Int[Array, "b t"], positions: Int[Array, "b t"] | None = None
     ) -> Float[Array, "b t v"]:
-        logits, _ = self.forward_with_rms(tokens, positions)
-        return logits
+        return self.forward_with_aux(tokens, positions)[0]
+
+    def forward_with_aux(
+        self, tokens: Int[Array, "b t"], positions: Int[Array, "b t"] | None = None
+    ) -> tuple[Float[Array, "b t v"], dict[str, Array]]:
+        """Logits plus every MoE layer's router statistics stacked over layers
+        (``scaling.moe``; {} for a dense model)."""
+        logits, _, _, aux = self._forward(tokens, positions, lambda h: ())
+        return logits, aux
 
     def forward_with_rms(
         self, tokens: Int[Array, "b t"], positions: Int[Array, "b t"] | None = None
     ) -> tuple[Float[Array, "b t v"], dict[str, Array]]:
         """Logits plus the RMS of the embedding output, every block's output and the logits."""
-        logits, embedded, block_rms = self._forward(tokens, positions, rms)
+        logits, embedded, block_rms, _ = self._forward(tokens, positions, rms)
         return logits, {"embed": rms(embedded), "blocks": block_rms, "logits": rms(logits)}
 
     def forward_with_hidden(
         self, tokens: Int[Array, "b t"], positions: Int[Array, "b t"] | None = None
     ) -> tuple[Float[Array, "b t v"], Float[Array, "b t d"], Float[Array, "l b t d"]]:
         """Logits, the embedding output and every block's output (for parity checks)."""
-        return self._forward(tokens, positions, lambda h: h)
+        return self._forward(tokens, positions, lambda h: h)[:3]
 
     def _embed(self, tokens: Array, positions: Array) -> Float[Array, "b t d"]:
         cfg = self.cfg
@@ -414,24 +445,26 @@ class TransformerLM(nnx.Module):
             return shard_over_batch((x * mup.input_multiplier(cfg)).astype(compute_dtype(cfg)))
 
     def _forward(self, tokens: Array, positions: Array | None, collect):
-        x, embedded, collected = self._hidden(tokens, positions, collect)
+        x, embedded, collected, aux = self._hidden(tokens, positions, collect)
         with jax.named_scope("head"):
             logits = self.readout(x)
-        return logits, embedded, collected
+        return logits, embedded, collected, aux
 
     def _hidden(self, tokens: Array, positions: Array | None, collect):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         embedded = self._embed(tokens, positions)
-        x, collected = self._run_blocks(embedded, positions, collect)
+        x, (collected, aux) = self._run_blocks(embedded, positions, collect)
         with jax.named_scope("head"):
-            return self.final_norm(x), embedded, collected
+            return self.final_norm(x), embedded, collected, aux
 
-    def final_hidden(
+    def final_hidden_with_aux(
         self, tokens: Int[Array, "b t"], positions: Int[Array, "b t"] | None = None
-    ) -> Float[Array, "b t d"]:
-        """The final norm's output: the read-out's input (``scaling.loss`` chunks from here)."""
-        return self._hidden(tokens, positions, lambda h: ())[0]
+    ) -> tuple[Float[Array, "b t d"], dict[str, Array]]:
+        """The final norm's output (the read-out's input: ``scaling.loss`` chunks from here)
+        and the MoE router statistics ({} for a dense model)."""
+        hidden, _, _, aux = self._hidden(tokens, positions, lambda h: ())
+        return hidden, aux
 
     def readout(self, x: Float[Array, "... d"]) -> Float[Array, "... v"]:
         """Float32 logits of final hidden states: head (or tied table), soft-cap, muP scale."""
@@ -440,12 +473,13 @@ class TransformerLM(nnx.Module):
         logits = softcap(logits.astype(jnp.float32), self.cfg.final_softcap)
         return logits * mup.logit_multiplier(self.cfg)
 
-    def _run_blocks(self, x: Array, positions: Array, collect) -> tuple[Array, Array]:
+    def _run_blocks(self, x: Array, positions: Array, collect) -> tuple[Array, tuple]:
         graphdef, stacked = nnx.split(self.blocks)
 
         def body(h, layer_state):
-            h = shard_over_batch(nnx.merge(graphdef, layer_state)(h, positions))
-            return h, collect(h)
+            h, aux = nnx.merge(graphdef, layer_state).forward_with_aux(h, positions)
+            h = shard_over_batch(h)
+            return h, (collect(h), aux)
 
         body = _remat(body, self.cfg.remat, scanned=self.cfg.scan_layers)
         if self.cfg.scan_layers:
@@ -454,7 +488,7 @@ class TransformerLM(nnx.Module):
         for i in range(self.cfg.n_layers):
             x, r = body(x, jax.tree.map(lambda a, i=i: a[i], stacked))
             per_layer.append(r)
-        return x, jnp.stack(per_layer)
+        return x, jax.tree.map(lambda *layers: jnp.stack(layers), *per_layer)
 
 
 def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> TransformerBlock:

@@ -60,6 +60,7 @@ def validate(
         batch=batch,
         model_name=cfg.name,
         n_devices=n_devices,
+        n_experts=cfg.n_experts,
     )
 
 

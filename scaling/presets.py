@@ -110,6 +110,25 @@ PUBLISHED: tuple[ModelConfig, ...] = (
                norm_eps=1e-6),
 )  # fmt: skip
 
+# mistralai/Mixtral-8x7B-v0.1: Mistral's blocks without the sliding window (config.json has
+# "sliding_window": null), 8 experts of width 14336, top-2; 46,702,792,704 parameters.
+MIXTRAL_8X7B = dataclasses.replace(
+    _published("mixtral-8x7b", "mistral", n_layers=32, d_model=4096, n_heads=32, n_kv_heads=8,
+               d_ff=14336, vocab_size=32000, max_seq_len=32768, tied_embeddings=False,
+               rope_theta=1e6, n_experts=8, experts_per_token=2, moe_aux_loss_coef=0.02),
+    sliding_window=None,
+)  # fmt: skip
+
+
+def _moe_preset(dense: ModelConfig, name: str, n_experts: int, k: int) -> ModelConfig:
+    """``dense`` with each FFN replaced by ``n_experts`` experts of width d_ff·(1/k), top-k:
+    the same active FFN parameters (and FLOPs per token, plus the router's 2·d·E) as the dense
+    model, n_experts/k times its FFN parameters in total."""
+    return dataclasses.replace(
+        dense, name=name, n_experts=n_experts, experts_per_token=k, d_ff=dense.d_ff // k
+    )
+
+
 # GPT-3 ladder: Brown et al. 2020, table 2.1. Two rows of the paper are inconsistent with
 # d_model = n_heads·d_head and are fixed here: 1.3B uses 16 heads of 128 (paper: 24 heads),
 # 13B uses d_model 5120 (paper: 5140).
@@ -130,6 +149,10 @@ PRESETS: dict[str, ModelConfig] = {
         *PUBLISHED,
     )
 }
+# The CPU MoE ladder: tiny and 10m at matched active FLOPs, 8 experts, top-2.
+PRESETS["tiny-moe"] = _moe_preset(PRESETS["tiny"], "tiny-moe", 8, 2)
+PRESETS["10m-moe"] = _moe_preset(PRESETS["10m"], "10m-moe", 8, 2)
+PRESETS["mixtral-8x7b"] = MIXTRAL_8X7B
 
 
 def get_preset(name: str) -> ModelConfig:

@@ -17,7 +17,11 @@ Schema versions: 2 renamed two ambiguous version-1 columns (``RENAMED_COLUMNS``)
 (``final_val_loss``, ``final_val_bpb``, per step ``val_loss``), ``tokens_seen`` and the data
 wait (per step ``data_wait_s``, per run ``data_wait_s_median``); older files read with NaN there.
 4 added ``attention`` and ``loss_chunk`` (older rows ran the reference attention and the
-whole-logits loss, which is what ``config_of`` reads there).
+whole-logits loss, which is what ``config_of`` reads there), and mixture-of-experts columns:
+per run ``n_experts``, ``experts_per_token``,
+``n_params_active`` (0 in older files: read them as dense, ``n_params_active`` = ``n_params``)
+and the router statistics of the last step (``ROUTER_COLUMNS``), per step the same statistics;
+NaN for dense runs and older files.
 A prepared data directory is written through ``atomic_directory`` (a temporary directory, then a
 rename).
 """
@@ -42,6 +46,18 @@ if TYPE_CHECKING:  # pandas is imported where frames are built, so writers stay 
     import pandas as pd
 
 SCHEMA_VERSION = 4
+# MoE router statistics (``scaling.moe.router_metrics``), per step and (last step) per run:
+# the auxiliary losses averaged over layers, the expert load (fraction of token-expert
+# assignments per expert: min and max over layers and experts, 1/E when balanced; entropy in
+# nats averaged over layers, ln E when balanced) and the fraction of assignments dropped.
+ROUTER_COLUMNS = (
+    "aux_loss",
+    "z_loss",
+    "expert_load_min",
+    "expert_load_max",
+    "expert_load_entropy",
+    "dropped_fraction",
+)
 # oom-predicted: not run, the memory pre-flight (scaling.preflight) says it cannot fit
 STATUSES = ("ok", "oom", "oom-predicted", "diverged", "error", "timeout")
 # version 1 name → version 2 name
@@ -81,12 +97,15 @@ class RunRecord:
     tied: bool | None = None  # tied input/output embeddings; None where unknown (version 1)
     attention: str = "reference"  # ModelConfig.attention (scaling.attention); < v4: reference
     loss_chunk: int = 0  # RunConfig.loss_chunk: positions per loss chunk; 0 whole logits
+    n_experts: int = 0  # mixture of experts (0: dense FFN; version < 4: dense)
+    experts_per_token: int = 0
     settings_json: str = ""  # every setting of the run (sweep.run_id_of hashes these)
     # outcome
     status: str = "error"  # one of STATUSES
     error: str = ""
     # measurements
     n_params: int = 0
+    n_params_active: int = 0  # parameters one token uses (= n_params when dense)
     compile_s: float = math.nan
     step_time_s_median: float = math.nan
     step_time_s_min: float = math.nan
@@ -129,6 +148,13 @@ class RunRecord:
     hostname: str = ""
     started_at: str = ""  # ISO 8601, UTC
     wall_s: float = math.nan  # the whole run subprocess, start to finish
+    # MoE router statistics at the last step (``ROUTER_COLUMNS``); NaN for dense runs
+    aux_loss: float = math.nan
+    z_loss: float = math.nan
+    expert_load_min: float = math.nan
+    expert_load_max: float = math.nan
+    expert_load_entropy: float = math.nan
+    dropped_fraction: float = math.nan
     schema_version: int = SCHEMA_VERSION
 
 
@@ -144,6 +170,13 @@ class StepRecord:
     grad_norm: float
     val_loss: float = math.nan  # validation loss after this step; NaN where none was measured
     data_wait_s: float = math.nan  # waiting for this step's batch, outside step_time_s
+    # MoE router statistics of this step (``ROUTER_COLUMNS``); NaN for dense runs
+    aux_loss: float = math.nan
+    z_loss: float = math.nan
+    expert_load_min: float = math.nan
+    expert_load_max: float = math.nan
+    expert_load_entropy: float = math.nan
+    dropped_fraction: float = math.nan
 
 
 @dataclass
@@ -273,6 +306,8 @@ def base_record(settings: dict, run_id: str) -> RunRecord:
             "n_layers": model.n_layers,
             "n_heads": model.n_heads,
             "tied": model.tied_embeddings,
+            "n_experts": model.n_experts,
+            "experts_per_token": model.experts_per_token if model.moe else 0,
         }
     except ValueError:
         dims = {}

@@ -44,6 +44,11 @@ class Role(enum.StrEnum):
     FFN_GATE_BIAS = "ffn_gate_bias"  # (L, f)
     FFN_OUT_BIAS = "ffn_out_bias"  # (L, d)
     HEAD_BIAS = "head_bias"  # (V,)
+    # mixture of experts (``scaling.moe``); a shared expert's matrices are FFN_IN/GATE/OUT
+    ROUTER = "router"  # (L, d, E)
+    EXPERT_IN = "expert_in"  # (L, E, d, f): every expert's w1
+    EXPERT_GATE = "expert_gate"  # (L, E, d, f): w3 of gated experts
+    EXPERT_OUT = "expert_out"  # (L, E, f, d): w2
 
     @property
     def kind(self) -> str:
@@ -67,8 +72,11 @@ class Role(enum.StrEnum):
 
 
 HIDDEN_ROLES = frozenset(
-    {Role.ATTN_Q, Role.ATTN_K, Role.ATTN_V, Role.ATTN_O, Role.FFN_IN, Role.FFN_GATE, Role.FFN_OUT}
-)
+    {Role.ATTN_Q, Role.ATTN_K, Role.ATTN_V, Role.ATTN_O, Role.FFN_IN, Role.FFN_GATE, Role.FFN_OUT,
+     Role.EXPERT_IN, Role.EXPERT_GATE, Role.EXPERT_OUT}
+)  # fmt: skip
+# Expert matrices: a token multiplies experts_per_token of the n_experts (``active`` counts).
+EXPERT_ROLES = frozenset({Role.EXPERT_IN, Role.EXPERT_GATE, Role.EXPERT_OUT})
 BIAS_ROLES = frozenset(
     {Role.ATTN_Q_BIAS, Role.ATTN_K_BIAS, Role.ATTN_V_BIAS, Role.ATTN_O_BIAS, Role.FFN_IN_BIAS,
      Role.FFN_GATE_BIAS, Role.FFN_OUT_BIAS, Role.HEAD_BIAS}
@@ -97,6 +105,11 @@ _KIND = {
     Role.ATTN_O_BIAS: "vector",
     Role.FFN_OUT_BIAS: "vector",
     Role.HEAD_BIAS: "head_bias",
+    # the router's (d, E) is small and E need not divide a tensor axis: only fsdp splits it
+    Role.ROUTER: "router",
+    Role.EXPERT_IN: "expert_column",
+    Role.EXPERT_GATE: "expert_column",
+    Role.EXPERT_OUT: "expert_row",
 }
 # module inside a block → (role of its ``weight``, role of its ``bias``)
 _BLOCK_LINEARS = {
@@ -109,6 +122,8 @@ _BLOCK_LINEARS = {
     ("ffn", "w2"): (Role.FFN_OUT, Role.FFN_OUT_BIAS),
 }
 _LEAF_INDEX = {"weight": 0, "bias": 1}
+_EXPERT_LEAVES = {"w1": Role.EXPERT_IN, "w3": Role.EXPERT_GATE, "w2": Role.EXPERT_OUT}
+_SHARED_EXPERT = ("ffn", "shared")  # the MoE layer's dense always-on FFN
 _NORMS = ("attn_norm", "ffn_norm", "final_norm")
 _NORM_LEAVES = {"weight": Role.NORM_GAIN, "bias": Role.NORM_BIAS}
 PARAM_ROOTS = ("embed", "pos_embed", "blocks", "final_norm", "head")
@@ -131,6 +146,14 @@ def role_of(path: Path) -> Role:
         roles = _BLOCK_LINEARS.get(names[1:3])
         if roles is not None:
             return roles[_LEAF_INDEX[names[-1]]]
+        if names[1:] == ("ffn", "router", "weight"):
+            return Role.ROUTER
+    if len(names) == 4 and names[:3] == ("blocks", "ffn", "experts") and names[3] in _EXPERT_LEAVES:
+        return _EXPERT_LEAVES[names[3]]
+    if len(names) == 5 and names[0] == "blocks" and names[1:3] == _SHARED_EXPERT:
+        roles = _BLOCK_LINEARS.get(("ffn", names[3]))
+        if roles is not None and names[4] in _LEAF_INDEX:
+            return roles[_LEAF_INDEX[names[4]]]
     raise ValueError(f"no role for parameter {'/'.join(names)}; known roots: {PARAM_ROOTS}")
 
 
@@ -176,16 +199,37 @@ def parameters(cfg: ModelConfig) -> tuple[Param, ...]:
     linear("attn", "k", d, kv_width, cfg.qkv_bias)
     linear("attn", "v", d, kv_width, cfg.qkv_bias)
     linear("attn", "o", q_width, d, cfg.attn_out_bias)
-    linear("ffn", "w1", d, f, cfg.ffn_bias)
-    if cfg.ffn_gated:
-        linear("ffn", "w3", d, f, cfg.ffn_bias)
-    linear("ffn", "w2", f, d, cfg.ffn_bias)
+    if cfg.moe:
+        out += _moe_parameters(cfg)
+    else:
+        linear("ffn", "w1", d, f, cfg.ffn_bias)
+        if cfg.ffn_gated:
+            linear("ffn", "w3", d, f, cfg.ffn_bias)
+        linear("ffn", "w2", f, d, cfg.ffn_bias)
     out += [Param(("final_norm", leaf), _NORM_LEAVES[leaf], (d,)) for leaf in norm_leaves]
     if not cfg.tied_embeddings:
         out.append(Param(("head", "weight"), Role.HEAD, (d, V)))
     if cfg.head_bias:
         out.append(Param(("head", "bias"), Role.HEAD_BIAS, (V,)))
     return tuple(out)
+
+
+def _moe_parameters(cfg: ModelConfig) -> list[Param]:
+    """The MoE layer's parameters (``scaling.moe.MoEFeedForward``), in the model's order:
+    router, shared expert, experts."""
+    d, L, f, E = cfg.d_model, cfg.n_layers, cfg.d_ff, cfg.n_experts
+    out = [Param(("blocks", "ffn", "router", "weight"), Role.ROUTER, (L, d, E))]
+    if cfg.moe_shared_expert:
+        shared = (("w1", d, f), ("w3", d, f), ("w2", f, d)) if cfg.ffn_gated else (
+            ("w1", d, f), ("w2", f, d))  # fmt: skip
+        for name, d_in, d_out in shared:
+            role = _BLOCK_LINEARS[("ffn", name)][0]
+            out.append(Param(("blocks", *_SHARED_EXPERT, name, "weight"), role, (L, d_in, d_out)))
+    names = ("w1", "w3", "w2") if cfg.ffn_gated else ("w1", "w2")
+    for name in names:
+        shape = (L, E, f, d) if name == "w2" else (L, E, d, f)
+        out.append(Param(("blocks", "ffn", "experts", name), _EXPERT_LEAVES[name], shape))
+    return out
 
 
 def param_path(key_path) -> Path:

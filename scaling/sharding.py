@@ -23,8 +23,36 @@ column_bias       (L, out)         -         -              (-, tensor)     (-, 
 head_bias         (V,)             -         -              (tensor)        (tensor)
 vector            (L, d) / (d,)    -         -              -               -
   norm gains and biases, biases of o and FFN out
+router            (L, d, E)        -         (-, data, -)   -               (-, data, -)
+expert_column     (L, E, d, f)     -         (-,-,data,-)   (-,-,-,tensor)  (-,-,data,tensor)
+  every expert's w1, w3
+expert_row        (L, E, f, d)     -         (-,-,data,-)   (-,-,tensor,-)  (-,-,tensor,data)
+  every expert's w2
 batch             (B, T+1)         (data)    (data)         (data)          (data)
 ================  ===============  ========  =============  ==============  ===============
+
+Expert parallelism (mixture-of-experts models only, ``scaling.moe``): ``ep`` splits the expert
+axis E of the expert matrices over ``data`` and replicates everything else (dp for the dense
+parts); ``fsdp_ep`` does the same for the experts and fsdp for the rest. Mesh ``(n, 1)``;
+n_experts must be divisible by the data axis (``validate_plan``).
+
+================  ===============  ==================  ==================
+kind              shape            ep                  fsdp_ep
+================  ===============  ==================  ==================
+expert_column     (L, E, d, f)     (-, data, -, -)     (-, data, -, -)
+expert_row        (L, E, f, d)     (-, data, -, -)     (-, data, -, -)
+router            (L, d, E)        -                   (-, data, -)
+embed/column/row  as dp            -                   as fsdp
+batch             (B, T+1)         (data)              (data)
+================  ===============  ==================  ==================
+
+Collectives of ep per MoE layer (GSPMD inserts them; the estimator counts them in
+``scaling.estimate.comm``): the router sees the whole batch, so the dispatched rows travel to
+the device that holds their expert and back (an all-to-all of the (E, C, d) capacity buffer, or
+of the n·k sorted rows of dropless dispatch, forward and twice in the backward); the expert
+gradients stay on their device (no all-reduce over data for them), the dense parts' gradients
+are all-reduced over data as in dp. fsdp_ep adds fsdp's all-gathers/reduce-scatters of the
+dense parts.
 
 Megatron-style tp: the first matrix of attention (q, k, v) and of the FFN is split by columns
 and the second (o, FFN out) by rows, so each block needs one all-reduce forward and one
@@ -56,6 +84,9 @@ RULES: dict[str, dict[str, Rule]] = {
         "column": (None, DATA, None),
         "row": (None, DATA, None),
         "head": (DATA, None),
+        "router": (None, DATA, None),
+        "expert_column": (None, None, DATA, None),
+        "expert_row": (None, None, DATA, None),
     },
     "tp": {
         "embed": (TENSOR, None),
@@ -64,6 +95,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "head": (None, TENSOR),
         "column_bias": (None, TENSOR),
         "head_bias": (TENSOR,),
+        "expert_column": (None, None, None, TENSOR),
+        "expert_row": (None, None, TENSOR, None),
     },
     "fsdp_tp": {
         "embed": (TENSOR, DATA),
@@ -73,10 +106,22 @@ RULES: dict[str, dict[str, Rule]] = {
         "head": (DATA, TENSOR),
         "column_bias": (None, TENSOR),
         "head_bias": (TENSOR,),
+        "router": (None, DATA, None),
+        "expert_column": (None, None, DATA, TENSOR),
+        "expert_row": (None, None, TENSOR, DATA),
     },
 }
+_EXPERTS_OVER_DATA: dict[str, Rule] = {
+    "expert_column": (None, DATA, None, None),
+    "expert_row": (None, DATA, None, None),
+}
+RULES["ep"] = dict(_EXPERTS_OVER_DATA)
+RULES["fsdp_ep"] = {**RULES["fsdp"], **_EXPERTS_OVER_DATA}
 BATCH_RULE: Rule = (DATA,)
 MODES: tuple[str, ...] = tuple(RULES)
+# The expert-parallel modes need a mixture-of-experts model; the others run any model.
+EXPERT_MODES: tuple[str, ...] = ("ep", "fsdp_ep")
+DENSE_MODES: tuple[str, ...] = tuple(m for m in MODES if m not in EXPERT_MODES)
 
 # mode → (data axis must be 1, tensor axis must be 1, both axes must be > 1)
 _MESH_RULES: dict[str, tuple[bool, bool, bool]] = {
@@ -85,6 +130,8 @@ _MESH_RULES: dict[str, tuple[bool, bool, bool]] = {
     "fsdp": (False, True, False),
     "tp": (True, False, False),
     "fsdp_tp": (False, False, True),
+    "ep": (False, True, False),
+    "fsdp_ep": (False, True, False),
 }
 
 
@@ -126,15 +173,20 @@ def shards_over_data(mode: str) -> bool:
 
 
 def default_mesh_shape(mode: str, n_devices: int) -> tuple[int, int]:
-    """dp/fsdp ``(n, 1)``, tp ``(1, n)``, fsdp_tp ``(n/2, 2)``, none ``(1, 1)``."""
+    """dp/fsdp/ep/fsdp_ep ``(n, 1)``, tp ``(1, n)``, fsdp_tp ``(n/2, 2)``, none ``(1, 1)``."""
     check_mode(mode)
     if mode == "none":
         return (1, 1)
-    if mode in ("dp", "fsdp"):
+    if mode in ("dp", "fsdp", "ep", "fsdp_ep"):
         return (n_devices, 1)
     if mode == "tp":
         return (1, n_devices)
     return (max(n_devices // 2, 1), 2)
+
+
+def splits_experts(mode: str) -> bool:
+    """Whether the mode splits the expert axis over devices (expert parallelism)."""
+    return RULES[check_mode(mode)].get("expert_column", (None, None))[1] == DATA
 
 
 def shard_counts(rule_: Rule, mesh: tuple[int, int]) -> tuple[int, ...]:
@@ -174,10 +226,12 @@ def validate_plan(
     batch: int,
     model_name: str,
     n_devices: int | None = None,
+    n_experts: int = 0,
 ) -> None:
     """Raise ``ValueError`` (one line, naming the value and what is valid) for a plan that cannot
     run: the mode's mesh shape, the device count (when known), the dimensions the tensor axis
-    splits (``tensor_divides``: (name, size) pairs, e.g. heads), and the batch over data."""
+    splits (``tensor_divides``: (name, size) pairs, e.g. heads), the batch over data, and for
+    the expert-parallel modes the experts (``n_experts``) over data."""
     validate_mesh(mode, mesh)
     data, tensor = mesh
     if n_devices is not None and mode != "none" and data * tensor != n_devices:
@@ -191,6 +245,16 @@ def validate_plan(
                 f"{name}={value} of {model_name} is not divisible by tensor={tensor}; "
                 f"valid tensor sizes divide {value}"
             )
+    if splits_experts(mode) and n_experts == 0:
+        raise ValueError(
+            f"mode {mode} splits experts but {model_name} is dense (n_experts=0); "
+            "use a mixture-of-experts model or another mode"
+        )
+    if splits_experts(mode) and n_experts % data:
+        raise ValueError(
+            f"n_experts={n_experts} of {model_name} is not divisible by data={data}; "
+            f"valid data sizes divide {n_experts}"
+        )
     if batch % data:
         raise ValueError(
             f"global batch {batch} is not divisible by data={data}; use a multiple of {data}"

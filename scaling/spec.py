@@ -289,6 +289,7 @@ def validate_settings(settings: dict) -> RunConfig:
         batch=run.batch,
         model_name=run.model.name,
         n_devices=n if run.mode != "none" else None,
+        n_experts=run.model.n_experts,
     )
     return run
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from scaling.launch import child_env, free_port, wait_all
 from scaling.records import (
+    ROUTER_COLUMNS,
     RunOutcome,
     RunRecord,
     StepRecord,
@@ -217,7 +218,7 @@ def _read_progress(proc: subprocess.Popen, on_step: StepHook | None, finished: l
 def _steps_of(run_id: str, finished: list[dict]) -> list[StepRecord]:
     """The StepRecords of the JSON lines a worker printed (one per finished step)."""
     keys = ("step", "loss", "step_time_s", "lr", "grad_norm")
-    optional = ("val_loss", "data_wait_s")
+    optional = ("val_loss", "data_wait_s", *ROUTER_COLUMNS)
     return [
         StepRecord(
             run_id,

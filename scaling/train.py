@@ -22,12 +22,12 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from scaling import attention, parallel
+from scaling import attention, moe, parallel
 from scaling.config import RunConfig
 from scaling.data import batch_dataset, entropy_floor, loader
 from scaling.estimate import param_counts
 from scaling.evaluate import Evaluator, cross_entropy  # noqa: F401 (tests import it here)
-from scaling.loss import next_token_loss
+from scaling.loss import next_token_loss_with_aux
 from scaling.measure import MatmulProbe, StepClock, median_s, memory_figures
 from scaling.model import build_model
 from scaling.mup import lr_multipliers
@@ -104,15 +104,20 @@ def init_state(run: RunConfig, tx: optax.GradientTransformation) -> TrainState:
 def make_train_step(run: RunConfig, graphdef, tx: optax.GradientTransformation) -> Callable:
     schedule = make_schedule(run)
 
-    def loss_of(params, tokens: Int[Array, "b t1"]) -> Float[Array, ""]:
-        return next_token_loss(nnx.merge(graphdef, params), tokens, run.loss_chunk)
+    def loss_of(params, tokens: Int[Array, "b t1"]) -> tuple[Float[Array, ""], dict]:
+        """Cross-entropy plus the MoE auxiliary losses (``moe.aux_total``; 0 when dense);
+        the reported ``loss`` is the cross-entropy alone, comparable with dense runs."""
+        model = nnx.merge(graphdef, params)
+        ce, aux = next_token_loss_with_aux(model, tokens, run.loss_chunk)
+        with jax.named_scope("loss"):
+            return ce + moe.aux_total(run.model, aux), {"loss": ce, **moe.router_metrics(aux)}
 
     def train_step(state: TrainState, tokens: Int[Array, "b t1"]):
-        loss, grads = jax.value_and_grad(loss_of)(state.params, tokens)
+        (_, reported), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params, tokens)
         with jax.named_scope("optimizer"):
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+        metrics = {**reported, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return train_step
@@ -186,6 +191,7 @@ class RunResult:
     n_devices: int
     n_processes: int
     n_params: int
+    n_params_active: int  # parameters one token uses (= n_params when dense)
     steps: int
     start_step: int
     tokens_per_step: int
@@ -210,6 +216,8 @@ class RunResult:
     notes: list[str] = field(default_factory=list)  # what the user should know (checkpoints)
     # A profiled run's trace summary (``scaling.profile.ProfileSummary.to_dict``), else None.
     profile: dict | None = None
+    # MoE router statistics per step (``moe.router_metrics`` names → one value per step)
+    router: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def already_done(self) -> bool:
@@ -261,6 +269,7 @@ class RunResult:
             "n_devices": self.n_devices,
             "n_processes": self.n_processes,
             "n_params": self.n_params,
+            "n_params_active": self.n_params_active,
             "steps": self.steps,
             "start_step": self.start_step,
             "losses": self.losses,
@@ -287,6 +296,7 @@ class RunResult:
             "data_wait_s": self.data_wait_s,
             "data_wait_fraction": _or_none(self.data_wait_fraction),
             "profile": self.profile,
+            **({"router": self.router} if self.router else {}),
         }
 
 
@@ -460,6 +470,7 @@ def _new_result(run_cfg: RunConfig, p: Plan, start: int, compile_s: float, compi
         n_devices=p.mesh.size,
         n_processes=jax.process_count(),
         n_params=param_counts(run_cfg.model).total,
+        n_params_active=param_counts(run_cfg.model).active,
         steps=run_cfg.steps,
         start_step=start,
         tokens_per_step=run_cfg.tokens_per_step,
@@ -477,6 +488,9 @@ def _record_step(result: RunResult, metrics: dict, step_time_s: float) -> dict[s
     result.losses.append(metrics["loss"])
     result.grad_norms.append(metrics["grad_norm"])
     result.lrs.append(metrics["lr"])
+    for name in moe.ROUTER_METRICS:
+        if name in metrics:
+            result.router.setdefault(name, []).append(metrics[name])
     return metrics
 
 

@@ -83,7 +83,12 @@ def measure_run(
     columns = (result.losses, result.step_times_s, result.lrs, result.grad_norms)
     columns += (result.val_losses, result.data_wait_s)
     steps = [
-        StepRecord(record.run_id, result.start_step + i, *values)
+        StepRecord(
+            record.run_id,
+            result.start_step + i,
+            *values,
+            **{name: series[i] for name, series in result.router.items()},
+        )
         for i, values in enumerate(zip(*columns, strict=True))
     ]
     return RunOutcome(record, steps)
@@ -97,6 +102,9 @@ def _fill_measured(record: RunRecord, result, device) -> None:
     from scaling import measure
 
     record.n_params = result.n_params
+    record.n_params_active = result.n_params_active
+    for name, series in result.router.items():  # MoE router statistics at the last step
+        setattr(record, name, series[-1])
     record.compile_s = result.compile_s
     timed = result.timed_step_times_s
     record.step_time_s_median = result.step_time_s_median

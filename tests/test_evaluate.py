@@ -12,7 +12,7 @@ from scaling.data import prepared_for_model, validation_batches
 from scaling.evaluate import Evaluator, bits_per_byte
 from scaling.prepared import EVAL_SEED, padded_vocab
 from scaling.presets import build_run
-from scaling.sharding import MODES
+from scaling.sharding import DENSE_MODES as MODES
 
 SEQ, BATCH, BATCHES = 32, 8, 2
 

@@ -47,6 +47,9 @@ ARCHITECTURES = {
     "sinusoidal": small_cfg("llama", positions="sinusoidal"),
     "no-positions": small_cfg("llama", positions="none"),
     "mup": small_cfg("llama", mup=True, tied_embeddings=False, mup_base_width=16),
+    # Mixtral: a dropless mixture of experts (capacity dispatch drops by token group, which
+    # differs between a whole sequence and one decoded token)
+    "mixtral-moe": small_cfg("mistral", n_kv_heads=2, n_experts=4, experts_per_token=2),
 }
 
 

@@ -70,6 +70,7 @@ def write_hf_dir(folder, cfg: ModelConfig, params: dict, **kw) -> None:
         ("llama-2-7b.json", "llama-2-7b"),
         ("mistral-7b.json", "mistral-7b"),
         ("gemma-2b.json", "gemma-2b"),
+        ("mixtral-8x7b.json", "mixtral-8x7b"),
     ],
 )
 def test_published_configs_read_as_the_presets(file, preset):
@@ -91,7 +92,11 @@ def test_llama31_rope_scaling_is_read():
     assert [p.shape for p in parameters(cfg)] == [p.shape for p in parameters(same_shapes)]
 
 
-@pytest.mark.parametrize("name", [n for n in PRESETS if "-" in n or n == "gpt2"] + list(SMALL))
+# Mixture-of-experts presets (model type mixtral, family label mistral): tests/test_moe_hf.py
+PUBLISHED_DENSE = [n for n in PRESETS if ("-" in n or n == "gpt2") and not PRESETS[n].moe]
+
+
+@pytest.mark.parametrize("name", PUBLISHED_DENSE + list(SMALL))
 def test_config_round_trip(name):
     cfg = PRESETS.get(name) or SMALL[name]
     fields = model_fields_from_hf(hf_config_of(cfg))
@@ -103,8 +108,16 @@ def test_config_round_trip(name):
     ("data", "message"),
     [
         ({"model_type": "t5"}, "'model_type' = 't5' is not supported; supported: llama"),
-        ({"model_type": "mixtral"}, "'model_type' = 'mixtral' is not supported"),
-        ({"num_local_experts": 8}, "'num_local_experts' = 8: mixture-of-experts"),
+        ({"model_type": "mixtral"}, "'num_local_experts' is missing"),
+        (
+            {"num_local_experts": 8},
+            "'num_local_experts' = 8: mixture-of-experts models are "
+            "supported as model_type 'mixtral' only",
+        ),
+        (
+            {"model_type": "mixtral", "num_local_experts": 4, "router_jitter_noise": 0.1},
+            "'router_jitter_noise' = 0.1 is not supported",
+        ),
         ({"hidden_size": "big"}, "'hidden_size' must be a positive integer, got 'big'"),
         ({"num_hidden_layers": 0}, "'num_hidden_layers' must be a positive integer, got 0"),
         ({"tie_word_embeddings": "yes"}, "'tie_word_embeddings' must be true or false"),

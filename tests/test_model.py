@@ -938,7 +938,10 @@ def hand_param_count(cfg: ModelConfig) -> int:
     q, kv = cfg.n_heads * cfg.d_head, cfg.kv_heads * cfg.d_head
     gated = cfg.ffn in ("swiglu", "geglu")
     norm = 2 * d if cfg.norm_bias else d
-    per_layer = 2 * d * q + 2 * d * kv + 2 * norm + (3 if gated else 2) * d * f
+    ffn = (3 if gated else 2) * d * f
+    if cfg.n_experts:  # E experts, a (d, E) router, an optional shared expert
+        ffn = cfg.n_experts * ffn + d * cfg.n_experts + ffn * cfg.moe_shared_expert
+    per_layer = 2 * d * q + 2 * d * kv + 2 * norm + ffn
     per_layer += (q + 2 * kv) * cfg.qkv_bias + d * cfg.attn_out_bias
     per_layer += ((2 if gated else 1) * f + d) * cfg.ffn_bias
     outside = v * d + norm + (0 if cfg.tied_embeddings else d * v) + v * cfg.head_bias
@@ -958,6 +961,7 @@ HF_PARAM_COUNTS = {
     "mistral-7b": 7_241_732_096,
     "gemma-2b": 2_506_172_416,
     "gemma-7b": 8_537_680_896,
+    "mixtral-8x7b": 46_702_792_704,
 }
 
 
@@ -994,12 +998,15 @@ def test_preset_param_count_and_shapes(name, cfg):
     assert shape["blocks.attn.q.weight"] == (L, d, q)
     assert shape["blocks.attn.k.weight"] == (L, d, kv)
     assert shape["blocks.attn.o.weight"] == (L, q, d)
-    assert shape["blocks.ffn.w1.weight"] == (L, d, f)
-    assert shape["blocks.ffn.w2.weight"] == (L, f, d)
+    ffn = "blocks.ffn.experts." if cfg.moe else "blocks.ffn."
+    leaf = "" if cfg.moe else ".weight"
+    experts = (cfg.n_experts,) if cfg.moe else ()
+    assert shape[f"{ffn}w1{leaf}"] == (L, *experts, d, f)
+    assert shape[f"{ffn}w2{leaf}"] == (L, *experts, f, d)
     assert shape["blocks.attn_norm.weight"] == (L, d)
     assert shape["final_norm.weight"] == (d,)
     assert ("head.weight" in shape) == (not cfg.tied_embeddings)
-    assert ("blocks.ffn.w3.weight" in shape) == (cfg.ffn in ("swiglu", "geglu"))
+    assert (f"{ffn}w3{leaf}" in shape) == (cfg.ffn in ("swiglu", "geglu"))
     assert ("pos_embed.weight" in shape) == (cfg.positions == "learned")
     assert ("final_norm.bias" in shape) == cfg.norm_bias
     assert ("blocks.attn.q.bias" in shape) == cfg.qkv_bias

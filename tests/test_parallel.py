@@ -8,8 +8,8 @@ from helpers import last_json
 from jax.sharding import PartitionSpec as P
 
 from scaling import parallel
-from scaling.config import MODES
 from scaling.presets import build_run, get_preset
+from scaling.sharding import DENSE_MODES as MODES
 from scaling.train import plan, run
 
 MESH = {"none": (1, 1), "dp": (8, 1), "fsdp": (8, 1), "tp": (1, 8), "fsdp_tp": (4, 2)}

@@ -53,6 +53,11 @@ CASES = {
     "gemma-mqa": ("GemmaConfig", dict(num_hidden_layers=2, hidden_size=48, num_attention_heads=4,
                                       num_key_value_heads=1, head_dim=16, intermediate_size=68,
                                       vocab_size=79, max_position_embeddings=64)),
+    "mixtral-experts": ("MixtralConfig", dict(num_hidden_layers=2, hidden_size=48,
+                                              num_attention_heads=6, num_key_value_heads=2,
+                                              intermediate_size=36, vocab_size=71,
+                                              max_position_embeddings=64, num_local_experts=5,
+                                              num_experts_per_tok=2, sliding_window=None)),
 }  # fmt: skip
 SEQ = 24  # longer than the sliding window (7), shorter than every context
 
@@ -128,7 +133,7 @@ def test_parity_check_can_fail(hf_dirs):
 
 
 @pytest.mark.parametrize(
-    "case", ["gpt2", "llama3-scaled-tied-biases", "mistral-window", "gemma-mqa"]
+    "case", ["gpt2", "llama3-scaled-tied-biases", "mistral-window", "gemma-mqa", "mixtral-experts"]
 )
 def test_export_loads_back_in_transformers_with_identical_logits(hf_dirs, tmp_path, cli, case):
     result = cli("convert", "from-hf", hf_dirs[case], "--out", tmp_path / "ck")

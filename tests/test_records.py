@@ -46,7 +46,19 @@ def test_version_1_records_read_under_version_2_names(tmp_path):
 def test_json_codec_round_trips_an_outcome():
     outcome = records.RunOutcome(
         make_run_record("rt", final_loss=1.25),
-        [records.StepRecord("rt", 0, 2.5, 0.1, 1e-3, 0.5, val_loss=2.75, data_wait_s=1e-4)],
+        [
+            records.StepRecord(
+                "rt",
+                0,
+                2.5,
+                0.1,
+                1e-3,
+                0.5,
+                val_loss=2.75,
+                data_wait_s=1e-4,
+                **{name: 0.5 for name in records.ROUTER_COLUMNS},
+            )
+        ],  # fmt: skip
     )
     text = json.dumps(records.outcome_to_json(outcome))
     back = records.outcome_from_json(json.loads(text))
@@ -100,3 +112,22 @@ def test_committed_ci_baseline_pairs_with_every_ci_sweep_run():
         rows, cols = default_mesh_shape(row["mode"], 4)  # the sweep's 4 simulated devices
         fresh_keys.add(records.config_key({**row, "mesh": f"{rows}x{cols}"}))
     assert fresh_keys and fresh_keys <= baseline_keys
+
+
+def test_version_3_records_without_moe_columns_read_as_dense(tmp_path):
+    """Schema 4 added the mixture-of-experts columns; a version-3 file lacks them and reads
+    with NaN/empty there, next to a version-4 MoE row with its router statistics."""
+    old = dataclasses.asdict(make_run_record("v3"))
+    for column in ("n_experts", "experts_per_token", "n_params_active", *records.ROUTER_COLUMNS):
+        del old[column]
+    old["schema_version"] = 3
+    (tmp_path / "runs").mkdir()
+    pd.DataFrame([old]).to_parquet(tmp_path / "runs" / "v3.parquet")
+    moe_row = make_run_record("v4", size="tiny-moe", n_experts=8, experts_per_token=2,
+                              n_params_active=1_119_360, expert_load_min=0.1,
+                              dropped_fraction=0.0)  # fmt: skip
+    write_runs(tmp_path, [moe_row])
+    runs = records.load_runs(tmp_path).set_index("run_id")
+    assert runs.loc["v4", "n_experts"] == 8 and runs.loc["v4", "expert_load_min"] == 0.1
+    assert pd.isna(runs.loc["v3", "n_experts"]) and pd.isna(runs.loc["v3", "expert_load_min"])
+    assert records.SCHEMA_VERSION == 4

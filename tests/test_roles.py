@@ -85,6 +85,7 @@ def test_roles_decide_decay_and_mup_hidden_matrices():
     assert {r for r in Role if r.hidden} == {
         Role.ATTN_Q, Role.ATTN_K, Role.ATTN_V, Role.ATTN_O,
         Role.FFN_IN, Role.FFN_GATE, Role.FFN_OUT,
+        Role.EXPERT_IN, Role.EXPERT_GATE, Role.EXPERT_OUT,
     }  # fmt: skip
 
 

@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from scaling.config import MODES
 from scaling.presets import build_run
+from scaling.sharding import DENSE_MODES as MODES
 from scaling.train import run
 
 pytestmark = pytest.mark.slow

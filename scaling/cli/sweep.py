@@ -34,7 +34,7 @@ def spec_from_options(
     models: str | None = None,
 ):
     """A SweepSpec from a spec file (options override its fixed settings) or from options."""
-    from scaling.config import MODES
+    from scaling.sharding import DENSE_MODES, MODES
     from scaling.spec import SweepSpec, load_sweep_spec
 
     mup_axis = {"off": [False], "on": [True], "both": [False, True]}
@@ -44,7 +44,7 @@ def spec_from_options(
         spec = load_sweep_spec(spec_path)
         axes = dict(spec.axes)
         if modes:
-            axes["mode"] = _modes(modes, MODES)
+            axes["mode"] = _modes(modes, MODES, DENSE_MODES)
         if sizes:
             axes["size"] = split_list(sizes)
             axes.pop("model", None)
@@ -62,12 +62,14 @@ def spec_from_options(
     if sizes and models:
         raise ValueError("give --sizes or --model, not both")
     models_axis = {"model": split_list(models)} if models else {"size": split_list(sizes)}
-    axes = {**models_axis, "mode": _modes(modes, MODES), "mup": mup_axis[mup]}
+    axes = {**models_axis, "mode": _modes(modes, MODES, DENSE_MODES), "mup": mup_axis[mup]}
     return SweepSpec("cli", axes, {**CPU_DEFAULTS, **fixed})
 
 
-def _modes(text: str, valid: tuple[str, ...]) -> list[str]:
-    modes = list(valid) if text == "all" else split_list(text)
+def _modes(text: str, valid: tuple[str, ...], every: tuple[str, ...]) -> list[str]:
+    """``all`` is every mode that runs any model (``every``); the expert-parallel modes,
+    which need a mixture-of-experts model, are named explicitly."""
+    modes = list(every) if text == "all" else split_list(text)
     for mode in modes:
         if mode not in valid:
             raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(valid)}, all")
@@ -76,7 +78,11 @@ def _modes(text: str, valid: tuple[str, ...]) -> list[str]:
 
 def sweep(
     modes: Annotated[
-        str | None, typer.Argument(help="Comma list of none,dp,fsdp,tp,fsdp_tp or 'all'.")
+        str | None,
+        typer.Argument(
+            help="Comma list of none,dp,fsdp,tp,fsdp_tp,ep,fsdp_ep (ep: MoE models) or 'all' "
+            "(the modes that run dense models)."
+        ),
     ] = None,
     sizes: Annotated[str | None, Opt(help="Comma list of presets, e.g. 125m,350m.")] = None,
     model: Annotated[

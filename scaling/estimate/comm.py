@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 from scaling import sharding
 from scaling.config import ModelConfig
+from scaling.estimate.flops import expert_rows
 from scaling.estimate.mesh import DTYPE_BYTES, F32_BYTES, effective_mesh, validate
 from scaling.estimate.params import held_scalars
-from scaling.roles import Param, Role, parameters
+from scaling.roles import EXPERT_ROLES, Param, Role, parameters
 
 KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "collective_permute")
 
@@ -77,6 +78,9 @@ def comm_bytes_per_device(
       (q, k, v, and w1, w3: 7 per layer for SwiGLU, 6 for the GELU MLP); remat ``full``
       recomputes o's and adds one (w2's output is not recomputed).
     - the token and position tables and the read-out (``_vocab_tables``).
+    - experts split over data (ep, fsdp_ep; ``_expert_all_to_all``): the expert matrices never
+      move (each device updates its own experts); the dispatched rows do. Not yet checked
+      against the partitioned HLO (the dense rules above are).
     Loss-side collectives of (b, t) scalars are left out (under 1/d of the activations').
     ``none`` (one device) and axes of size 1: nothing.
     """
@@ -89,6 +93,8 @@ def comm_bytes_per_device(
         if param.role in (Role.EMBED, Role.POSITION, Role.HEAD):
             continue
         held = held_scalars(param, mode, m)
+        if param.role in EXPERT_ROLES and sharding.splits_experts(mode):
+            continue
         if param.role.hidden and _split_over(param, mode, sharding.DATA):
             sent.add("all_gather", held * data * c, data, times=2)
             sent.add("reduce_scatter", held * data * c, data)
@@ -99,7 +105,20 @@ def comm_bytes_per_device(
         per_layer = _tensor_all_reduces_per_layer(cfg)
         sent.add("all_reduce", b * seq * cfg.d_model * c, tensor, times=cfg.n_layers * per_layer)
     _vocab_tables(cfg, mode, m, batch, seq, sent)
+    if cfg.moe and sharding.splits_experts(mode):
+        _expert_all_to_all(cfg, data, batch, seq, sent)
     return CommEstimate(**sent.kinds)
+
+
+def _expert_all_to_all(cfg: ModelConfig, data: int, batch: int, seq: int, sent: _Sent) -> None:
+    """Expert parallelism: per MoE layer the dispatched rows go to their expert's device and
+    the results come back (two AllToAlls forward, their transposes backward: 4 per layer, one
+    more pair under remat ``full``). Each device holds 1/data of the executed rows
+    (``flops.expert_rows``: n·k dropless, E·C capacity) of d values in the compute dtype."""
+    _, executed = expert_rows(cfg, batch * seq)
+    per_device = math.ceil(executed / data) * cfg.d_model * DTYPE_BYTES[cfg.dtype]
+    times = cfg.n_layers * (6 if cfg.remat == "full" else 4)
+    sent.add("all_to_all", per_device, data, times=times)
 
 
 def _split_over(param: Param, mode: str, axis: str) -> bool:
@@ -109,8 +128,8 @@ def _split_over(param: Param, mode: str, axis: str) -> bool:
 def _tensor_all_reduces_per_layer(cfg: ModelConfig) -> int:
     """Row-split matrices (forward) + column-split matrices (backward) + remat's recompute."""
     layer = [p for p in parameters(cfg) if p.role.hidden]
-    rows = sum(p.role.kind == "row" for p in layer)
-    columns = sum(p.role.kind == "column" for p in layer)
+    rows = sum(p.role.kind in ("row", "expert_row") for p in layer)
+    columns = sum(p.role.kind in ("column", "expert_column") for p in layer)
     return rows + columns + (1 if cfg.remat == "full" else 0)
 
 

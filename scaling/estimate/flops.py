@@ -95,11 +95,40 @@ def remat_flops_per_token(cfg: ModelConfig, seq: int) -> float:
     attention_forward = 4.0 * cfg.n_layers * seq * cfg.n_heads * cfg.d_head
     if cfg.remat == "full":
         layer_matmul = param_counts(cfg).matmul - cfg.d_model * cfg.vocab_size
-        w2 = cfg.n_layers * cfg.d_ff * cfg.d_model
+        w2 = cfg.n_layers * cfg.d_ff * cfg.d_model * ffn_outputs_per_token(cfg)
         return 2.0 * (layer_matmul - w2) + attention_forward
     if cfg.remat == "dots":
         return attention_forward
     return 0.0
+
+
+def ffn_outputs_per_token(cfg: ModelConfig) -> int:
+    """FFN output matrices (d_ff × d) a token multiplies per layer: 1 dense; k experts plus
+    the shared expert under MoE."""
+    return cfg.experts_per_token + int(cfg.moe_shared_expert) if cfg.moe else 1
+
+
+def expert_rows(cfg: ModelConfig, tokens: int) -> tuple[int, int]:
+    """(useful, executed) token-expert rows per layer for ``tokens`` tokens in one routing
+    group: n·k useful; capacity dispatch executes E·C slots (``scaling.moe.capacity``: C =
+    ceil(factor·n·k/E), at most n), dropless the n·k rows (a grouped matmul; XLA's CPU
+    backend executes E·n instead, see ``scaling.moe``)."""
+    useful = tokens * cfg.experts_per_token
+    if cfg.moe_dispatch == "dropless":
+        return useful, useful
+    slots = max(1, min(tokens, math.ceil(cfg.moe_capacity_factor * useful / cfg.n_experts)))
+    return useful, cfg.n_experts * slots
+
+
+def capacity_padding_flops(cfg: ModelConfig, *, batch: int, seq: int) -> float:
+    """Training FLOPs per step the capacity buffers add over the useful expert rows: 6 ×
+    (executed − useful rows) × one expert's matrices (2 or 3 of d·f) × layers (FLOPs; 0 for
+    dense models and dropless dispatch). Dropped rows make executed < useful possible."""
+    if not cfg.moe:
+        return 0.0
+    useful, executed = expert_rows(cfg, batch * seq)
+    per_expert = (3 if cfg.ffn_gated else 2) * cfg.d_model * cfg.d_ff
+    return 6.0 * (executed - useful) * per_expert * cfg.n_layers
 
 
 def hardware_flops_per_token(cfg: ModelConfig, seq: int) -> float:
@@ -113,10 +142,12 @@ def hardware_flops_per_token(cfg: ModelConfig, seq: int) -> float:
 def flop_counts(
     cfg: ModelConfig, *, batch: int, seq: int, causal_halving: bool = False
 ) -> FlopCounts:
-    """Model and hardware FLOPs per token and per step (batch·seq tokens), all devices."""
+    """Model and hardware FLOPs per token and per step (batch·seq tokens), all devices. MoE
+    capacity dispatch: hardware adds the padded slots (``capacity_padding_flops``)."""
     tokens = batch * seq
     model = flops_per_token(cfg, seq, causal_halving=causal_halving)
-    hardware = hardware_flops_per_token(cfg, seq)
+    padding = capacity_padding_flops(cfg, batch=batch, seq=seq)
+    hardware = hardware_flops_per_token(cfg, seq) + padding / tokens
     convention = CONVENTION_CAUSAL if causal_halving else CONVENTION_FULL
     elementwise = _elementwise(cfg, batch=batch, seq=seq, mode="none", mesh=None).total
     return FlopCounts(

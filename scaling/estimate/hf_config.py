@@ -1,6 +1,7 @@
-"""Hugging Face ``config.json`` ↔ ``ModelConfig`` for the model types gpt2, llama, mistral and
-gemma (v1), field for field: the architecture read here is the one ``transformers`` builds, so
-parameter counts equal Hugging Face's and imported weights reproduce its logits.
+"""Hugging Face ``config.json`` ↔ ``ModelConfig`` for the model types gpt2, llama, mistral,
+gemma (v1) and mixtral (mistral's blocks with a mixture of experts), field for field: the
+architecture read here is the one ``transformers`` builds, so parameter counts equal Hugging
+Face's and imported weights reproduce its logits.
 
 Pure Python (json); never imports jax or transformers. A model type, field or value the shared
 model cannot reproduce (T5, experts, ALiBi-style rotary variants, a bidirectional Gemma, a
@@ -20,16 +21,21 @@ from typing import Any
 
 from scaling.config import ModelConfig
 
-HF_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "gemma", "gpt2")
+HF_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "gemma", "gpt2", "mixtral")
 ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "gemma": "GemmaForCausalLM",
+    "mixtral": "MixtralForCausalLM",
 }
+# The family label (``ModelConfig.family``) of each model type; mixtral is mistral with experts.
+_FAMILY = {"mixtral": "mistral"}
+# transformers' MixtralConfig defaults where config.json may omit a key
+_MIXTRAL_DEFAULTS = {"num_experts_per_tok": 2, "router_aux_loss_coef": 0.001}
 # Defaults of the transformers config classes where config.json may omit a key.
-_TIED_DEFAULT = {"llama": False, "mistral": False, "gemma": True, "gpt2": True}
-_EPS_DEFAULT = {"llama": 1e-6, "mistral": 1e-6, "gemma": 1e-6, "gpt2": 1e-5}
+_TIED_DEFAULT = {"llama": False, "mistral": False, "gemma": True, "gpt2": True, "mixtral": False}
+_EPS_DEFAULT = {"llama": 1e-6, "mistral": 1e-6, "gemma": 1e-6, "gpt2": 1e-5, "mixtral": 1e-5}
 _ROPE_THETA_DEFAULT = 10_000.0
 # hidden_act / activation_function → (our FFN kind when gated, when not gated)
 _ACTIVATIONS = {
@@ -40,7 +46,7 @@ _ACTIVATIONS = {
     "gelu": (None, "gelu"),
     "relu": (None, "relu"),
 }
-# Keys announcing a mixture of experts (Mixtral, Qwen-MoE, DeepSeek): not supported yet.
+# Keys announcing a mixture of experts in a model type other than mixtral: not supported.
 _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
@@ -145,10 +151,11 @@ def model_fields_from_hf(data: dict, *, source: str = "config.json") -> dict[str
         )
     f = _Fields(data, source)
     for key in _EXPERT_KEYS:
-        if data.get(key):
-            raise f.error(key, f"= {data[key]!r}: mixture-of-experts models are not supported yet")
+        if data.get(key) and model_type != "mixtral":
+            raise f.error(key, f"= {data[key]!r}: mixture-of-experts models are supported as "
+                          "model_type 'mixtral' only")  # fmt: skip
     common = {
-        "family": model_type,
+        "family": _FAMILY.get(model_type, model_type),
         "vocab_size": f.int("vocab_size"),
         "tied_embeddings": f.bool("tie_word_embeddings", _TIED_DEFAULT[model_type]),
     }
@@ -214,12 +221,33 @@ def _llama_like_fields(f: _Fields, model_type: str) -> dict[str, Any]:
         "ffn_bias": f.bool("mlp_bias", False),
         **_rope_fields(f),
     }
-    if model_type == "mistral":
+    if model_type in ("mistral", "mixtral"):
         fields["sliding_window"] = f.int("sliding_window", default=None, required=False)
+    if model_type == "mixtral":
+        fields.update(_mixtral_fields(f))
     if model_type == "gemma":
         f.require("use_bidirectional_attention", False, "causal decoder")
         fields.update(norm_unit_offset=True, embed_scale=True)
     return fields
+
+
+def _mixtral_fields(f: _Fields) -> dict[str, Any]:
+    """Experts (``num_local_experts`` of width ``intermediate_size``, top
+    ``num_experts_per_tok``), the load-balancing coefficient; no router noise, no biases."""
+    f.require("router_jitter_noise", 0.0, "the router adds no noise")
+    coef_key, coef = f.get(
+        "router_aux_loss_coef", default=_MIXTRAL_DEFAULTS["router_aux_loss_coef"]
+    )
+    if isinstance(coef, bool) or not isinstance(coef, int | float) or coef < 0:
+        raise f.error(coef_key, f"must be a number >= 0, got {_shown(coef)}")
+    return {
+        "n_experts": f.int("num_local_experts"),
+        "experts_per_token": f.int(
+            "num_experts_per_tok", default=_MIXTRAL_DEFAULTS["num_experts_per_tok"]
+        ),
+        "moe_aux_loss_coef": float(coef),
+        "moe_dispatch": "dropless",  # transformers computes every routed token
+    }
 
 
 def _rope_fields(f: _Fields) -> dict[str, Any]:
@@ -273,8 +301,11 @@ def _mismatch(cfg: ModelConfig, fixed: dict[str, Any]) -> list[str]:
 
 
 def hf_model_type(cfg: ModelConfig) -> str:
-    """The Hugging Face model type that reproduces ``cfg`` exactly: gpt2, gemma, mistral or
-    llama; ``ValueError`` naming the fields that no supported type has."""
+    """The Hugging Face model type that reproduces ``cfg`` exactly: gpt2, gemma, mistral,
+    llama or (with experts) mixtral; ``ValueError`` naming the fields that no supported type
+    has."""
+    if cfg.moe:
+        return _mixtral_type(cfg)
     if cfg.positions == "learned":
         bad = _mismatch(cfg, _GPT2_FIXED)
         if cfg.ffn not in ("gelu_tanh", "gelu", "relu"):
@@ -301,6 +332,19 @@ def hf_model_type(cfg: ModelConfig) -> str:
     if cfg.sliding_window is not None or (cfg.family == "mistral" and not biases):
         return "mistral"
     return "llama"
+
+
+def _mixtral_type(cfg: ModelConfig) -> str:
+    fixed = {
+        **_LLAMA_FIXED, "ffn": "swiglu", "qkv_bias": False, "attn_out_bias": False,
+        "norm_unit_offset": False, "embed_scale": False, "moe_shared_expert": False,
+    }  # fmt: skip
+    bad = _mismatch(cfg, fixed)
+    if cfg.rope_scaled:
+        bad.append("rope_scaling_factor != 1 (Mixtral has no RoPE scaling)")
+    if bad:
+        raise ValueError(f"{cfg.name} has no mixtral equivalent: {'; '.join(bad)}")
+    return "mixtral"
 
 
 def hf_config_of(cfg: ModelConfig) -> dict[str, Any]:
@@ -338,7 +382,13 @@ def hf_config_of(cfg: ModelConfig) -> dict[str, Any]:
     )  # fmt: skip
     if model_type in ("llama", "mistral"):
         out["mlp_bias"] = cfg.ffn_bias
-    if model_type == "mistral":
+    if model_type in ("mistral", "mixtral"):
         out["sliding_window"] = cfg.sliding_window
         del out["attention_bias"]  # Mistral's attention has no bias option
+    if model_type == "mixtral":
+        out.update(
+            num_local_experts=cfg.n_experts, num_experts_per_tok=cfg.experts_per_token,
+            router_aux_loss_coef=cfg.moe_aux_loss_coef, router_jitter_noise=0.0,
+            output_router_logits=False,
+        )  # fmt: skip
     return out

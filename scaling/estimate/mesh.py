@@ -32,6 +32,7 @@ def validate(cfg: ModelConfig, mode: str, mesh: tuple[int, int] | None, batch: i
         tensor_divides=tensor_split_dims(cfg),
         batch=batch,
         model_name=cfg.name,
+        n_experts=cfg.n_experts,
     )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from scaling import sharding
 from scaling.config import ModelConfig
 from scaling.estimate.mesh import ceil, effective_mesh
-from scaling.roles import Param, Role, parameters
+from scaling.roles import EXPERT_ROLES, Param, Role, parameters
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,12 @@ class ParamCounts:
     head: int  # untied read-out matrix, 0 when tied
     per_layer: int
     matmul: int  # parameters that take part in a matmul per token (layers + head/tied table)
+    # parameters one token uses: total less the experts it is not routed to (= total if dense)
+    active: int = -1
+
+    def __post_init__(self) -> None:
+        if self.active < 0:
+            object.__setattr__(self, "active", self.total)
 
     @property
     def non_embedding(self) -> int:
@@ -34,6 +40,11 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
     Per layer: q and o are d·(h·k), k and v are d·(h_kv·k); FFN 3·d·f (SwiGLU) or 2·d·f (GELU);
     two norms of d (RMSNorm) or 2d (LayerNorm with bias). The read-out (untied head, or the
     tied token table) takes part in a matmul; the embedding lookup does not.
+
+    Mixture of experts (``scaling.moe``): a token multiplies k = experts_per_token of the E
+    experts, so ``matmul`` and ``active`` count k/E of the expert matrices (the shared expert
+    fully), and ``matmul`` adds the router's d·E per layer (its logits are a matmul every token
+    pays): N_matmul = attention + router + k·(expert FFN) + shared FFN + read-out.
     """
     table = parameters(cfg)
     by_role: dict[Role, int] = {}
@@ -44,12 +55,15 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
     head = by_role.get(Role.HEAD, 0)
     stacked = sum(p.size for p in table if p.stacked)
     layer_matrices = sum(p.size for p in table if p.role.hidden)
+    experts = sum(p.size for p in table if p.role in EXPERT_ROLES)
+    idle = experts - experts // max(cfg.n_experts, 1) * cfg.experts_per_token if cfg.moe else 0
     return ParamCounts(
         total=total,
         embedding=embedding,
         head=head,
         per_layer=stacked // cfg.n_layers,
-        matmul=layer_matrices + cfg.d_model * cfg.vocab_size,
+        matmul=layer_matrices - idle + by_role.get(Role.ROUTER, 0) + cfg.d_model * cfg.vocab_size,
+        active=total - idle,
     )
 
 

@@ -132,6 +132,7 @@ class Estimate:
             "n_params": self.params.total,
             "n_params_non_embedding": self.params.non_embedding,
             "n_params_matmul": self.params.matmul,
+            "n_params_active": self.params.active,
             "flops_per_token": self.flops.model_per_token,
             "flops_per_step": self.flops.model_per_step,
             "hardware_flops_per_step": self.flops.hardware_per_step,
