@@ -122,7 +122,10 @@ def _hf(tmp_path, **fields) -> str:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"num_local_experts": 8}, "mixture-of-experts models are not supported yet"),
+        (
+            {"num_local_experts": 8},
+            "mixture-of-experts models are supported as model_type 'mixtral' only",
+        ),
         (
             {"hidden_size": {"value": 4096}},
             "'hidden_size' must be a positive integer, got {'value': 4096} (an object)",
