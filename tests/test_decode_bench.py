@@ -3,7 +3,7 @@ beside the roofline, resumable, and plotted by `scaling report`."""
 
 import pandas as pd
 import pytest
-from helpers import last_json
+from helpers import last_json, one_error_line
 
 from scaling.decode_record import DECODE_COLUMNS, load_decode, load_decode_steps
 from scaling.estimate.hardware import cpu_profile
@@ -94,3 +94,32 @@ def test_bad_grid_is_one_line_exit_2_and_writes_nothing(cli, tmp_path, args, mes
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(message, lines[0]), lines
     assert not (tmp_path / "rec").exists()
+
+
+def test_sweep_task_decode_records_rows_the_report_plots(cli, tmp_path):
+    out = tmp_path / "sweep"
+    result = cli("sweep", "none", "--task", "decode", "--sizes", "tiny", "--batch", "2",
+                 "--prompt-len", "4", "--gen-len", "4", "--hbm-gbps", "10", "--out", out,
+                 "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (row,) = last_json(result.stdout)
+    assert (row["size"], row["mode"], row["batch"], row["status"]) == ("tiny", "none", 2, "ok")
+    assert (row["prompt_len"], row["gen_len"]) == (4, 4)
+    assert list(load_decode(out)["run_id"]) == [row["run_id"]]
+    from scaling.report.build import build_report
+
+    report = build_report([out], out=tmp_path / "report", formats=["md"])
+    assert [f.name for f in report.figures] == ["decode"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "infer"], "unknown --task 'infer'; valid: train, decode"),
+        (["--task", "decode", "--steps", "3"], "--steps: only for --task train, not decode"),
+        (["--task", "decode", "--mup", "on"], "--mup: only for --task train, not decode"),
+    ],
+)
+def test_sweep_task_decode_bad_input_is_one_line(cli, tmp_path, args, message):
+    result = cli("sweep", *args, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and message in one_error_line(result)

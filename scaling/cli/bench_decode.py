@@ -44,13 +44,40 @@ def bench_decode(
 ) -> None:
     """Time to first token, prefill tokens/s, per-token decode latency (median, p90), decode
     tokens/s and KV-cache bytes per device, per configuration, beside the inference roofline."""
+    run_decode_grid(
+        out, sizes, [mode], batches, prompt_lens, gen_len, dtype=dtype, mesh=mesh,
+        devices=devices, repeats=repeats, seed=seed, hbm_gbps=hbm_gbps, name=sweep_name,
+        resume=resume, json_=json_,
+    )  # fmt: skip
+
+
+def run_decode_grid(
+    out: str,
+    sizes: str,
+    modes: list[str],
+    batches: str,
+    prompt_lens: str,
+    gen_len: int,
+    *,
+    dtype: str = "float32",
+    mesh: str | None = None,
+    devices: int | None = None,
+    repeats: int = 3,
+    seed: int = 0,
+    hbm_gbps: float | None = None,
+    name: str = "decode",
+    resume: bool = True,
+    json_: bool = False,
+) -> None:
+    """Validate the grid (sizes × modes × prompt lengths × batches), time it into OUT/decode
+    and render it: ``bench-decode`` and ``sweep --task decode`` both end here."""
     from scaling.config import DTYPES
     from scaling.presets import get_preset
 
     with user_errors():
         grid_sizes = split_list(sizes)
-        for name in grid_sizes:
-            get_preset(name)
+        for size in grid_sizes:
+            get_preset(size)
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
         if repeats < 1 or gen_len < 1:
@@ -59,9 +86,10 @@ def bench_decode(
 
         shape = parse_mesh(mesh) if mesh else None
         grid = [
-            dict(size=s, mode=mode, mesh=shape, batch=b, prompt_len=p, gen_len=gen_len,
-                 dtype=dtype, seed=seed, sweep=sweep_name)
+            dict(size=s, mode=m, mesh=shape, batch=b, prompt_len=p, gen_len=gen_len,
+                 dtype=dtype, seed=seed, sweep=name)
             for s in grid_sizes
+            for m in modes
             for p in _ints(prompt_lens, "--prompt-lens")
             for b in _ints(batches, "--batches")
         ]  # fmt: skip

@@ -76,6 +76,14 @@ def _modes(text: str, valid: tuple[str, ...], every: tuple[str, ...]) -> list[st
     return modes
 
 
+def _check_decode_task(task: str, mup: str, given: dict) -> None:
+    if task != "decode":
+        raise ValueError(f"unknown --task {task!r}; valid: train, decode")
+    if mup != "off" or given:
+        options = ", ".join([*given, *(["--mup"] if mup != "off" else [])])
+        raise ValueError(f"{options}: only for --task train, not decode")
+
+
 def sweep(
     modes: Annotated[
         str | None,
@@ -134,8 +142,30 @@ def sweep(
         bool, Opt(help="Run configurations the memory estimate says do not fit.")
     ] = False,
     json_: Annotated[bool, Opt("--json", help="Last stdout line: JSON list of runs.")] = False,
+    task: Annotated[
+        str,
+        Opt(help="train, or decode: KV-cache generation per size × mode (as bench-decode)."),
+    ] = "train",
+    prompt_len: Annotated[int, Opt(help="--task decode: prompt tokens per row.")] = 32,
+    gen_len: Annotated[int, Opt(help="--task decode: generated tokens per row.")] = 32,
 ) -> None:
     """Run MODES × sizes (× muP) on the shared model; record everything under --out."""
+    if task != "train":
+        training_only = {"--spec": spec, "--model": model, "--steps": steps, "--lr": lr,
+                         "--data": data, "--remat": remat, "--seq": seq}  # fmt: skip
+        with user_errors():
+            _check_decode_task(task, mup, {k: v for k, v in training_only.items() if v})
+            from scaling.sharding import DENSE_MODES, MODES
+
+            decode_modes = _modes(modes or "none", MODES, DENSE_MODES)
+        from scaling.cli.bench_decode import run_decode_grid
+
+        run_decode_grid(
+            str(out), sizes or "tiny", decode_modes, str(batch or 8), str(prompt_len), gen_len,
+            dtype=dtype or "float32", mesh=mesh, devices=devices, hbm_gbps=hbm_gbps,
+            name="decode", json_=json_,
+        )  # fmt: skip
+        return
     from scaling import records
     from scaling.estimate.hardware import validate_peaks
     from scaling.launch import validate_processes, validate_timeout
