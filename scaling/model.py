@@ -502,8 +502,16 @@ def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> TransformerBlock:
     return make(rngs)
 
 
-def build_model(cfg: ModelConfig, seed: int = 0) -> TransformerLM:
-    return TransformerLM(cfg, rngs=nnx.Rngs(params=seed))
+def build_model(
+    cfg: ModelConfig, seed: int = 0, *, expert_axis: str | None = None
+) -> TransformerLM:
+    """The model; ``expert_axis`` names the mesh axis its experts are split over (the
+    expert-parallel modes), so the MoE layers dispatch across it (``moe.expert_parallel_ffn``).
+    """
+    model = TransformerLM(cfg, rngs=nnx.Rngs(params=seed))
+    if expert_axis is not None and cfg.moe:
+        model.set_attributes(moe.MoEFeedForward, expert_axis=expert_axis)
+    return model
 
 
 def abstract_model(cfg: ModelConfig) -> TransformerLM:

@@ -6,8 +6,9 @@ Routing follows Mixtral (transformers' ``MixtralSparseMoeBlock``): router logits
 Each expert is the model's FFN kind (gated ``W2 (act(W1 x) ⊙ W3 x)`` or ``W2 act(W1 x)``) of
 width ``d_ff``; an optional shared expert (one dense FFN of width ``d_ff``) sees every token.
 
-Two dispatches, chosen by ``ModelConfig.moe_dispatch``; both see the whole (global) batch as
-one routing group, so a run's loss does not depend on the mesh:
+Two dispatches, chosen by ``ModelConfig.moe_dispatch``; on one device, and under every mode
+that does not split the experts, both see the whole (global) batch as one routing group, so
+the loss does not depend on the mesh:
 
 - ``dropless``: the token-expert assignments are sorted by expert and every expert multiplies
   its contiguous rows (``jax.lax.ragged_dot``, a grouped matmul). No token is dropped and the
@@ -20,6 +21,12 @@ one routing group, so a run's loss does not depend on the mesh:
   choice, in token order); the rest are dropped (their share of the FFN output is 0; the
   residual carries the token). Dense einsums over (E, C, d) buffers: static shapes, exact
   FLOPs of capacity_factor× the useful work, and an expert axis GSPMD can split over devices.
+
+Expert parallelism (``ep``, ``fsdp_ep``: experts split over ``data``; ``expert_parallel_ffn``)
+is an explicit ``shard_map`` with the collectives written out: ``capacity`` routes each
+device's tokens as one group and exchanges the (E, C, d) buffers by AllToAll (GShard);
+``dropless`` gathers every token to every device, each runs its own experts, and the outputs
+are reduce-scattered back (Megatron-Core's "allgather" dispatcher).
 
 Auxiliary losses (returned per layer; ``scaling.train`` averages them over layers and adds
 them with ``moe_aux_loss_coef`` / ``moe_z_loss_coef``):
@@ -130,6 +137,21 @@ def dropless_ffn(
     return jnp.zeros_like(x).at[token].add(out)
 
 
+def _capacity_slots(
+    experts: Int[Array, "n k"], n_experts: int, slots: int
+) -> tuple[Int[Array, " nk"], Int[Array, " nk"], Array]:
+    """Each assignment's buffer row (expert · slots + position), its token and whether it was
+    kept, in priority order: all first choices (in token order), then all second choices, ...
+    Dropped assignments point at the spare row ``n_experts · slots``."""
+    n, k = experts.shape
+    flat = experts.T.reshape(-1)  # k-major: every token's first choice comes first
+    token = jnp.tile(jnp.arange(n), k)
+    onehot = jax.nn.one_hot(flat, n_experts, dtype=jnp.int32)
+    position = jnp.sum((jnp.cumsum(onehot, axis=0) - 1) * onehot, axis=-1)
+    kept = position < slots
+    return jnp.where(kept, flat * slots + position, n_experts * slots), token, kept
+
+
 def capacity_ffn(
     x: Float[Array, "n d"],
     weights: Float[Array, "n k"],
@@ -137,25 +159,125 @@ def capacity_ffn(
     params: tuple[Array, Array | None, Array],
     activation: Activation,
     slots: int,
+    n_experts: int | None = None,
+    exchange: Callable[[Callable, Array], Array] | None = None,
 ) -> tuple[Float[Array, "n d"], Array]:
     """Fixed (e, c, d) buffers: returns the combined output and the fraction of assignments
-    dropped. Priority: all first choices (in token order), then all second choices, ..."""
-    n_experts, (n, k), d = params[0].shape[0], experts.shape, x.shape[-1]
-    flat = experts.T.reshape(-1)  # k-major: every token's first choice comes first
-    token = jnp.tile(jnp.arange(n), k)
-    onehot = jax.nn.one_hot(flat, n_experts, dtype=jnp.int32)
-    position = jnp.sum((jnp.cumsum(onehot, axis=0) - 1) * onehot, axis=-1)
-    kept = position < slots
-    dump = n_experts * slots  # dropped assignments write to (and read from) one spare row
-    slot = jnp.where(kept, flat * slots + position, dump)
+    dropped. ``exchange(run, buffer)`` carries the (e, c, d) buffer to the devices holding the
+    experts and back (``expert_parallel_ffn``); ``params`` then holds only this device's
+    experts and ``n_experts`` says how many there are in all."""
+    n_experts = params[0].shape[0] if n_experts is None else n_experts
+    d = x.shape[-1]
+    slot, token, kept = _capacity_slots(experts, n_experts, slots)
+    dump = n_experts * slots
     buffer = jnp.zeros((dump + 1, d), x.dtype).at[slot].set(x[token])
     inputs = buffer[:dump].reshape(n_experts, slots, d)
     batched = lambda rows, w: jnp.einsum("eci,eio->eco", rows, w)  # noqa: E731
-    outputs = _expert_ffn(inputs, params, activation, batched).reshape(dump, d)
+    run = lambda rows: _expert_ffn(rows, params, activation, batched)  # noqa: E731
+    outputs = (run(inputs) if exchange is None else exchange(run, inputs)).reshape(dump, d)
     outputs = jnp.concatenate([outputs, jnp.zeros((1, d), outputs.dtype)])
     scale = (weights.T.reshape(-1) * kept).astype(x.dtype)
     combined = jnp.zeros_like(x).at[token].add(outputs[slot] * scale[:, None])
     return combined, 1.0 - jnp.mean(kept.astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Expert parallelism: experts split over a mesh axis, tokens split over the same axis
+
+
+def _all_to_all_exchange(axis: str) -> Callable[[Callable, Array], Array]:
+    """GShard's dispatch: this device's (E, C, d) buffer is split by expert group, each group
+    sent to the device holding those experts (one AllToAll), run there on the (E/D, D·C, d)
+    rows from every device, and sent back (a second AllToAll)."""
+
+    def exchange(run: Callable, inputs: Float[Array, "e c d"]) -> Float[Array, "e c d"]:
+        devices = jax.lax.axis_size(axis)
+        n_experts, slots, d = inputs.shape
+        local = n_experts // devices
+        grouped = inputs.reshape(devices, local, slots, d)
+        received = jax.lax.all_to_all(grouped, axis, 0, 0)  # (source device, local e, c, d)
+        rows = received.transpose(1, 0, 2, 3).reshape(local, devices * slots, d)
+        done = run(rows).reshape(local, devices, slots, d).transpose(1, 0, 2, 3)
+        return jax.lax.all_to_all(done, axis, 0, 0).reshape(n_experts, slots, d)
+
+    return exchange
+
+
+def _all_gather_dropless(
+    x: Float[Array, "n d"],
+    weights: Float[Array, "n k"],
+    experts: Int[Array, "n k"],
+    params: tuple[Array, Array | None, Array],
+    activation: Activation,
+    axis: str,
+) -> Float[Array, "n d"]:
+    """Dropless dispatch over devices (Megatron-Core's "allgather" token dispatcher): every
+    device gathers all tokens and their routing, runs its own experts on the rows routed to
+    them (a grouped matmul; the rows routed elsewhere sort last and are masked) and the
+    partial outputs are summed and scattered back to the tokens' devices (ReduceScatter).
+    Variable-size AllToAll (``ragged_all_to_all``) would move only the routed rows, but
+    XLA's CPU backend does not implement it (jax 0.10.2)."""
+    x = jax.lax.all_gather(x, axis, tiled=True)
+    weights = jax.lax.all_gather(weights, axis, tiled=True)
+    experts = jax.lax.all_gather(experts, axis, tiled=True)
+    local, k = params[0].shape[0], experts.shape[-1]
+    index = experts - jax.lax.axis_index(axis) * local
+    mine = (index >= 0) & (index < local)
+    key = jnp.where(mine, index, local).reshape(-1)
+    order = jnp.argsort(key, stable=True)
+    token = order // k
+    sizes = jnp.bincount(key, length=local + 1)[:local].astype(jnp.int32)
+    grouped = lambda rows, w: jax.lax.ragged_dot(rows, w, sizes)  # noqa: E731
+    out = _expert_ffn(x[token], params, activation, grouped)
+    routed_here = (jnp.arange(order.size) < jnp.sum(sizes))[:, None]
+    scale = (weights * mine).reshape(-1)[order][:, None].astype(out.dtype)
+    out = jnp.where(routed_here, out * scale, 0)
+    combined = jnp.zeros_like(x).at[token].add(out)
+    return jax.lax.psum_scatter(combined, axis, scatter_dimension=0, tiled=True)
+
+
+def expert_parallel_ffn(
+    x: Float[Array, "n d"],
+    weights: Float[Array, "n k"],
+    experts: Int[Array, "n k"],
+    params: tuple[Array, Array | None, Array],
+    activation: Activation,
+    *,
+    dispatch: str,
+    capacity_factor: float,
+    axis: str,
+) -> tuple[Float[Array, "n d"], Array]:
+    """The MoE FFN with tokens and experts split over the mesh axis ``axis`` (``ep``,
+    ``fsdp_ep``), as an explicit ``shard_map``: each device routes its own tokens and the
+    collectives are the ones written here, not whatever GSPMD would infer (it all-reduced the
+    routed rows: 8× the traffic). Returns the output and the dropped fraction.
+
+    ``capacity``: each device's tokens are one routing group (GShard's local groups), with
+    C = ``capacity(n / D, k, E, factor)`` slots per expert; its (E, C, d) buffer goes to the
+    experts' devices by AllToAll and back. The same tokens are dropped as ``none`` would drop
+    only when nothing is dropped, since ``none`` groups the whole batch.
+    ``dropless``: ``_all_gather_dropless``; the same output as on one device."""
+    n_experts = params[0].shape[0]
+    spec = jax.sharding.PartitionSpec(axis)
+    w1, w3, w2 = params
+
+    def local(x, weights, experts, w1, w3, w2):
+        own = (w1, w3, w2)
+        if dispatch == "dropless":
+            out = _all_gather_dropless(x, weights, experts, own, activation, axis)
+            return out, jnp.zeros((), jnp.float32)
+        slots = capacity(x.shape[0], experts.shape[-1], n_experts, capacity_factor)
+        out, dropped = capacity_ffn(
+            x, weights, experts, own, activation, slots, n_experts, _all_to_all_exchange(axis)
+        )
+        return out, jax.lax.pmean(dropped, axis)
+
+    sharded = jax.shard_map(
+        local,
+        in_specs=(spec, spec, spec, spec, None if w3 is None else spec, spec),
+        out_specs=(spec, jax.sharding.PartitionSpec()),
+    )
+    return sharded(x, weights, experts, w1, w3, w2)
 
 
 class MoEFeedForward(nnx.Module):
@@ -183,6 +305,8 @@ class MoEFeedForward(nnx.Module):
         self.router = router
         self.experts = Experts(cfg, rngs=rngs, init=init)
         self.shared = shared
+        # the mesh axis the experts are split over (``build_model(expert_axis=...)``), or None
+        self.expert_axis: str | None = None
 
     @jax.named_scope("moe")
     def __call__(self, x: Float[Array, "b t d"]) -> tuple[Float[Array, "b t d"], dict]:
@@ -192,7 +316,12 @@ class MoEFeedForward(nnx.Module):
             logits = self.router(tokens.astype(jnp.float32))
             weights, experts, probs = route(logits, self.k)
         params = self.experts.weights(x.dtype)
-        if self.dispatch == "dropless":
+        if self._splits_experts():
+            out, dropped = expert_parallel_ffn(
+                tokens, weights, experts, params, self.activation, dispatch=self.dispatch,
+                capacity_factor=self.capacity_factor, axis=self.expert_axis,
+            )
+        elif self.dispatch == "dropless":
             out = dropless_ffn(tokens, weights, experts, params, self.activation)
             dropped = jnp.zeros((), jnp.float32)
         else:
@@ -208,6 +337,13 @@ class MoEFeedForward(nnx.Module):
             "dropped": dropped,
         }
         return out, stats
+
+    def _splits_experts(self) -> bool:
+        """Experts split over ``expert_axis`` of the current mesh (more than one device)."""
+        if self.expert_axis is None:
+            return False
+        mesh = jax.sharding.get_abstract_mesh()
+        return not mesh.empty and mesh.shape.get(self.expert_axis, 1) > 1
 
 
 def aux_total(cfg: ModelConfig, aux: dict[str, Array]) -> Array:

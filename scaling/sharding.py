@@ -46,13 +46,14 @@ embed/column/row  as dp            -                   as fsdp
 batch             (B, T+1)         (data)              (data)
 ================  ===============  ==================  ==================
 
-Collectives of ep per MoE layer (GSPMD inserts them; the estimator counts them in
-``scaling.estimate.comm``): the router sees the whole batch, so the dispatched rows travel to
-the device that holds their expert and back (an all-to-all of the (E, C, d) capacity buffer, or
-of the n·k sorted rows of dropless dispatch, forward and twice in the backward); the expert
-gradients stay on their device (no all-reduce over data for them), the dense parts' gradients
-are all-reduced over data as in dp. fsdp_ep adds fsdp's all-gathers/reduce-scatters of the
-dense parts.
+Collectives of ep per MoE layer (written out in ``scaling.moe.expert_parallel_ffn``, a
+``shard_map`` over ``data``; counted in ``scaling.estimate.comm``): each device routes its own
+tokens. Capacity dispatch sends its (E, C, d) buffer to the experts' devices and back (two
+all-to-alls forward, two backward); dropless dispatch all-gathers the tokens and their routing
+to every device and reduce-scatters the experts' outputs (and the transposes backward). The
+expert gradients stay on their device (no all-reduce over data for them); the dense parts'
+gradients are all-reduced over data as in dp. fsdp_ep adds fsdp's all-gathers/reduce-scatters
+of the dense parts.
 
 Megatron-style tp: the first matrix of attention (q, k, v) and of the FFN is split by columns
 and the second (o, FFN out) by rows, so each block needs one all-reduce forward and one

@@ -78,9 +78,8 @@ def comm_bytes_per_device(
       (q, k, v, and w1, w3: 7 per layer for SwiGLU, 6 for the GELU MLP); remat ``full``
       recomputes o's and adds one (w2's output is not recomputed).
     - the token and position tables and the read-out (``_vocab_tables``).
-    - experts split over data (ep, fsdp_ep; ``_expert_all_to_all``): the expert matrices never
-      move (each device updates its own experts); the dispatched rows do. Not yet checked
-      against the partitioned HLO (the dense rules above are).
+    - experts split over data (ep, fsdp_ep; ``_expert_dispatch``): the expert matrices never
+      move (each device updates its own experts); the dispatched tokens do.
     Loss-side collectives of (b, t) scalars are left out (under 1/d of the activations').
     ``none`` (one device) and axes of size 1: nothing.
     """
@@ -106,19 +105,38 @@ def comm_bytes_per_device(
         sent.add("all_reduce", b * seq * cfg.d_model * c, tensor, times=cfg.n_layers * per_layer)
     _vocab_tables(cfg, mode, m, batch, seq, sent)
     if cfg.moe and sharding.splits_experts(mode):
-        _expert_all_to_all(cfg, data, batch, seq, sent)
+        _expert_dispatch(cfg, data, batch, seq, sent)
     return CommEstimate(**sent.kinds)
 
 
-def _expert_all_to_all(cfg: ModelConfig, data: int, batch: int, seq: int, sent: _Sent) -> None:
-    """Expert parallelism: per MoE layer the dispatched rows go to their expert's device and
-    the results come back (two AllToAlls forward, their transposes backward: 4 per layer, one
-    more pair under remat ``full``). Each device holds 1/data of the executed rows
-    (``flops.expert_rows``: n·k dropless, E·C capacity) of d values in the compute dtype."""
-    _, executed = expert_rows(cfg, batch * seq)
-    per_device = math.ceil(executed / data) * cfg.d_model * DTYPE_BYTES[cfg.dtype]
-    times = cfg.n_layers * (6 if cfg.remat == "full" else 4)
-    sent.add("all_to_all", per_device, data, times=times)
+def _expert_dispatch(cfg: ModelConfig, data: int, batch: int, seq: int, sent: _Sent) -> None:
+    """Expert parallelism (``scaling.moe.expert_parallel_ffn``, an explicit ``shard_map``), per
+    MoE layer; n = batch·seq tokens, c the compute dtype's bytes, r = remat ``full``:
+
+    - capacity: each device's (E, C, d) buffer (C from its own n/data tokens) goes to the
+      experts' devices and back: two AllToAlls forward, their transposes backward (4), and
+      r's recompute of the forward pair (6).
+    - dropless (all-gather dispatch): AllGather of the n·d tokens and ReduceScatter of the
+      n·d outputs forward, their transposes backward (2 + 2), and r's recompute gathers the
+      tokens again. The routing (n·k float32 weights, n·k int32 experts) is gathered beside
+      them: two AllGathers forward, one more backward (jax 0.10.2 re-gathers one rather than
+      keep it), three more under r, and the weights' gradient is reduce-scattered.
+
+    Matched against the partitioned HLO on tiny-moe, 4 devices, batch 8 × 128 (ep, fsdp_ep,
+    remat none/full): capacity 1.01-1.02× (GSPMD also gathers the (n, k) experts for the
+    router statistics, not counted), dropless see ``tests/test_moe.py``."""
+    layers, full = cfg.n_layers, cfg.remat == "full"
+    c = DTYPE_BYTES[cfg.dtype]
+    if cfg.moe_dispatch == "capacity":
+        _, executed = expert_rows(cfg, math.ceil(batch / data) * seq)
+        sent.add("all_to_all", executed * cfg.d_model * c, data, times=layers * (6 if full else 4))
+        return
+    tokens = batch * seq * cfg.d_model * c
+    routing = batch * seq * cfg.experts_per_token * 4
+    sent.add("all_gather", tokens, data, times=layers * (3 if full else 2))
+    sent.add("reduce_scatter", tokens, data, times=layers * 2)
+    sent.add("all_gather", routing, data, times=layers * (6 if full else 3))
+    sent.add("reduce_scatter", routing, data, times=layers)
 
 
 def _split_over(param: Param, mode: str, axis: str) -> bool:
