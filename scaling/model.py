@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 
-from scaling import attention, moe, mup
+from scaling import attention, moe, mup, sharding
 from scaling.config import ModelConfig
 
 TRUNCATION = 3.0  # truncated-normal inits are cut at ±3σ
@@ -502,15 +502,13 @@ def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> TransformerBlock:
     return make(rngs)
 
 
-def build_model(
-    cfg: ModelConfig, seed: int = 0, *, expert_axis: str | None = None
-) -> TransformerLM:
-    """The model; ``expert_axis`` names the mesh axis its experts are split over (the
-    expert-parallel modes), so the MoE layers dispatch across it (``moe.expert_parallel_ffn``).
-    """
+def build_model(cfg: ModelConfig, seed: int = 0, *, mode: str = "none") -> TransformerLM:
+    """The model; under a ``mode`` that splits the tokens (and the experts) over ``data``,
+    the MoE layers dispatch across it explicitly (``moe.sharded_moe_ffn``)."""
     model = TransformerLM(cfg, rngs=nnx.Rngs(params=seed))
-    if expert_axis is not None and cfg.moe:
-        model.set_attributes(moe.MoEFeedForward, expert_axis=expert_axis)
+    token_axis, expert_axis = sharding.moe_axes(mode)
+    if cfg.moe and token_axis is not None:
+        model.set_attributes(moe.MoEFeedForward, token_axis=token_axis, expert_axis=expert_axis)
     return model
 
 

@@ -22,11 +22,12 @@ the loss does not depend on the mesh:
   residual carries the token). Dense einsums over (E, C, d) buffers: static shapes, exact
   FLOPs of capacity_factor× the useful work, and an expert axis GSPMD can split over devices.
 
-Expert parallelism (``ep``, ``fsdp_ep``: experts split over ``data``; ``expert_parallel_ffn``)
-is an explicit ``shard_map`` with the collectives written out: ``capacity`` routes each
-device's tokens as one group and exchanges the (E, C, d) buffers by AllToAll (GShard);
-``dropless`` gathers every token to every device, each runs its own experts, and the outputs
-are reduce-scattered back (Megatron-Core's "allgather" dispatcher).
+Under the modes that split the batch over ``data`` without a tensor split (``dp``, ``fsdp``,
+``ep``, ``fsdp_ep``) the layer is an explicit ``shard_map`` (``sharded_moe_ffn``): each
+device routes its own tokens as one group. With the experts split too (``ep``, ``fsdp_ep``),
+``capacity`` exchanges the (E, C, d) buffers by AllToAll (GShard) and ``dropless`` gathers
+every token to every device, each runs its own experts, and the outputs are reduce-scattered
+back (Megatron-Core's "allgather" dispatcher). ``tp`` and ``fsdp_tp`` are left to GSPMD.
 
 Auxiliary losses (returned per layer; ``scaling.train`` averages them over layers and adds
 them with ``moe_aux_loss_coef`` / ``moe_z_loss_coef``):
@@ -164,7 +165,7 @@ def capacity_ffn(
 ) -> tuple[Float[Array, "n d"], Array]:
     """Fixed (e, c, d) buffers: returns the combined output and the fraction of assignments
     dropped. ``exchange(run, buffer)`` carries the (e, c, d) buffer to the devices holding the
-    experts and back (``expert_parallel_ffn``); ``params`` then holds only this device's
+    experts and back (``sharded_moe_ffn``); ``params`` then holds only this device's
     experts and ``n_experts`` says how many there are in all."""
     n_experts = params[0].shape[0] if n_experts is None else n_experts
     d = x.shape[-1]
@@ -236,7 +237,7 @@ def _all_gather_dropless(
     return jax.lax.psum_scatter(combined, axis, scatter_dimension=0, tiled=True)
 
 
-def expert_parallel_ffn(
+def sharded_moe_ffn(
     x: Float[Array, "n d"],
     weights: Float[Array, "n k"],
     experts: Int[Array, "n k"],
@@ -245,37 +246,48 @@ def expert_parallel_ffn(
     *,
     dispatch: str,
     capacity_factor: float,
-    axis: str,
+    token_axis: str,
+    expert_axis: str | None,
 ) -> tuple[Float[Array, "n d"], Array]:
-    """The MoE FFN with tokens and experts split over the mesh axis ``axis`` (``ep``,
-    ``fsdp_ep``), as an explicit ``shard_map``: each device routes its own tokens and the
-    collectives are the ones written here, not whatever GSPMD would infer (it all-reduced the
-    routed rows: 8× the traffic). Returns the output and the dropped fraction.
+    """The MoE FFN with the tokens split over the mesh axis ``token_axis`` and, when
+    ``expert_axis`` (the same axis) is given, the experts too, as an explicit ``shard_map``:
+    each device routes its own tokens as one group, and the collectives are the ones written
+    here, not whatever GSPMD infers (for ``ep`` it all-reduced the routed rows, 8× the
+    traffic; for ``dp`` it ran the whole batch's expert work on every device). Returns the
+    output and the fraction of assignments dropped.
 
-    ``capacity``: each device's tokens are one routing group (GShard's local groups), with
-    C = ``capacity(n / D, k, E, factor)`` slots per expert; its (E, C, d) buffer goes to the
-    experts' devices by AllToAll and back. The same tokens are dropped as ``none`` would drop
-    only when nothing is dropped, since ``none`` groups the whole batch.
-    ``dropless``: ``_all_gather_dropless``; the same output as on one device."""
+    Experts split (``ep``, ``fsdp_ep``): ``capacity`` sends each device's (E, C, d) buffer
+    (C = ``capacity(n / D, k, E, factor)``, GShard's local groups) to the experts' devices by
+    AllToAll and back; ``dropless`` is ``_all_gather_dropless``. Experts whole on every device
+    (``dp``, ``fsdp``, whose expert weights are gathered at the boundary like every fsdp
+    matrix): each device runs the one-device dispatch on its tokens, with no collective.
+    ``dropless`` gives the one-device result either way; ``capacity`` drops what ``none``
+    drops only when nothing is dropped, since ``none`` routes the whole batch as one group."""
     n_experts = params[0].shape[0]
-    spec = jax.sharding.PartitionSpec(axis)
+    if expert_axis not in (None, token_axis):
+        raise ValueError(f"experts over {expert_axis!r} need the tokens over it too")
+    tokens = jax.sharding.PartitionSpec(token_axis)
+    held = jax.sharding.PartitionSpec(expert_axis)  # PartitionSpec(None): replicated
     w1, w3, w2 = params
 
     def local(x, weights, experts, w1, w3, w2):
         own = (w1, w3, w2)
-        if dispatch == "dropless":
-            out = _all_gather_dropless(x, weights, experts, own, activation, axis)
+        if dispatch == "dropless" and expert_axis is not None:
+            out = _all_gather_dropless(x, weights, experts, own, activation, expert_axis)
             return out, jnp.zeros((), jnp.float32)
+        if dispatch == "dropless":
+            return dropless_ffn(x, weights, experts, own, activation), jnp.zeros((), jnp.float32)
         slots = capacity(x.shape[0], experts.shape[-1], n_experts, capacity_factor)
+        exchange = None if expert_axis is None else _all_to_all_exchange(expert_axis)
         out, dropped = capacity_ffn(
-            x, weights, experts, own, activation, slots, n_experts, _all_to_all_exchange(axis)
+            x, weights, experts, own, activation, slots, n_experts, exchange
         )
-        return out, jax.lax.pmean(dropped, axis)
+        return out, jax.lax.pmean(dropped, token_axis)
 
     sharded = jax.shard_map(
         local,
-        in_specs=(spec, spec, spec, spec, None if w3 is None else spec, spec),
-        out_specs=(spec, jax.sharding.PartitionSpec()),
+        in_specs=(tokens, tokens, tokens, held, None if w3 is None else held, held),
+        out_specs=(tokens, jax.sharding.PartitionSpec()),
     )
     return sharded(x, weights, experts, w1, w3, w2)
 
@@ -305,7 +317,9 @@ class MoEFeedForward(nnx.Module):
         self.router = router
         self.experts = Experts(cfg, rngs=rngs, init=init)
         self.shared = shared
-        # the mesh axis the experts are split over (``build_model(expert_axis=...)``), or None
+        # mesh axes the tokens (each device's routed as one group) and the experts are split
+        # over (``build_model``, from the mode: ``sharding.moe_axes``), or None
+        self.token_axis: str | None = None
         self.expert_axis: str | None = None
 
     @jax.named_scope("moe")
@@ -316,10 +330,17 @@ class MoEFeedForward(nnx.Module):
             logits = self.router(tokens.astype(jnp.float32))
             weights, experts, probs = route(logits, self.k)
         params = self.experts.weights(x.dtype)
-        if self._splits_experts():
-            out, dropped = expert_parallel_ffn(
-                tokens, weights, experts, params, self.activation, dispatch=self.dispatch,
-                capacity_factor=self.capacity_factor, axis=self.expert_axis,
+        if self._splits_tokens():
+            out, dropped = sharded_moe_ffn(
+                tokens,
+                weights,
+                experts,
+                params,
+                self.activation,
+                dispatch=self.dispatch,
+                capacity_factor=self.capacity_factor,
+                token_axis=self.token_axis,
+                expert_axis=self.expert_axis,
             )
         elif self.dispatch == "dropless":
             out = dropless_ffn(tokens, weights, experts, params, self.activation)
@@ -338,12 +359,12 @@ class MoEFeedForward(nnx.Module):
         }
         return out, stats
 
-    def _splits_experts(self) -> bool:
-        """Experts split over ``expert_axis`` of the current mesh (more than one device)."""
-        if self.expert_axis is None:
+    def _splits_tokens(self) -> bool:
+        """Tokens split over ``token_axis`` of the current mesh (more than one device)."""
+        if self.token_axis is None:
             return False
         mesh = jax.sharding.get_abstract_mesh()
-        return not mesh.empty and mesh.shape.get(self.expert_axis, 1) > 1
+        return not mesh.empty and mesh.shape.get(self.token_axis, 1) > 1
 
 
 def aux_total(cfg: ModelConfig, aux: dict[str, Array]) -> Array:

@@ -185,6 +185,16 @@ def default_mesh_shape(mode: str, n_devices: int) -> tuple[int, int]:
     return (max(n_devices // 2, 1), 2)
 
 
+def moe_axes(mode: str) -> tuple[str | None, str | None]:
+    """(token axis, expert axis) of the MoE layers' explicit dispatch (``scaling.moe``): the
+    modes that split the batch over data without a tensor split route each device's tokens
+    on that device, and the expert-parallel ones split the experts over the same axis;
+    (None, None) leaves the layer to GSPMD (``none``, ``tp``, ``fsdp_tp``)."""
+    if check_mode(mode) == "none" or splits_tensor_work(mode):
+        return None, None
+    return DATA, (DATA if splits_experts(mode) else None)
+
+
 def splits_experts(mode: str) -> bool:
     """Whether the mode splits the expert axis over devices (expert parallelism)."""
     return RULES[check_mode(mode)].get("expert_column", (None, None))[1] == DATA

@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from scaling import attention, moe, parallel, sharding
+from scaling import attention, moe, parallel
 from scaling.config import RunConfig
 from scaling.data import batch_dataset, entropy_floor, loader
 from scaling.estimate import param_counts
@@ -163,8 +163,7 @@ def plan(run: RunConfig, devices=None) -> Plan:
     n_used = len(devices) if run.mode != "none" else 1
     parallel.validate(run.mode, mesh_shape, n_used, run.model, run.batch)
     mesh = parallel.make_mesh(mesh_shape, devices[: mesh_shape[0] * mesh_shape[1]])
-    expert_axis = sharding.DATA if sharding.splits_experts(run.mode) else None
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(run.model, expert_axis=expert_axis)))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(run.model, mode=run.mode)))
     abstract_params = jax.eval_shape(
         lambda: nnx.to_pure_dict(nnx.state(build_model(run.model, run.seed)))
     )

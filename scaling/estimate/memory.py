@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from scaling import sharding
 from scaling.config import FUSED_ATTENTIONS, ModelConfig
+from scaling.estimate.flops import expert_rows
 from scaling.estimate.hardware import HardwareProfile
 from scaling.estimate.mesh import (
     DTYPE_BYTES,
@@ -140,6 +142,8 @@ class _Elements:
     scores: int  # (b, h, t, t)
     score_rows: int  # (b, h, t, 1)
     logits: int  # (b, t, V)
+    routed: int = 0  # MoE: tokens one device routes (its own; every token under ep dropless)
+    expert_rows: int = 0  # MoE: expert rows one device runs (n·k dropless, E·C capacity)
 
     @classmethod
     def of(cls, cfg: ModelConfig, *, mode: str, mesh, batch: int, seq: int) -> _Elements:
@@ -157,7 +161,20 @@ class _Elements:
             scores=bt * ceil(cfg.n_heads / ts) * seq,
             score_rows=bt * ceil(cfg.n_heads / ts),
             logits=bt * ceil(cfg.vocab_size / ts),
+            **_moe_elements(cfg, mode, mesh, batch, seq),
         )
+
+
+def _moe_elements(cfg: ModelConfig, mode: str, mesh, batch: int, seq: int) -> dict[str, int]:
+    """Tokens and expert rows of one device's MoE layer (``scaling.moe.sharded_moe_ffn``):
+    each device routes its own b·t tokens as one group, except dropless under expert
+    parallelism, which gathers all B·t; ``expert_rows`` counts the rows the dispatch buffers
+    hold (capacity: E·C, C from the routed tokens; dropless: n·k)."""
+    if not cfg.moe:
+        return {}
+    gathers = sharding.splits_experts(mode) and cfg.moe_dispatch == "dropless"
+    routed = batch * seq if gathers else math.ceil(batch / mesh[0]) * seq
+    return {"routed": routed, "expert_rows": expert_rows(cfg, routed)[1]}
 
 
 def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
@@ -173,7 +190,10 @@ def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
     else:
         add("q (RoPE), attention output (L·2·bt·hk); k (RoPE), v at g heads (L·2·bt·gk)", cd,
             L * (2 * n.heads + 2 * n.kv) * c)  # fmt: skip
-    add(f"FFN: {cfg.ffn} input and intermediates (L·{kept}·btf)", cd, L * kept * n.ffn * c)
+    if cfg.moe:
+        _moe_saved(cfg, n, add, kept)
+    else:
+        add(f"FFN: {cfg.ffn} input and intermediates (L·{kept}·btf)", cd, L * kept * n.ffn * c)
     if cfg.attention in FUSED_ATTENTIONS:
         add("norm row statistics (L·4·bt); fused attention log-sum-exp (L·bht)", f32,
             L * (4 * n.rows + n.score_rows) * F32_BYTES)  # fmt: skip
@@ -192,6 +212,29 @@ def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
             n.scores * F32_BYTES)  # fmt: skip
 
 
+def _moe_saved(cfg: ModelConfig, n: _Elements, add, kept: int) -> None:
+    """Remat none, a mixture of experts (``print_saved_residuals`` of ``scaling.moe``, jax
+    0.10.2), per layer with n routed tokens, R expert rows, n·k assignments: the FFN kind's
+    intermediates on the R rows (kept·R·f); capacity's buffer and expert inputs (2·R·d), the
+    gathered rows, their weighted outputs and copies (3·nk·d) and the scatter mask (nk·d
+    bytes); dropless's gathered and output rows (2·nk·d); the routed tokens in and out
+    (2·n·d); the router logits and probabilities, float32 (2·n·E)."""
+    L, c, cd, f32 = cfg.n_layers, n.c, cfg.dtype, "float32"
+    assignments = n.routed * cfg.experts_per_token * cfg.d_model
+    rows = n.expert_rows
+    add(f"MoE: {cfg.ffn} intermediates on the expert rows (L·{kept}·R·f)", cd,
+        L * kept * rows * cfg.d_ff * c)  # fmt: skip
+    if cfg.moe_dispatch == "capacity":
+        add("MoE: capacity buffers (L·2·R·d), routed rows (L·3·nk·d)", cd,
+            L * (2 * rows * cfg.d_model + 3 * assignments) * c)  # fmt: skip
+        add("MoE: scatter mask of the routed rows (L·nk·d)", "bool", L * assignments)
+    else:
+        add("MoE: routed rows and their outputs (L·2·nk·d)", cd, L * 2 * assignments * c)
+    add("MoE: routed tokens in and out (L·2·n·d)", cd, L * 2 * n.routed * cfg.d_model * c)
+    add("MoE: router logits and probabilities (L·2·n·E)", f32,
+        L * 2 * n.routed * cfg.n_experts * F32_BYTES)  # fmt: skip
+
+
 def _saved_under_remat(cfg: ModelConfig, n: _Elements, add) -> None:
     """Remat full / dots: layer inputs (and the dots policy's matmul outputs), plus one layer
     recomputed during the backward."""
@@ -202,6 +245,9 @@ def _saved_under_remat(cfg: ModelConfig, n: _Elements, add) -> None:
         proj = n.heads + 2 * n.kv + n.resid + gated * n.ffn
         add("matmul outputs saved by the dots policy: q,k,v,o,FFN (L)", cd, L * proj * c)
         transient = 3 * n.resid + 4 * n.heads + n.ffn
+    elif cfg.moe:  # full; the recomputed layer's expert rows replace the dense FFN's
+        transient = 3 * n.resid + 4 * n.heads + (gated + 1) * n.expert_rows * cfg.d_ff
+        transient += 2 * n.expert_rows * cfg.d_model + 2 * n.routed * cfg.d_model
     else:  # full
         transient = 3 * n.resid + 4 * n.heads + (gated + 1) * n.ffn
     add("one layer recomputed in the backward (compute dtype part)", cd, transient * c)

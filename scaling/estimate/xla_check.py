@@ -63,6 +63,7 @@ import dataclasses
 import time
 from typing import Any
 
+from scaling import sharding
 from scaling.config import RunConfig
 from scaling.estimate import (
     comm_bytes_per_device,
@@ -135,6 +136,10 @@ def _flop_check(run: RunConfig, jax, plan, per_device: bool) -> dict[str, Any]:
     from scaling.measure import cost_figures
 
     cost = cost_figures(lowered)
+    if run.model.moe and sharding.moe_axes(run.mode)[0] is not None:
+        # the MoE layers' shard_map body is lowered at one device's shapes: the global count
+        # is the one-device program's (capacity routes per device there: ≤ E·D rows apart)
+        cost = cost_figures(_global_lowering(run, jax, plan))
 
     # Analytic: matmuls (split over the devices that share the work) + elementwise.
     one = _analytic(run, mode="none", mesh=None)
@@ -171,6 +176,13 @@ def _flop_check(run: RunConfig, jax, plan, per_device: bool) -> dict[str, Any]:
         "xla_flops_compile_s": compile_s,
     })  # fmt: skip
     return out
+
+
+def _global_lowering(run: RunConfig, jax, plan):
+    """The unrolled step of ``run`` on one device (mode ``none``), lowered."""
+    p = plan(unrolled(dataclasses.replace(run, mode="none", mesh=None)))
+    with jax.set_mesh(p.mesh):
+        return p.step.lower(*p.abstract_inputs())
 
 
 def _analytic(run: RunConfig, *, mode: str, mesh) -> dict[str, float]:
