@@ -101,8 +101,11 @@ def comm_bytes_per_device(
             sent.add("all_reduce", held * (c if param.role.hidden else F32_BYTES), data)
     if sharding.splits_tensor_work(mode):
         b = math.ceil(batch / data)
-        per_layer = _tensor_all_reduces_per_layer(cfg)
-        sent.add("all_reduce", b * seq * cfg.d_model * c, tensor, times=cfg.n_layers * per_layer)
+        dense, experts = _tensor_all_reduces_per_layer(cfg)
+        sent.add("all_reduce", b * seq * cfg.d_model * c, tensor, times=cfg.n_layers * dense)
+        if experts:  # on the expert rows (E·C capacity, n·k dropless), not the tokens
+            rows = expert_rows(cfg, b * seq)[1]
+            sent.add("all_reduce", rows * cfg.d_model * c, tensor, times=cfg.n_layers * experts)
     _vocab_tables(cfg, mode, m, batch, seq, sent)
     if cfg.moe and sharding.splits_experts(mode):
         _expert_dispatch(cfg, data, batch, seq, sent)
@@ -143,12 +146,16 @@ def _split_over(param: Param, mode: str, axis: str) -> bool:
     return axis in sharding.rule(mode, param.role.kind)
 
 
-def _tensor_all_reduces_per_layer(cfg: ModelConfig) -> int:
-    """Row-split matrices (forward) + column-split matrices (backward) + remat's recompute."""
+def _tensor_all_reduces_per_layer(cfg: ModelConfig) -> tuple[int, int]:
+    """Row-split matrices (forward) + column-split matrices (backward) + remat's recompute,
+    as (on the tokens' (b, t, d) activations, on the experts' rows). Remat ``full``
+    recomputes o's all-reduce and, in a MoE layer, the expert w2's (the combine reads its
+    output; a dense FFN's w2 output is not needed in the backward)."""
     layer = [p for p in parameters(cfg) if p.role.hidden]
-    rows = sum(p.role.kind in ("row", "expert_row") for p in layer)
-    columns = sum(p.role.kind in ("column", "expert_column") for p in layer)
-    return rows + columns + (1 if cfg.remat == "full" else 0)
+    full = 1 if cfg.remat == "full" else 0
+    dense = sum(p.role.kind in ("row", "column") for p in layer)
+    experts = sum(p.role.kind in ("expert_row", "expert_column") for p in layer)
+    return dense + full, experts + (full if experts else 0)
 
 
 def _vocab_tables(
