@@ -5,6 +5,11 @@ alternate, every step blocked to completion, so load on the shared host hits the
 Prints one JSON object (median step seconds and ratios) and writes it where ``--out`` says.
 
     nice -n 10 uv run python tools/moe_dispatch_bench.py --rounds 15 --out FILE
+
+``--mode ep --devices 4`` runs every variant under that mode on simulated CPU devices (the
+dense model under ``dp``, its counterpart without experts): the sharded dispatches
+(``scaling.moe.sharded_moe_ffn``) side by side. Simulated devices share the host's cores, so
+the ratios show the dispatches' extra work, not a network's cost.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from scaling import train
+from scaling import parallel, train
 from scaling.presets import PRESETS, build_run
 
 
@@ -38,11 +43,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--mode", default="none", help="none, or a mode such as ep, dp")
+    parser.add_argument("--devices", type=int, default=1, help="simulated CPU devices")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    parallel.set_cpu_devices(args.devices)
     steps, states, tokens = {}, {}, None
     for name, cfg in _variants(args.size).items():
-        p = train.plan(build_run(model=cfg, batch=args.batch, seq=args.seq, steps=1000))
+        mode = "dp" if args.mode in ("ep", "fsdp_ep") and not cfg.moe else args.mode
+        run = build_run(model=cfg, mode=mode, batch=args.batch, seq=args.seq, steps=1000)
+        p = train.plan(run)
         with jax.set_mesh(p.mesh):
             steps[name] = p.step.lower(*p.abstract_inputs()).compile()
             states[name] = p.init()
@@ -62,6 +72,8 @@ def main() -> None:
         "batch": args.batch,
         "seq": args.seq,
         "rounds": args.rounds,
+        "mode": args.mode,
+        "devices": args.devices,
         "median_step_s": median,
         "dropless_over_capacity": median["dropless"] / median["capacity"],
         "dropless_over_dense": median["dropless"] / median["dense"],

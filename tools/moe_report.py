@@ -75,7 +75,6 @@ def main(folder: str) -> None:
                "model_flops_per_step", "final_loss", "final_val_loss", "step_time_s_median",
                "expert_load_min", "expert_load_max", "expert_load_entropy", "aux_loss"]  # fmt: skip
     table = runs[columns]
-    dispatch = root / "dispatch-tiny.json"
     lines = [
         "# Dense vs mixture of experts at matched active FLOPs (CPU, Python stdlib text)",
         "",
@@ -87,8 +86,15 @@ def main(folder: str) -> None:
         "",
         "![loss and expert load](loss_and_load.png)",
     ]
-    if dispatch.is_file():
-        note = "Dispatch overhead (`tools/moe_dispatch_bench.py`, median step, side by side):"
+    benches = [(json.loads(path.read_text()), path) for path in root.glob("dispatch-*.json")]
+    for bench, dispatch in sorted(benches, key=lambda pair: pair[0].get("devices", 1)):
+        where = (
+            f"mode {bench['mode']} on {bench['devices']} simulated CPU devices (the dense model "
+            "under dp; the devices share the host's cores)"
+            if bench.get("devices", 1) > 1
+            else "one device"
+        )
+        note = f"Dispatch overhead, {where} (`tools/moe_dispatch_bench.py`, median step):"
         lines += ["", note, "", "```json", dispatch.read_text().strip(), "```"]
     write_text_atomic("\n".join(lines) + "\n", root / "README.md")
     print(json.dumps(table.to_dict(orient="records"), default=str, indent=1))
