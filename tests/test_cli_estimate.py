@@ -140,6 +140,13 @@ def test_compile_adds_xla_counts_on_tiny():
     assert "XLA / analytic" in text and "unrolled lowering" in text
 
 
+def test_compiled_dropless_moe_on_cpu_says_why_xla_counts_more():
+    result = invoke("--sizes", "tiny-moe", "--seq", "32", "--batch", "8", "--mode", "ep",
+                    "--mesh", "8x1", "--devices", "8", "--compile")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "masked matmul over every expert" in result.output.replace("\n", " ")
+
+
 def test_mesh_sets_the_simulated_device_count():
     # --compile with a DxT mesh simulates D·T CPU devices before jax starts; in this process
     # jax already runs 8, which a 4x2 mesh accepts and a 2x2 mesh cannot change.

@@ -111,6 +111,19 @@ def estimate(
         print_json(rows)
     else:
         out_console.print(render(rows, compiled=compile_))
+        if compile_ and any(r.model.moe and r.model.moe_dispatch == "dropless" for r in runs):
+            import jax
+
+            if jax.default_backend() == "cpu":
+                err_console.print(DROPLESS_ON_CPU)
+
+
+DROPLESS_ON_CPU = (
+    "note: dropless MoE dispatch uses jax.lax.ragged_dot, which XLA's CPU backend runs as a "
+    "masked matmul over every expert: XLA's FLOPs read about E/k× the experts' useful work "
+    "and its temporaries exceed the estimate; accelerators run a grouped matmul (see "
+    "scaling/moe.py)."
+)
 
 
 def _estimate_decode(sizes, hf_config, mode, mesh, batch, dtype, hardware, peak_tflops,
