@@ -220,11 +220,13 @@ def _render(result, mfu: dict, size: str, json_: bool) -> None:
             val = f" · val loss {summary['final_val_loss']:.4f}"
             if summary["final_val_bpb"] is not None:
                 val += f" ({summary['final_val_bpb']:.3f} bits/byte)"
+        ceiling = mfu.get("matmul_only_ceiling")
+        ceiling = f" (matmul-only ceiling {ceiling:.1%})" if ceiling is not None else ""
         out_console.print(
             f"{result.model_name} · {result.mode} {result.mesh[0]}x{result.mesh[1]} · "
             f"final loss {result.final_loss:.4f}{val} · {result.tokens_per_s:,.0f} tokens/s · "
-            f"median step {result.step_time_s_median * 1e3:.1f} ms · MFU {mfu['mfu']:.1%} · "
-            f"data wait {result.data_wait_fraction:.1%} of step · "
+            f"median step {result.step_time_s_median * 1e3:.1f} ms · MFU {mfu['mfu']:.1%}"
+            f"{ceiling} · data wait {result.data_wait_fraction:.1%} of step · "
             f"compile {result.compile_s:.2f} s"
         )
 
@@ -289,7 +291,13 @@ def _train_with_progress(run_cfg, show: bool, peaks: dict, profile_dir: str | No
         progress.stop()
     if result.already_done:  # nothing was trained, so nothing was measured
         return result, {}
-    return result, measure.run_mfu(run_cfg, result, device, probe, **peaks)
+    figures = measure.run_mfu(run_cfg, result, device, probe, **peaks)
+    if result.profile and result.profile.get("matmul_s"):
+        # the MFU if everything but the step's matmuls took no time (scaling.profile)
+        figures["matmul_only_ceiling"] = (
+            figures["mfu"] * result.step_time_s_median / result.profile["matmul_s"]
+        )
+    return result, figures
 
 
 def profile_table(profile: dict, title: str):
@@ -300,7 +308,8 @@ def profile_table(profile: dict, title: str):
     table = Table(title=title, caption=(
         f"self time per step over {profile['steps']} profiled steps; scopes add to "
         f"{profile['total_s'] * 1e3:.1f} ms = {profile['coverage']:.1%} of the mean profiled "
-        f"step {step * 1e3:.1f} ms"
+        f"step {step * 1e3:.1f} ms; matmuls {profile.get('matmul_s', 0) * 1e3:.1f} ms "
+        f"({profile.get('matmul_s', 0) / step:.1%})"
     ))  # fmt: skip
     for column in ("scope / top operation", "ms per step", "share of step"):
         table.add_column(column, justify="left" if column.startswith("scope") else "right")
