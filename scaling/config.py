@@ -337,6 +337,10 @@ class RunConfig:
     allow_config_change: tuple[str, ...] = ()  # fields a resumed run may change (RESUME_CHANGEABLE)
     init: str | None = None  # initial weights (``scaling convert from-hf``); resume wins
     timing_warmup_steps: int = 1  # steps excluded from timing statistics (not the LR warm-up)
+    # Steps per timed window: the host dispatches them without waiting and blocks once at the
+    # window's end; each step's time is the window's mean (scaling.measure.StepClock). 1: every
+    # step is timed to completion on its own.
+    sync_every: int = 1
     # Validation loss every K steps and after the last one (0: only after the last step, and
     # only when the data has a validation split, i.e. a prepared directory).
     eval_every: int = 0
@@ -384,7 +388,7 @@ def validate_run(run: RunConfig) -> None:
     for name in ("eval_every", "data_threads", "data_processes"):
         if getattr(run, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(run, name)}")
-    for name in ("eval_batches", "data_prefetch"):
+    for name in ("eval_batches", "data_prefetch", "sync_every"):
         if getattr(run, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(run, name)}")
     _check_loss_chunk(run.loss_chunk, run.seq)
@@ -421,6 +425,7 @@ RESUME_FREE = (
     "overwrite",
     "allow_config_change",
     "timing_warmup_steps",
+    "sync_every",
     "eval_every",
     "eval_batches",
     "data_threads",

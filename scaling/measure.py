@@ -7,6 +7,14 @@ own (``compile_s``); the first ``timing_warmup_steps`` steps are burn-in and exc
 statistics; every step is timed to completion (``jax.block_until_ready``) and recorded; the
 statistic is the median of the measured steps.
 
+Windowed timing (``RunConfig.sync_every`` = W > 1): the host dispatches W steps without waiting
+(the device runs step i while the host dispatches step i+1 and places its batch) and blocks once,
+at the window's end. The window's wall time, from the dispatch of its first step to the
+completion of its last, divided by its step count is recorded as each of its steps' time: **per-step
+times are window means in this mode**. Windows end early at the end of burn-in and at steps due
+an evaluation or a checkpoint, so those, the probe and the profiler's start all fall between
+windows, outside any timed one.
+
 A CPU has no datasheet peak that XLA reaches, so on CPU the peak is a jitted 2048² matmul timed
 in the same process right after measured steps (``MatmulProbe``, FACTS.md: f32 2048² ~140–290
 GFLOP/s on the 2-core development machines), so MFU follows the load the steps saw.
@@ -97,10 +105,12 @@ def probe_schedule(measured_steps: int, samples: int = PROBE_SAMPLES) -> set[int
 @dataclass
 class StepClock:
     """The stages of a measured training loop: ``timing_warmup_steps`` burn-in steps, then
-    measured steps. ``time`` runs one step to completion and records its wall time; after each
-    step ``after_step`` samples the probe (on its schedule, outside any step's timed window) and
-    starts the profiler at the first measured step. ``finish`` stops the profiler and tops the
-    probe up to ``MIN_PROBE_SAMPLES`` after the last step."""
+    measured steps, timed in windows. ``begin`` opens a window (starting the profiler at the
+    first measured step); ``end`` blocks until the window's outputs are ready and records its
+    wall time divided by its ``n`` steps as each step's time (a window of one step: that step's
+    own time); ``after_window`` samples the probe when the window held a step of its schedule
+    (outside any timed window). ``time`` is a window of one step. ``finish`` stops the profiler
+    and tops the probe up to ``MIN_PROBE_SAMPLES`` after the last step."""
 
     timing_warmup_steps: int
     measured_steps: int
@@ -108,23 +118,42 @@ class StepClock:
     profile_dir: str | None = None
     step_times_s: list[float] = field(default_factory=list)
     _profiling: bool = False
+    _window_start: float = math.nan
 
     def __post_init__(self) -> None:
         self._schedule = probe_schedule(self.measured_steps)
 
     def time(self, fn: Callable, *args) -> Any:
+        self.begin()
+        return self.end(fn(*args), 1)
+
+    def begin(self) -> None:
         if self.profile_dir and not self._profiling and self._measured_index() >= 0:
             jax.profiler.start_trace(self.profile_dir)
             self._profiling = True
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        self.step_times_s.append(time.perf_counter() - start)
-        return out
+        self._window_start = time.perf_counter()
+
+    def end(self, outputs: Any, n: int) -> Any:
+        """Block on ``outputs`` (everything the window's ``n`` steps produced), record ``n``
+        equal step times; returns ``outputs``."""
+        outputs = jax.block_until_ready(outputs)
+        mean = (time.perf_counter() - self._window_start) / n
+        self.step_times_s.extend([mean] * n)
+        return outputs
 
     def after_step(self) -> None:
-        index = self._measured_index() - 1  # the step just timed
-        if self.probe is not None and index in self._schedule:
+        self.after_window(1)
+
+    def after_window(self, n: int) -> None:
+        """Sample the probe once if one of the window's last ``n`` steps is on its schedule."""
+        last = self._measured_index()  # one past the window's last measured index
+        if self.probe is not None and self._schedule.intersection(range(last - n, last)):
             self.probe.sample()
+
+    def steps_to_burn_in_end(self) -> int:
+        """Steps left before the burn-in ends (0 once it has): a window must end there, so
+        that no window mixes burn-in and measured steps."""
+        return max(-self._measured_index(), 0)
 
     def finish(self) -> None:
         if self._profiling:

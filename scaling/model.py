@@ -43,6 +43,20 @@ def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
 
+def matmul_rows(
+    x: Float[Array, "... i"], w: Float[Array, "i o"], *, transpose_w: bool = False, **kwargs
+) -> Float[Array, "... o"]:
+    """``x @ w`` (or ``x @ wᵀ``) with the leading dimensions of ``x`` merged into one row
+    dimension first: the weight gradient is then one 2-D ``dot`` contracting the rows of ``x``
+    and of the output gradient in the layout both already have. With the leading dimensions kept
+    (``einsum("...i,io->...o")``), XLA's CPU backend copied the output gradient into a transposed
+    layout for every weight gradient (~8 % of a 125m step in FFN copies; the head's logits
+    gradient too). ``kwargs`` go to ``jnp.matmul`` (``preferred_element_type``)."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = jnp.matmul(rows, w.T if transpose_w else w, **kwargs)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
 class Linear(nnx.Module):
     """``y = x W (+ b)``; ``W`` is stored ``(d_in, d_out)``, the bias (zeros at init) ``(d_out,)``.
 
@@ -64,7 +78,7 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32)) if bias else None
 
     def __call__(self, x: Float[Array, "... i"]) -> Float[Array, "... o"]:
-        y = jnp.einsum("...i,io->...o", x, self.weight[...].astype(x.dtype))
+        y = matmul_rows(x, self.weight[...].astype(x.dtype))
         return y if self.bias is None else y + self.bias[...].astype(x.dtype)
 
 
@@ -80,7 +94,7 @@ class Embedding(nnx.Module):
     def attend(self, x: Float[Array, "... d"]) -> Float[Array, "... v"]:
         """Logits accumulate in float32 whatever the compute dtype."""
         w = self.weight[...].astype(x.dtype)
-        return jnp.einsum("...d,vd->...v", x, w, preferred_element_type=jnp.float32)
+        return matmul_rows(x, w, transpose_w=True, preferred_element_type=jnp.float32)
 
 
 class RMSNorm(nnx.Module):
@@ -351,7 +365,7 @@ class Head(nnx.Module):
             logits = table.attend(x)
         else:
             w = self.weight[...].astype(x.dtype)
-            logits = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+            logits = matmul_rows(x, w, preferred_element_type=jnp.float32)
         return logits if self.bias is None else logits + self.bias[...]
 
 

@@ -23,6 +23,9 @@ time the step was busy, never more than its wall time. The per-step figures divi
 number of profiled executions of the step; ``coverage`` is their sum ÷ the mean wall time of
 the same (profiled, measured) steps, below 1 by the host's dispatch gaps. A mean, not the
 median: the first traced step carries the profiler's start-up and both sides must hold it.
+``matmul_s`` is the self time of the step's matrix multiplications alone: MFU × step time ÷
+``matmul_s`` is the matmul-only ceiling, the MFU the step would reach if everything but its
+matmuls took no time (its matmuls running at the rate they ran).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class ProfileSummary:
     step_time_s: float  # mean wall time of the profiled steps (``StepClock``)
     scopes_s: dict[str, float] = field(default_factory=dict)  # per step, self time
     top_ops: list[OpTime] = field(default_factory=list)
+    # per step, self time of the matrix multiplications (``matmul_ops``), whatever their scope
+    matmul_s: float = 0.0
 
     @property
     def total_s(self) -> float:
@@ -93,6 +98,28 @@ def op_scopes(hlo_text: str) -> dict[str, str]:
         words = _WORD.findall(op_name.group(1)) if op_name else []
         scopes[name] = next((w for w in reversed(words) if w in SCOPES), "other")
     return scopes
+
+
+def matmul_ops(hlo_text: str) -> set[str]:
+    """Names of an HLO module's matrix multiplications: ``dot`` and ``convolution``
+    instructions, and fusions a backend hands to a matmul library (CPU's ``ynn_fusion``: kind
+    kCustom) whose ``op_name`` ends in ``dot_general``."""
+    names = set()
+    for line in hlo_text.splitlines():
+        match = _INSTRUCTION.match(line)
+        if not match:
+            continue
+        name, opcode = match.groups()
+        op_name = _OP_NAME.search(line)
+        custom_dot = (
+            opcode == "fusion"
+            and "kind=kCustom" in line
+            and op_name is not None
+            and op_name.group(1).endswith("dot_general")
+        )
+        if opcode in ("dot", "convolution") or custom_dot:
+            names.add(name)
+    return names
 
 
 def newest_trace(profile_dir: str | Path) -> Path:
@@ -179,7 +206,8 @@ def summarize(profile_dir: str | Path, step_time_s: float, top: int = 15) -> Pro
     hlo = profile_dir / HLO_FILE
     if not hlo.is_file():
         raise ValueError(f"no {HLO_FILE} in {str(profile_dir)!r} (written by a profiled run)")
-    scopes = op_scopes(hlo.read_text())
+    hlo_text = hlo.read_text()
+    scopes, matmuls = op_scopes(hlo_text), matmul_ops(hlo_text)
     with gzip.open(newest_trace(profile_dir), "rt") as f:
         events = json.load(f)["traceEvents"]
     totals, steps, idle = self_times(events)
@@ -194,4 +222,5 @@ def summarize(profile_dir: str | Path, step_time_s: float, top: int = 15) -> Pro
     by_scope[IDLE] = idle / steps
     ops.sort(key=lambda op: op.self_s, reverse=True)
     ordered = dict(sorted(by_scope.items(), key=lambda kv: kv[1], reverse=True))
-    return ProfileSummary(steps, step_time_s, ordered, ops[:top])
+    matmul_s = sum(seconds for name, seconds in totals.items() if name in matmuls) / steps
+    return ProfileSummary(steps, step_time_s, ordered, ops[:top], matmul_s)

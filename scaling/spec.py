@@ -45,6 +45,9 @@ SHAPE_AND_LENGTH = ("layers", "tokens")
 # Kernels (attention implementation, chunked loss), optional in the same way: absent, the
 # reference attention and the whole-logits loss run, and old run ids stay what they were.
 KERNELS = ("attention", "loss_chunk")
+# How the host times the steps (RunConfig.sync_every), optional in the same way: absent, each
+# step is timed to completion and old run ids stay what they were.
+HOST_LOOP = ("sync_every",)
 SWEEP_FIXED = (
     "model",
     "mode",
@@ -67,6 +70,7 @@ SWEEP_FIXED = (
     "mup",
     *SHAPE_AND_LENGTH,
     *KERNELS,
+    *HOST_LOOP,
     *LOADER_AND_EVAL,
     *MUP_KNOBS,
     "peak_tflops",  # a device's peak / HBM bandwidth when it has no profile (measurement only)
@@ -317,7 +321,7 @@ def run_config_from_settings(settings: dict) -> RunConfig:
         seed=settings["seed"],
         data=settings["data"],
         timing_warmup_steps=settings["timing_warmup_steps"],
-        **{k: settings[k] for k in LOADER_AND_EVAL if settings.get(k) is not None},
+        **{k: settings[k] for k in LOADER_AND_EVAL + HOST_LOOP if settings.get(k) is not None},
         **({"loss_chunk": settings["loss_chunk"]} if settings.get("loss_chunk") else {}),
         mup_knobs={key: settings.get(key) for key in MUP_KNOBS},
     )

@@ -316,9 +316,12 @@ def run(
     """Train ``run_cfg.model`` for ``run_cfg.steps`` steps and measure it.
 
     Compilation is timed separately (``compile_s``); the steps run through a
-    ``measure.StepClock`` (burn-in, then measured steps, each timed to completion; the CPU
-    ``probe`` sampled between measured steps; ``profile_dir`` traces the measured steps). A
-    non-finite loss stops the run (``diverged``).
+    ``measure.StepClock`` in timed windows of ``run_cfg.sync_every`` steps (1: each step timed
+    to completion; more: dispatched without waiting, each step's time the window's mean); the
+    CPU ``probe``, evaluations and checkpoints run between windows, and ``profile_dir`` traces
+    the measured steps. Metrics are fetched once per window. A non-finite loss stops the run
+    (``diverged``) at the end of its window: up to ``sync_every - 1`` further steps may have
+    run, and are not recorded.
     """
     from scaling import checkpoint  # orbax is slow to import; only runs need it
 
@@ -349,30 +352,80 @@ def run(
             probe=probe,
             profile_dir=profile_dir,
         )
-        for step in range(start, run_cfg.steps):
+
+        def next_batch() -> jax.Array:
             waited = time.perf_counter()
-            tokens = parallel.place_batch(
+            batch = parallel.place_batch(
                 np.asarray(next(iterator)), p.batch_sharding, p.batch_shape
             )
             result.data_wait_s.append(time.perf_counter() - waited)
-            state, metrics = clock.time(compiled, state, tokens)
-            metrics = _record_step(result, metrics, clock.step_times_s[-1])
-            _evaluate_if_due(run_cfg, evaluator, step, state, result, metrics)
-            if on_step is not None:
-                on_step(step, metrics)
-            clock.after_step()
-            if not math.isfinite(metrics["loss"]):
-                result.diverged = True
-                break
-            if manager is not None and _checkpoint_due(run_cfg, step + 1):
-                checkpoint.save(manager, step + 1, state, iterator.get_state(), run_cfg)
+            return batch
+
+        step = start
+        while step < run_cfg.steps and not result.diverged:
+            end = _window_end(run_cfg, step, clock)
+            state, held = _dispatch_window(compiled, state, end - step, clock, next_batch)
+            fetched = jax.device_get(held)  # the window's metrics in one transfer
+            for metrics, index in zip(fetched, range(step, end), strict=True):
+                metrics = _record_step(result, metrics, clock.step_times_s[index - start])
+                _evaluate_if_due(run_cfg, evaluator, index, state, result, metrics)
+                if on_step is not None:
+                    on_step(index, metrics)
+                if not math.isfinite(metrics["loss"]):
+                    _mark_diverged(result, index, end)
+                    break
+            clock.after_window(end - step)
+            step = end
+            if manager is not None and not result.diverged and _checkpoint_due(run_cfg, step):
+                checkpoint.save(manager, step, state, iterator.get_state(), run_cfg)
         clock.finish()
         if manager is not None:
             checkpoint.finish(manager)
-    result.step_times_s = clock.step_times_s
+    # only the steps up to a non-finite loss are recorded (a window may have run past it)
+    result.step_times_s = clock.step_times_s[: len(result.losses)]
+    del result.data_wait_s[len(result.losses) :]
     if profile_dir and clock.measured_steps > 0:
         _summarize_profile(result, profile_dir)
     return result
+
+
+def _window_end(run_cfg: RunConfig, step: int, clock: StepClock) -> int:
+    """One past the last step of the timed window that starts at ``step``: ``sync_every``
+    steps, fewer where the run, the burn-in or the steps before an evaluation or a checkpoint
+    end first (those happen between windows, never inside a timed one)."""
+    end = min(step + run_cfg.sync_every, run_cfg.steps)
+    if clock.steps_to_burn_in_end():
+        end = min(end, step + clock.steps_to_burn_in_end())
+    checkpoint_every = run_cfg.checkpoint_every if run_cfg.checkpoint_dir else 0
+    for every in (run_cfg.eval_every, checkpoint_every):
+        if every:
+            end = min(end, (step // every + 1) * every)
+    return end
+
+
+def _dispatch_window(compiled, state: TrainState, n: int, clock: StepClock, next_batch):
+    """Run ``n`` steps as one timed window: each step is dispatched without waiting for the
+    previous one, the batches after the first are fetched and placed while the device computes,
+    and the host blocks once at the end (``StepClock.end``). Returns the state and the ``n``
+    steps' metrics, still on the device."""
+    tokens = next_batch()  # outside the window, as in per-step timing
+    clock.begin()
+    held = []
+    for i in range(n):
+        state, metrics = compiled(state, tokens)
+        held.append(metrics)
+        if i + 1 < n:
+            tokens = next_batch()
+    return clock.end((state, held), n)
+
+
+def _mark_diverged(result: RunResult, index: int, window_end: int) -> None:
+    result.diverged = True
+    if window_end > index + 1:
+        result.notes.append(
+            f"steps {index + 1}..{window_end - 1} ran after the non-finite loss at step {index} "
+            "(the host checks the loss once per timed window, --sync-every) and are not recorded"
+        )
 
 
 def _summarize_profile(result: RunResult, profile_dir: str) -> None:
@@ -459,7 +512,7 @@ def _evaluate_if_due(run_cfg, evaluator, step: int, state, result: RunResult, me
     result.val_bpbs.append(bpb)
     if due:
         metrics["val_loss"], metrics["val_bpb"] = loss, bpb
-    metrics["data_wait_s"] = result.data_wait_s[-1]
+    metrics["data_wait_s"] = result.data_wait_s[len(result.val_losses) - 1]
 
 
 def _new_result(run_cfg: RunConfig, p: Plan, start: int, compile_s: float, compiled) -> RunResult:

@@ -60,6 +60,8 @@ def test_train_json_reports_losses_per_step():
         (["train", "--mode", "tp", "--mesh", "4x2"], "mode tp needs data=1"),
         (["train", "--mode", "dp", "--mesh", "2x1"], "needs 2 devices but 8 are available"),
         (["train", "--dtype", "fp8"], "unknown dtype 'fp8'"),
+        (["train", "--sync-every", "0"], "sync_every must be >= 1, got 0"),
+        (["sweep", "none", "--sizes", "tiny", "--sync-every", "-2"], "sync_every must be >= 1"),
         (["sweep", "dp", "--sizes", "huge"], "unknown size 'huge'"),
         (["sweep", "pp", "--sizes", "tiny"], "unknown mode 'pp'"),
         (["sweep", "dp", "--sizes", "tiny", "--shard", "3/2"], "bad shard '3/2'"),

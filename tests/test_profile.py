@@ -6,7 +6,7 @@ import json
 import pytest
 from helpers import last_json
 
-from scaling.profile import op_scopes, self_times
+from scaling.profile import matmul_ops, op_scopes, self_times
 
 HLO = """
 HloModule jit_train_step
@@ -28,6 +28,11 @@ def test_scopes_are_the_innermost_named_scope_and_collectives_by_opcode():
         "all-reduce-start.2": "collectives",
         "copy.183": "other",  # no metadata: loop bookkeeping
     }
+
+
+def test_matmuls_are_dots_and_library_fusions_of_a_dot_general():
+    # ynn_fusion.12 is a library fusion of a reduction, copy.183 no matmul at all
+    assert matmul_ops(HLO) == {"ynn_fusion.41", "ynn_fusion.38", "dot.3"}
 
 
 def _event(op, ts, dur, run="1", tid=7):
@@ -89,6 +94,12 @@ def test_profiled_cpu_run_sums_to_its_step_time(cli, tmp_path, steps, tolerance)
         profile["scopes_s"]
     )
     assert profile["steps"] == steps - 1  # the measured steps after one timing warm-up
+    # the matmuls are part of the step, and the ceiling is the MFU scaled by step ÷ matmuls
+    assert 0 < profile["matmul_s"] < profile["total_s"]
+    summary = last_json(result.stdout)
+    expected = summary["mfu"] * summary["step_time_s_median"] / profile["matmul_s"]
+    assert summary["matmul_only_ceiling"] == pytest.approx(expected, rel=1e-12)
+    assert summary["matmul_only_ceiling"] > summary["mfu"]
     stored = json.loads((out / "summary.json").read_text())
     assert stored["scopes_s"] == profile["scopes_s"]
     assert (out / "step.hlo.txt").is_file()

@@ -110,6 +110,10 @@ PEAK_HELP = {
     "(default: a bf16 matmul probe).",
     "hbm_gbps": "HBM bandwidth per device, GB/s (replaces the profile's).",
 }
+SYNC_EVERY_HELP = (
+    "Steps per timed window: dispatched without waiting, one host sync and one metrics fetch "
+    "per window; each step's time is the window's mean (1: every step timed on its own)."
+)
 MUP_HELP = {
     "base_width": "muP base width: the d_model the hyperparameters were tuned at (128).",
     "base_head_dim": "muP base head width (default: the model's d_head).",

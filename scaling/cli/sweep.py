@@ -12,6 +12,7 @@ from rich.table import Table
 from scaling.cli.common import (
     MUP_HELP,
     PEAK_HELP,
+    SYNC_EVERY_HELP,
     err_console,
     mup_knobs,
     out_console,
@@ -108,6 +109,7 @@ def sweep(
         int | None,
         Opt("--timing-warmup-steps", "--warmup-steps", help="Steps excluded from timing."),
     ] = None,
+    sync_every: Annotated[int | None, Opt(help=SYNC_EVERY_HELP)] = None,
     batch: Annotated[int | None, Opt(help="Global batch (sequences).")] = None,
     seq: Annotated[int | None, Opt(help="Sequence length.")] = None,
     mesh: Annotated[str | None, Opt(help="Mesh DxT (default: per mode).")] = None,
@@ -175,6 +177,7 @@ def sweep(
     given = {
         "steps": steps,
         "timing_warmup_steps": timing_warmup_steps,
+        "sync_every": sync_every,
         "batch": batch,
         "seq": seq,
         "mesh": mesh,
