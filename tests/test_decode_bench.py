@@ -118,6 +118,18 @@ def test_sweep_task_decode_records_rows_the_report_plots(cli, tmp_path):
         (["--task", "infer"], "unknown --task 'infer'; valid: train, decode"),
         (["--task", "decode", "--steps", "3"], "--steps: only for --task train, not decode"),
         (["--task", "decode", "--mup", "on"], "--mup: only for --task train, not decode"),
+        (
+            ["--task", "decode", "--attention", "xla", "--eval-every", "2"],
+            "--attention, --eval-every: only for --task train, not decode",
+        ),
+        (
+            ["--task", "decode", "--shard", "1/2", "--sync-every", "4"],
+            "--sync-every, --shard: only for --task train, not decode",
+        ),
+        (
+            ["--task", "decode", "--local-processes", "2"],
+            "--local-processes: only for --task train, not decode",
+        ),
     ],
 )
 def test_sweep_task_decode_bad_input_is_one_line(cli, tmp_path, args, message):

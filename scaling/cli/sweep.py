@@ -77,7 +77,7 @@ def _modes(text: str, valid: tuple[str, ...], every: tuple[str, ...]) -> list[st
     return modes
 
 
-def _check_decode_task(task: str, mup: str, given: dict) -> None:
+def _check_decode_task(task: str, mup: str, given: list[str]) -> None:
     if task != "decode":
         raise ValueError(f"unknown --task {task!r}; valid: train, decode")
     if mup != "off" or given:
@@ -153,10 +153,23 @@ def sweep(
 ) -> None:
     """Run MODES × sizes (× muP) on the shared model; record everything under --out."""
     if task != "train":
-        training_only = {"--spec": spec, "--model": model, "--steps": steps, "--lr": lr,
-                         "--data": data, "--remat": remat, "--seq": seq}  # fmt: skip
-        with user_errors():
-            _check_decode_task(task, mup, {k: v for k, v in training_only.items() if v})
+        training_only = {
+            "--spec": spec, "--model": model, "--steps": steps, "--lr": lr, "--data": data,
+            "--remat": remat, "--seq": seq, "--timing-warmup-steps": timing_warmup_steps,
+            "--sync-every": sync_every, "--attention": attention, "--loss-chunk": loss_chunk,
+            "--eval-every": eval_every, "--eval-batches": eval_batches, "--timeout": timeout,
+            "--peak-tflops": peak_tflops, "--shard": shard != "0/1", "--profile": profile,
+            "--coordinator": coordinator, "--num-processes": num_processes,
+            "--process-id": process_id, "--local-processes": local_processes, "--force": force,
+            "--mup-base-width": mup_base_width, "--mup-base-head-dim": mup_base_head_dim,
+            "--mup-input-multiplier": mup_input_multiplier,
+            "--mup-output-multiplier": mup_output_multiplier,
+            "--mup-attn-multiplier": mup_attn_multiplier, "--mup-zero-readout": mup_zero_readout,
+        }  # fmt: skip
+        with user_errors():  # 0, False and None are the defaults: not given
+            _check_decode_task(
+                task, mup, [k for k, v in training_only.items() if v not in (None, False)]
+            )
             from scaling.sharding import DENSE_MODES, MODES
 
             decode_modes = _modes(modes or "none", MODES, DENSE_MODES)
