@@ -77,6 +77,23 @@ def _modes(text: str, valid: tuple[str, ...], every: tuple[str, ...]) -> list[st
     return modes
 
 
+# The sweep's options that only a training sweep reads (--task decode refuses them).
+TRAINING_ONLY = (
+    "spec", "model", "steps", "lr", "data", "remat", "seq", "timing_warmup_steps", "sync_every",
+    "attention", "loss_chunk", "eval_every", "eval_batches", "timeout", "peak_tflops", "shard",
+    "profile", "coordinator", "num_processes", "process_id", "local_processes", "force",
+    "mup_base_width", "mup_base_head_dim", "mup_input_multiplier", "mup_output_multiplier",
+    "mup_attn_multiplier", "mup_zero_readout",
+)  # fmt: skip
+
+
+def _training_options_given(options: dict) -> list[str]:
+    """The training-only options set away from their defaults (None, False, 0, shard 0/1), as
+    their command-line names."""
+    given = [n for n in TRAINING_ONLY if options[n] not in (None, False) and options[n] != "0/1"]
+    return ["--" + name.replace("_", "-") for name in given]
+
+
 def _check_decode_task(task: str, mup: str, given: list[str]) -> None:
     if task != "decode":
         raise ValueError(f"unknown --task {task!r}; valid: train, decode")
@@ -152,24 +169,10 @@ def sweep(
     gen_len: Annotated[int, Opt(help="--task decode: generated tokens per row.")] = 32,
 ) -> None:
     """Run MODES × sizes (× muP) on the shared model; record everything under --out."""
+    options = dict(locals())
     if task != "train":
-        training_only = {
-            "--spec": spec, "--model": model, "--steps": steps, "--lr": lr, "--data": data,
-            "--remat": remat, "--seq": seq, "--timing-warmup-steps": timing_warmup_steps,
-            "--sync-every": sync_every, "--attention": attention, "--loss-chunk": loss_chunk,
-            "--eval-every": eval_every, "--eval-batches": eval_batches, "--timeout": timeout,
-            "--peak-tflops": peak_tflops, "--shard": shard != "0/1", "--profile": profile,
-            "--coordinator": coordinator, "--num-processes": num_processes,
-            "--process-id": process_id, "--local-processes": local_processes, "--force": force,
-            "--mup-base-width": mup_base_width, "--mup-base-head-dim": mup_base_head_dim,
-            "--mup-input-multiplier": mup_input_multiplier,
-            "--mup-output-multiplier": mup_output_multiplier,
-            "--mup-attn-multiplier": mup_attn_multiplier, "--mup-zero-readout": mup_zero_readout,
-        }  # fmt: skip
-        with user_errors():  # 0, False and None are the defaults: not given
-            _check_decode_task(
-                task, mup, [k for k, v in training_only.items() if v not in (None, False)]
-            )
+        with user_errors():
+            _check_decode_task(task, mup, _training_options_given(options))
             from scaling.sharding import DENSE_MODES, MODES
 
             decode_modes = _modes(modes or "none", MODES, DENSE_MODES)
