@@ -97,6 +97,81 @@ class Embedding(nnx.Module):
         return matmul_rows(x, w, transpose_w=True, preferred_element_type=jnp.float32)
 
 
+# The norms and the attention softmax carry their own backward so that the backward pass keeps
+# only what it needs: autodiff of the plain formulas saved the float32 cast of the input, the
+# normalised x and (softmax) both the exponentials and the weights, and the layer scan stores
+# every saved tensor as an (L, ...) stack that is zero-filled, written and read back each step
+# (on CPU, 125m: ~40 % less temp memory and ~20 % less step time with these three and the gate
+# below). Each is tested against autodiff of the plain formula.
+
+
+def _rms_forward(x: Array, gain: Array, eps: float) -> tuple[Array, Array, Array]:
+    x32 = x.astype(jnp.float32)
+    inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return x32 * inv_rms, inv_rms, (x32 * inv_rms * gain).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x: Float[Array, "... d"], gain: Float[Array, " d"], eps: float) -> Array:
+    """``x / sqrt(mean(x²) + eps) · gain`` in float32, cast back to x's dtype. Keeps x and the
+    per-row 1/rms for the backward."""
+    return _rms_forward(x, gain, eps)[2]
+
+
+def _rms_norm_fwd(x, gain, eps):
+    _, inv_rms, y = _rms_forward(x, gain, eps)
+    return y, (x, inv_rms, gain)
+
+
+def _rms_norm_bwd(eps, residuals, dy):
+    x, inv_rms, gain = residuals
+    normed = x.astype(jnp.float32) * inv_rms
+    dy32 = dy.astype(jnp.float32)
+    d_gain = jnp.sum(dy32 * normed, axis=tuple(range(dy.ndim - 1)))
+    d_normed = dy32 * gain
+    dx = inv_rms * (d_normed - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), d_gain
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+def _layer_forward(x: Array, gain: Array, eps: float) -> tuple[Array, Array, Array]:
+    x32 = x.astype(jnp.float32)
+    centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    inv_std = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+    return centred * inv_std, inv_std, centred * inv_std * gain
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def layer_norm(x: Float[Array, "... d"], gain: Float[Array, " d"], eps: float) -> Array:
+    """``(x - mean) / sqrt(var + eps) · gain``, float32 (the caller adds the shift and casts
+    back to x's dtype). Keeps x and the per-row 1/std for the backward."""
+    return _layer_forward(x, gain, eps)[2]
+
+
+def _layer_norm_fwd(x, gain, eps):
+    _, inv_std, y = _layer_forward(x, gain, eps)
+    return y, (x, inv_std, gain)
+
+
+def _layer_norm_bwd(eps, residuals, dy):
+    x, inv_std, gain = residuals
+    x32 = x.astype(jnp.float32)
+    normed = (x32 - jnp.mean(x32, axis=-1, keepdims=True)) * inv_std
+    d_gain = jnp.sum(dy * normed, axis=tuple(range(dy.ndim - 1)))
+    d_normed = dy * gain
+    dx = inv_std * (
+        d_normed
+        - jnp.mean(d_normed, axis=-1, keepdims=True)
+        - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True)
+    )
+    return dx.astype(x.dtype), d_gain
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
 class RMSNorm(nnx.Module):
     """``x / sqrt(mean(x²) + eps) · g``, computed in float32 and cast back. With
     ``unit_offset`` the gain is ``1 + w`` and ``w`` starts at 0 (Gemma)."""
@@ -107,10 +182,8 @@ class RMSNorm(nnx.Module):
 
     @jax.named_scope("norm")
     def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
-        x32 = x.astype(jnp.float32)
-        inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         gain = 1.0 + self.weight[...] if self.unit_offset else self.weight[...]
-        return (x32 * inv_rms * gain).astype(x.dtype)
+        return rms_norm(x, gain, self.eps)
 
 
 class LayerNorm(nnx.Module):
@@ -123,10 +196,7 @@ class LayerNorm(nnx.Module):
 
     @jax.named_scope("norm")
     def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
-        x32 = x.astype(jnp.float32)
-        centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
-        var = jnp.mean(centred * centred, axis=-1, keepdims=True)
-        y = centred * jax.lax.rsqrt(var + self.eps) * self.weight[...]
+        y = layer_norm(x, self.weight[...], self.eps)
         if self.bias is not None:
             y = y + self.bias[...]
         return y.astype(x.dtype)
@@ -165,6 +235,31 @@ def softmax(x: Float[Array, ...], axis: int = -1) -> Float[Array, ...]:
     return e / jnp.sum(e, axis=axis, keepdims=True)
 
 
+@jax.custom_vjp
+def masked_softmax(
+    scores: Float[Array, "... t s"], mask: Bool[Array, "t s"] | None
+) -> Float[Array, "... t s"]:
+    """Softmax over s of the scores where ``mask`` allows (the rest get weight 0; a row with
+    nothing allowed is uniform). Keeps only its output for the backward:
+    dscores = w ⊙ (dw - Σₛ dw ⊙ w), zero where masked since w is."""
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+    return softmax(scores, axis=-1)
+
+
+def _masked_softmax_fwd(scores, mask):
+    weights = masked_softmax(scores, mask)
+    return weights, weights
+
+
+def _masked_softmax_bwd(weights, d_weights):
+    d_scores = weights * (d_weights - jnp.sum(d_weights * weights, axis=-1, keepdims=True))
+    return d_scores, None
+
+
+masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
+
+
 def scaled_dot_product_attention(
     q: Float[Array, "... t k"],
     k: Float[Array, "... s k"],
@@ -177,10 +272,7 @@ def scaled_dot_product_attention(
     float32."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = jnp.einsum("...tk,...sk->...ts", q, k, preferred_element_type=jnp.float32) * scale
-    scores = softcap(scores, cap)
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    weights = softmax(scores, axis=-1).astype(v.dtype)
+    weights = masked_softmax(softcap(scores, cap), mask).astype(v.dtype)
     return jnp.einsum("...ts,...sk->...tk", weights, v)
 
 
@@ -244,6 +336,18 @@ def sinusoidal_table(n: int, d: int) -> np.ndarray:
     return table.astype(np.float32)
 
 
+def gated_activation(
+    activation: str, h: Float[Array, "... f"], gate: Float[Array, "... f"] | None
+) -> Float[Array, "... f"]:
+    """``act(h) ⊙ gate`` (``act(h)`` without a gate), recomputed in the backward from ``h`` and
+    ``gate``: autodiff of the plain product kept act's intermediates too (SwiGLU: σ(h), h·σ(h)
+    and the product, besides h and the gate)."""
+    act = ACTIVATIONS[activation]
+    if gate is None:
+        return jax.checkpoint(act, prevent_cse=False)(h)
+    return jax.checkpoint(lambda a, g: act(a) * g, prevent_cse=False)(h, gate)
+
+
 class FeedForward(nnx.Module):
     """Gated ``W2 (act(W1 x) ⊙ W3 x)`` (SwiGLU, GeGLU) or ``W2 act(W1 x)`` (GELU, ReLU)."""
 
@@ -256,13 +360,13 @@ class FeedForward(nnx.Module):
 
     @jax.named_scope("ffn")
     def __call__(self, x: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
-        hidden = ACTIVATIONS[self.activation](self.w1(x))
-        if self.w3 is not None:
-            hidden = hidden * self.w3(x)
+        rows = x.reshape(-1, x.shape[-1])  # once, so the backward keeps one copy of the input
+        gate = None if self.w3 is None else self.w3(rows)
+        hidden = gated_activation(self.activation, self.w1(rows), gate)
         # The batch constraint on the hidden keeps fsdp's backward ZeRO-3-like: without it
         # GSPMD moved the (b, t, f) activations instead of gathering w2 (10m on 4 devices:
         # 4x the bytes of the weight).
-        return self.w2(shard_over_batch(hidden, features=True))
+        return self.w2(shard_over_batch(hidden, features=True)).reshape(x.shape)
 
 
 class CausalSelfAttention(nnx.Module):
@@ -286,9 +390,10 @@ class CausalSelfAttention(nnx.Module):
     @jax.named_scope("attention")
     def __call__(self, x: Float[Array, "b t d"], positions: Int[Array, "b t"]) -> Array:
         cfg = self.cfg
-        q = self._heads(self.q(x), self.n_heads)
-        k = self._heads(self.k(x), self.kv_heads)
-        v = self._heads(self.v(x), self.kv_heads)
+        rows = x.reshape(-1, x.shape[-1])  # once, so the backward keeps one copy of the input
+        q = self._heads(self.q(rows).reshape(*x.shape[:-1], -1), self.n_heads)
+        k = self._heads(self.k(rows).reshape(*x.shape[:-1], -1), self.kv_heads)
+        v = self._heads(self.v(rows).reshape(*x.shape[:-1], -1), self.kv_heads)
         if cfg.positions == "rope":
             q = apply_rope(q, cfg, positions[:, None, :])
             k = apply_rope(k, cfg, positions[:, None, :])

@@ -252,19 +252,19 @@ def test_activations_by_hand_gpt2_bf16():
     )  # fmt: skip
     s, b, h, a, V = 64, 2, 64, 4, 512
     per_layer = (
-        4 * 4 * s * b * h  # residual into the two norms and their normalised x, float32
+        2 * 2 * s * b * h  # the residual stream into the two norms (they keep their input)
         + 2 * 2 * s * b * h  # the two norm outputs
         + 4 * 2 * s * b * h  # q, k, v, attention output
-        + (4 + 2) * a * s * s * b  # exp of the scores (f32), softmax weights
-        + 6 * 2 * s * b * 4 * h  # six GELU-MLP tensors of width f = 4h
-        + (4 * s * b + 2 * a * s * b) * 4  # norm and softmax row statistics, float32
+        + (4 + 2) * a * s * s * b  # softmax weights (f32) and their bf16 cast
+        + 2 * 2 * s * b * 4 * h  # GELU-MLP: w1's output and its activation, width f = 4h
+        + 2 * s * b * 4  # the norms' 1/std, float32
     )
     # Korthikanti et al. 2022 (16-bit, fused elementwise, dropout) is the smaller reference.
     assert korthikanti_activation_bytes_per_layer(s, b, h, a) == 34 * s * b * h + 5 * a * s * s * b
     assert per_layer > korthikanti_activation_bytes_per_layer(s, b, h, a)
     outside = (
         5 * a * s * s * b  # causal mask (bool) and its fill (f32), hoisted out of the scan
-        + (2 * 4 + 2) * s * b * h  # final norm: f32 input and normalised x, bf16 output
+        + 2 * 2 * s * b * h  # final norm: its input and output
         + 2 * 4 * s * b * V  # exp of the logits and their gradient (f32)
         + 2 * V * h  # bf16 copy of the tied read-out table
     )

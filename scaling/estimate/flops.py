@@ -173,24 +173,27 @@ def flops_per_step(cfg: ModelConfig, *, batch: int, seq: int, causal_halving: bo
 # mask), btv = b·t·V. Terms of the size of a parameter vector (a bias or gain gradient's
 # reduction leaves d instead of b·t·d) are left out: they are 1/(b·t) of the terms kept.
 #
-# Llama's layer (float32, remat none): two RMSNorms and two residual adds; SwiGLU; RoPE on q and
-# k (7.5 per element; the 2 and -2 on q / kv are the gradient of repeating k, v to h heads);
-# softmax of the scores (scale, mask select, max-shift, sum, divide); the causal mask.
-LLAMA_LAYER = {"btd": 35, "bt": 22, "btf": 13, "bhtt": 14, "btq": 9.5, "btkv": 5.5, "tt": 1}
+# Llama's layer (float32, remat none): two RMSNorms (their own backward, ``model.rms_norm``) and
+# two residual adds; SwiGLU (recomputed in the backward, ``model.gated_activation``); RoPE on q
+# and k (7.5 per element; the 2 and -2 on q / kv are the gradient of repeating k, v to h
+# heads); the masked softmax of the scores (scale, mask select, max-shift, sum, divide; its
+# backward's row sum is the -3·bht); the causal mask.
+LLAMA_LAYER = {"btd": 33, "bt": 16, "btf": 17, "bhtt": 11, "bht": -3, "btq": 9.5, "btkv": 5.5,
+               "tt": 1}  # fmt: skip
 # Outside the layers: the final norm, the embedding gradient (a scatter-add), log-softmax
 # cross-entropy and its gradient on the logits.
-LLAMA_OUTSIDE = {"btd": 16, "bt": 30, "btv": 5}
+LLAMA_OUTSIDE = {"btd": 15, "bt": 27, "btv": 5}
 # What each architecture field changes against Llama's layer (per layer) ...
-FFN_LAYER = {  # FFN kind → its per-element count (Llama's SwiGLU: 13); plain FFNs one add less
+FFN_LAYER = {  # FFN kind → its per-element count (Llama's SwiGLU: 17); plain FFNs one add less
     "swiglu": {},
-    "geglu": {"btf": 12},
-    "gelu_tanh": {"btf": 9, "btd": -1},
-    "gelu": {"btd": -1},
-    "relu": {"btf": -6, "btd": -1},
+    "geglu": {"btf": 16},
+    "gelu_tanh": {"btf": 12, "btd": -1},
+    "gelu": {"btf": -1, "btd": -1},
+    "relu": {"btf": -9, "btd": -1},
 }
 NORM_LAYER = {  # two norms per layer
-    ("layer", False): {"btd": 10},
-    ("layer", True): {"btd": 14, "bt": 2},
+    ("layer", False): {"btd": 12},
+    ("layer", True): {"btd": 16, "bt": 2},
     ("rms_unit_offset", False): {"bt": -2},
 }
 NO_ROPE_LAYER = {"btq": -7.5, "btkv": -7.5, "bt": -12}  # learned, sinusoidal or no positions
@@ -201,8 +204,8 @@ SLIDING_WINDOW_LAYER = {"tt": 3}  # the window's compare and and on the mask
 ATTN_SOFTCAP_LAYER = {"bhtt": 8}
 # ... and outside the layers.
 NORM_OUTSIDE = {
-    ("layer", False): {"btd": 5},
-    ("layer", True): {"btd": 7, "bt": 1},
+    ("layer", False): {"btd": 6},
+    ("layer", True): {"btd": 8, "bt": 1},
     ("rms_unit_offset", False): {"bt": -1},
 }
 POSITIONS_OUTSIDE = {"learned": {"btd": 3, "bt": 6}, "sinusoidal": {"btd": 1, "bt": 3}}
@@ -213,13 +216,13 @@ FINAL_SOFTCAP_OUTSIDE = {"btv": 8}
 # (the same under full and dots unless a table says otherwise).
 LLAMA_REMAT = {
     "full": {"btd": 9, "bt": 14, "btf": 5, "bhtt": 6, "bht": -2, "btq": 3, "btkv": 3, "tt": 1},
-    "dots": {"btd": 11, "bt": 14, "btf": 7, "bhtt": 6, "bht": -2, "btq": 4, "btkv": 5, "tt": 1},
+    "dots": {"btd": 10, "bt": 14, "btf": 5, "bhtt": 6, "bht": -2, "btq": 4, "btkv": 5, "tt": 1},
 }
 REMAT_DELTAS: dict[str, dict[str, dict[str, float]]] = {  # component → remat → change
     "ffn:geglu": {"full": {"btf": 4}, "dots": {"btf": 4}},
-    "ffn:gelu_tanh": {"full": {"btf": 3}, "dots": {"btf": 2}},
-    "ffn:gelu": {"full": {"btf": -1}, "dots": {"btf": -2}},
-    "ffn:relu": {"full": {"btf": -4}, "dots": {"btf": -5}},
+    "ffn:gelu_tanh": {"full": {"btf": 3}, "dots": {"btf": 3}},
+    "ffn:gelu": {"full": {"btf": -1}, "dots": {"btf": -1}},
+    "ffn:relu": {"full": {"btf": -4}, "dots": {"btf": -4}},
     "norm:layer": {"full": {"btd": 4}, "dots": {"btd": 4}},
     "norm:layer+bias": {"full": {"btd": 6}, "dots": {"btd": 6}},
     "norm:rms_unit_offset": {"full": {"bt": -2}, "dots": {"bt": -2}},
@@ -229,8 +232,8 @@ REMAT_DELTAS: dict[str, dict[str, dict[str, float]]] = {  # component → remat 
     },  # fmt: skip
     "qkv_bias": {"full": {"btq": 1, "btkv": 2}, "dots": {"btq": 1, "btkv": 2}},
     "attn_out_bias": {"full": {"btd": 1}, "dots": {"btd": 1}},
-    "ffn_bias:gated": {"full": {"btf": 2}, "dots": {"btf": 2}},
-    "ffn_bias:plain": {"full": {"btf": 1}, "dots": {"btf": 1}},
+    "ffn_bias:gated": {"full": {"btf": 2}, "dots": {"btf": 4}},
+    "ffn_bias:plain": {"full": {"btf": 1}, "dots": {"btf": 2}},
     "sliding_window": {"full": {"tt": 3}, "dots": {"tt": 3}},
     "attn_softcap": {"full": {"bhtt": 2}, "dots": {"bhtt": 2}},
 }
@@ -239,9 +242,9 @@ REMAT_DELTAS: dict[str, dict[str, dict[str, float]]] = {  # component → remat 
 # cos/sin per token (btk = b·t·k); outside, the embedding output, the final norm and the
 # logits. Each weight cast counts once forward and once for its gradient, layer matrices and
 # biases once more under remat, the read-out matrix 4 times (``_elementwise``).
-BF16_LAYER = {"none": {"btd": 8, "bhtt": 2, "btq": 4}, "remat": {"btd": 12, "bhtt": 3, "btq": 4}}
+BF16_LAYER = {"none": {"btd": 10, "bhtt": 2, "btq": 4}, "remat": {"btd": 14, "bhtt": 3, "btq": 4}}
 BF16_ROPE = {"none": {"btk": 2}, "remat": {"btk": 4}}
-BF16_OUTSIDE = {"btd": 8}
+BF16_OUTSIDE = {"btd": 9}
 BF16_READOUT_CASTS = 4
 # Per parameter and step: global-norm clipping (square, sum), the grad-norm metric (square,
 # sum), Adam's moments, bias corrections and update, weight decay, learning rate, apply.

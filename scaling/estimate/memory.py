@@ -21,9 +21,12 @@ from scaling.estimate.mesh import (
 )
 from scaling.estimate.params import held_groups, params_per_device, readout_held
 
-# Tensors of width d_ff that jax saves per layer for the FFN's backward, by kind (counted with
-# ``jax._src.ad_checkpoint.saved_residuals`` on the loss, jax 0.10.2).
-FFN_SAVED = {"swiglu": 6, "gelu_tanh": 6, "geglu": 8, "gelu": 4, "relu": 2}
+# Tensors of width d_ff that jax saves per layer for the dense FFN's backward, by kind (counted
+# with ``jax._src.ad_checkpoint.saved_residuals`` on the loss, jax 0.10.2): the w1 (and w3)
+# outputs and the w2 input; ``model.gated_activation`` recomputes the activation's internals.
+FFN_SAVED = {"swiglu": 3, "gelu_tanh": 2, "geglu": 3, "gelu": 2, "relu": 2}
+# The experts' FFN (``scaling.moe``) runs the plain activation, whose intermediates autodiff saves.
+EXPERT_FFN_SAVED = {"swiglu": 6, "gelu_tanh": 6, "geglu": 8, "gelu": 4, "relu": 2}
 PARAM_BYTES = F32_BYTES  # parameters are always float32 (cast to the compute dtype at use)
 GRAD_BYTES = F32_BYTES  # gradients of float32 parameters are float32
 OPTIMIZER_BYTES = 2 * F32_BYTES  # AdamW: two float32 moments per parameter (optax.adamw)
@@ -63,17 +66,19 @@ def activation_terms(
     (``jax.ad_checkpoint.print_saved_residuals`` on the loss), which the scanned step
     materialises as stacked (L, ...) arrays. Per layer:
 
-    - the residual stream into the two norms, in float32 (the norms compute in float32 and
-      keep the cast input), and their normalised x·rsqrt(·), float32: 4·4·btd bytes
-    - the two norm outputs (the q/k/v and FFN matmul inputs): 2·c·btd
-    - q and k after RoPE, v, all repeated to h heads, and the attention output: 4·c·bt(h·k)
-    - exp of the masked scores (float32) 4·b·h·t² and the softmax weights c·b·h·t²
-    - FFN: k·c·btf with k per kind (``FFN_SAVED``): SwiGLU 6 (w1's output, σ of it, two silu
-      products, w3's output and the gate product), tanh-GELU 6 (its input and five
-      intermediates), GeGLU 8, exact GELU 4, ReLU 2.
+    - the residual stream into the two norms (``model.rms_norm``/``layer_norm`` keep their
+      input and recompute the normalised x in the backward): 2·c·btd
+    - the two norm outputs (the q/k/v and FFN matmul inputs, reshaped to rows once): 2·c·btd
+    - q and k after RoPE, v, all repeated to h heads, and the attention output: 4·c·bt(h·k);
+      with RoPE the gathered cos and sin of q and k, 4·c·bt·k/2
+    - the softmax weights (``model.masked_softmax`` keeps only them), float32 b·h·t², and their
+      cast to the compute dtype, c·b·h·t², when that is not float32 (``xla``: jax's softmax
+      keeps the float32 exp and the weights, and the row sum and its square, 2·bht)
+    - FFN: k·c·btf with k per kind (``FFN_SAVED``): gated 3 (w1's and w3's outputs and the
+      gated product), plain 2 (w1's output and its activation); ``model.gated_activation``
+      recomputes the activation's intermediates
     - soft-capped attention scores keep tanh and its input, float32: 2·4·b·h·t²
-    - row statistics: rsqrt and mean of the norms (4·bt), softmax sum and its square (2·bht),
-      float32.
+    - row statistics: the norms' 1/rms (or 1/std), float32 2·bt.
 
     Korthikanti et al. 2022 (34·s·b·h + 5·a·s²·b bytes for 16-bit activations, assuming
     fused elementwise chains) counts ~17 c-sized (b, t, d) tensors per layer; unfused jax keeps
@@ -90,7 +95,7 @@ def activation_terms(
     matmul outputs are counted: the norm outputs and mid residual (3·btd), q/k/v and the
     attention output (4·bt·hk), the FFN matmul outputs (3·btf SwiGLU, 2·btf GELU, ``full``;
     one btf ``dots``), scores float32 and weights. Outside the layers (every remat): the
-    final norm's float32 input and normalised x and its output, exp of the float32 logits for
+    final norm's input and output, exp of the float32 logits for
     the log-softmax and the logits gradient (with a final soft-cap also tanh and its input,
     float32). With bf16 compute the bf16 copies of the
     read-out matrix, and under remat ``none`` of the layer weights, are saved too.
@@ -182,9 +187,7 @@ def _moe_elements(cfg: ModelConfig, mode: str, mesh, batch: int, seq: int) -> di
 def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
     """Remat none: what every layer saves, stacked over L by the scan."""
     L, c, cd, f32 = cfg.n_layers, n.c, cfg.dtype, "float32"
-    kept = FFN_SAVED[cfg.ffn]
-    add("residual stream into the norms, float32 (L·2·btd)", f32, L * 2 * n.resid * F32_BYTES)
-    add("normalised x of the norms, float32 (L·2·btd)", f32, L * 2 * n.resid * F32_BYTES)
+    add("residual stream into the norms (L·2·btd)", cd, L * 2 * n.resid * c)
     add("norm outputs = matmul inputs (L·2·btd)", cd, L * 2 * n.resid * c)
     if cfg.attention == "reference":
         add("q, k (RoPE), v repeated to h heads; attention output (L·4·bt·hk)", cd,
@@ -192,22 +195,31 @@ def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
     else:
         add("q (RoPE), attention output (L·2·bt·hk); k (RoPE), v at g heads (L·2·bt·gk)", cd,
             L * (2 * n.heads + 2 * n.kv) * c)  # fmt: skip
+    if cfg.positions == "rope":
+        add("RoPE cos and sin of q and k, per position (L·2·bt·k)", cd,
+            L * 2 * n.rows * cfg.d_head * c)  # fmt: skip
     if cfg.moe:
-        _moe_saved(cfg, n, add, kept)
+        _moe_saved(cfg, n, add, EXPERT_FFN_SAVED[cfg.ffn])
     else:
-        add(f"FFN: {cfg.ffn} input and intermediates (L·{kept}·btf)", cd, L * kept * n.ffn * c)
+        kept = FFN_SAVED[cfg.ffn]
+        add(f"FFN: {cfg.ffn} matmul outputs and product (L·{kept}·btf)", cd, L * kept * n.ffn * c)
     if cfg.attention in FUSED_ATTENTIONS:
-        add("norm row statistics (L·4·bt); fused attention log-sum-exp (L·bht)", f32,
-            L * (4 * n.rows + n.score_rows) * F32_BYTES)  # fmt: skip
+        add("norm row statistics (L·2·bt); fused attention log-sum-exp (L·bht)", f32,
+            L * (2 * n.rows + n.score_rows) * F32_BYTES)  # fmt: skip
         return
-    add("exp of the attention scores (L·b·h·t²)", f32, L * n.scores * F32_BYTES)
-    add("softmax weights of the scores (L·b·h·t²)", cd, L * n.scores * c)
+    if cfg.attention == "xla":  # jax's softmax, differentiated as written
+        add("exp of the attention scores (L·b·h·t²)", f32, L * n.scores * F32_BYTES)
+        add("softmax weights of the scores (L·b·h·t²)", cd, L * n.scores * c)
+        add("softmax sum and its square (L·2·bht)", f32, L * 2 * n.score_rows * F32_BYTES)
+    else:
+        add("softmax weights, float32 (L·b·h·t²)", f32, L * n.scores * F32_BYTES)
+        if c != F32_BYTES:
+            add("softmax weights cast to the compute dtype (L·b·h·t²)", cd, L * n.scores * c)
     if cfg.attn_softcap is not None:
         add(
             "soft-capped scores: tanh and its input (L·2·b·h·t²)", f32, L * 2 * n.scores * F32_BYTES
         )
-    add("norm and softmax row statistics (L·(4·bt + 2·bht))", f32,
-        L * (4 * n.rows + 2 * n.score_rows) * F32_BYTES)  # fmt: skip
+    add("norm row statistics (L·2·bt)", f32, L * 2 * n.rows * F32_BYTES)
     if cfg.scan_layers:
         add("causal mask of the scores, hoisted out of the scan (b·h·t²)", "bool", n.scores)
         add("mask fill of the scores, hoisted out of the scan (b·h·t²)", f32,
@@ -286,8 +298,7 @@ def _saved_outside_layers(cfg: ModelConfig, n: _Elements, add, chunk: int, seq: 
     """The read-out and the loss; with a loss chunk c < t only one (b, c, V) block of logits
     is live at a time, in the forward and in the backward's recompute."""
     f32 = "float32"
-    add("final norm input and normalised x, float32 (2·btd)", f32, 2 * n.resid * F32_BYTES)
-    add("final norm output (btd)", cfg.dtype, n.resid * n.c)
+    add("final norm input and output (2·btd)", cfg.dtype, 2 * n.resid * n.c)
     rows, logits = ("b·t·V", n.logits) if chunk >= seq else ("b·c·V", n.logits // seq * chunk)
     add(f"exp of the logits for the log-softmax ({rows})", f32, logits * F32_BYTES)
     add(f"logits gradient ({rows})", f32, logits * F32_BYTES)
