@@ -6,7 +6,7 @@ import json
 import pytest
 from helpers import last_json
 
-from scaling.profile import matmul_ops, op_scopes, self_times
+from scaling.profile import async_ops, matmul_ops, op_scopes, self_times
 
 HLO = """
 HloModule jit_train_step
@@ -72,6 +72,28 @@ def test_idle_is_the_gap_between_operations_inside_a_step():
     totals, runs, idle = self_times(events)
     assert runs == 1 and idle == pytest.approx(20e-6)  # 10-30: nothing ran in the 0-55 span
     assert sum(totals.values()) + idle == pytest.approx(55e-6)
+
+
+def test_async_dots_are_plain_dot_instructions():
+    assert async_ops(HLO) == {"dot.3"}  # the library fusions run synchronously
+
+
+def test_a_gap_after_an_asynchronous_dot_is_that_dots_time():
+    # dot.1's event ends at hand-over (10 µs); nothing runs 10-30 while it computes; the gap
+    # 50-60 follows copy.1 (synchronous) and stays idle; another run's gap is its own
+    events = [
+        _event("dot.1", 0, 10),
+        _event("copy.1", 30, 20),
+        _event("add.1", 60, 5),
+        _event("dot.1", 100, 10, run="2"),
+        _event("copy.1", 125, 5, run="2"),
+    ]
+    totals, runs, idle = self_times(events, async_names=frozenset({"dot.1"}))
+    assert runs == 2
+    assert totals["dot.1"] == pytest.approx((10 + 20 + 10 + 15) * 1e-6)
+    assert idle == pytest.approx(10e-6)
+    plain_totals, _, plain_idle = self_times(events)  # without it, the gaps are idle
+    assert plain_totals["dot.1"] == pytest.approx(20e-6) and plain_idle == pytest.approx(45e-6)
 
 
 @pytest.mark.parametrize(
