@@ -101,8 +101,9 @@ class Embedding(nnx.Module):
 # only what it needs: autodiff of the plain formulas saved the float32 cast of the input, the
 # normalised x and (softmax) both the exponentials and the weights, and the layer scan stores
 # every saved tensor as an (L, ...) stack that is zero-filled, written and read back each step
-# (on CPU, 125m: ~40 % less temp memory and ~20 % less step time with these three and the gate
-# below). Each is tested against autodiff of the plain formula.
+# (125m, batch 4 × 256, one CPU device, with these three, the gate below and the inputs reshaped
+# to rows once: XLA's temp memory 2.16 → 1.52 GB, step time 0.80× the plain formulas' in lone
+# runs; reports/cpu-speed). Each is tested against autodiff of the plain formula.
 
 
 def _rms_forward(x: Array, gain: Array, eps: float) -> tuple[Array, Array, Array]:

@@ -187,10 +187,9 @@ def _credit_gaps(per_thread: dict, async_names: frozenset[str], totals: dict) ->
         run_events.sort(key=lambda e: e["ts"])
         end, last = run_events[0]["ts"] + run_events[0]["dur"], run_events[0]
         for e in run_events[1:]:
-            if e["ts"] > end and last["args"]["hlo_op"] in async_names:
-                totals[last["args"]["hlo_op"]] = totals.get(last["args"]["hlo_op"], 0.0) + (
-                    e["ts"] - end
-                ) / 1e6
+            name = last["args"]["hlo_op"]
+            if e["ts"] > end and name in async_names:
+                totals[name] = totals.get(name, 0.0) + (e["ts"] - end) / 1e6
             if e["ts"] + e["dur"] > end:
                 end, last = e["ts"] + e["dur"], e
 

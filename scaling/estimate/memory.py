@@ -81,9 +81,10 @@ def activation_terms(
     - row statistics: the norms' 1/rms (or 1/std), float32 2·bt.
 
     Korthikanti et al. 2022 (34·s·b·h + 5·a·s²·b bytes for 16-bit activations, assuming
-    fused elementwise chains) counts ~17 c-sized (b, t, d) tensors per layer; unfused jax keeps
-    more (SwiGLU's 6·btf alone is 16·c·btd at f = 8/3·d), so that formula underestimates
-    this model (``korthikanti_activation_bytes_per_layer`` is kept as the reference). The
+    fused elementwise chains) counts ~17 c-sized (b, t, d) tensors per layer; with the lean
+    backward rules above a bf16 Llama layer keeps ~16 (SwiGLU's 3·btf is 8 of them) plus RoPE's
+    tables, and the float32 softmax weights with their cast, 6·a·s²·b bytes against its 5
+    (``korthikanti_activation_bytes_per_layer`` is kept as the reference). The
     scanned step also hoists the causal mask and its fill value, loop invariants, out of the
     layer loop: b·h·t² bytes (bool) + 4·b·h·t² (float32), once.
 
