@@ -154,7 +154,7 @@ def _bytes(terms) -> int:
 
 def test_fused_attention_stores_no_scores_in_the_estimate():
     """Hand count (f32, remat none, MHA, scanned): reference − fused = per layer the softmax
-    weights 4·bht² (``model.masked_softmax`` keeps only them) − the fused log-sum-exp 4·bht, and
+    weights 4·bht² (``ops.masked_softmax`` keeps only them) − the fused log-sum-exp 4·bht, and
     the hoisted mask (bool) and fill (f32) 5·bht² once; ``xla`` (jax's softmax) keeps the exp
     as well and the row sum and its square: + 4·bht² + 2·4·bht per layer."""
     cfg, b, t = get_preset("125m"), 8, 2048

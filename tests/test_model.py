@@ -18,6 +18,7 @@ import pytest
 from flax import nnx
 
 from scaling import model as model_lib
+from scaling import ops
 from scaling.config import ModelConfig
 from scaling.estimate import param_counts
 from scaling.model import (
@@ -40,8 +41,8 @@ from scaling.model import (
     scaled_dot_product_attention,
     silu,
     sinusoidal_table,
-    softmax,
 )
+from scaling.ops import softmax
 from scaling.presets import FAMILY_ARCHITECTURES, PRESETS, with_family
 
 RTOL, ATOL = 1e-5, 1e-6  # float32 vs float64 reference
@@ -1076,14 +1077,14 @@ def _plain_layer(x, g):
 
 
 @pytest.mark.parametrize(
-    ("lean", "plain"), [(model_lib.rms_norm, _plain_rms), (model_lib.layer_norm, _plain_layer)]
+    ("lean", "plain"), [(ops.rms_norm, _plain_rms), (ops.layer_norm, _plain_layer)]
 )
 def test_norm_backward_equals_autodiff_of_the_formula(lean, plain):
     rng = np.random.default_rng(0)
     x, g = rng.standard_normal((2, 5, 8)) * 3 + 1, rng.standard_normal(8)
     out, grads = _vjp64(lambda a, b: lean(a, b, 1e-5), x, g)
     want_out, want_grads = _vjp64(plain, x, g)
-    centred = x - x.mean(-1, keepdims=True) if lean is model_lib.layer_norm else x
+    centred = x - x.mean(-1, keepdims=True) if lean is ops.layer_norm else x
     # the norms compute in float32 whatever the input dtype: float32 tolerances
     want_np = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + 1e-5) * g
     np.testing.assert_allclose(out, want_np, rtol=1e-5, atol=1e-6)
@@ -1094,12 +1095,12 @@ def test_norm_backward_equals_autodiff_of_the_formula(lean, plain):
 
 def test_rms_norm_computes_in_float32_and_returns_the_input_dtype():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 8)), jnp.bfloat16)
-    y = model_lib.rms_norm(x, jnp.ones(8), 1e-5)
+    y = ops.rms_norm(x, jnp.ones(8), 1e-5)
     x64 = np.asarray(x, np.float64)
     want = x64 / np.sqrt(np.mean(x64**2, axis=-1, keepdims=True) + 1e-5)
     assert y.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=1e-2)
-    dx = jax.grad(lambda a: model_lib.rms_norm(a, jnp.ones(8), 1e-5).astype(jnp.float32).sum())(x)
+    dx = jax.grad(lambda a: ops.rms_norm(a, jnp.ones(8), 1e-5).astype(jnp.float32).sum())(x)
     assert dx.dtype == jnp.bfloat16
 
 
@@ -1114,7 +1115,7 @@ def test_masked_softmax_backward_equals_autodiff_of_the_formula(masked):
             s = jnp.where(mask, s, -1e300)
         return jax.nn.softmax(s, axis=-1)
 
-    out, grads = _vjp64(lambda s: model_lib.masked_softmax(s, mask), scores)
+    out, grads = _vjp64(lambda s: ops.masked_softmax(s, mask), scores)
     want_out, want_grads = _vjp64(plain, scores)
     np.testing.assert_allclose(out, np_softmax(np.where(mask, scores, -np.inf)) if masked
                                else np_softmax(scores), rtol=1e-12)  # fmt: skip

@@ -66,12 +66,12 @@ def activation_terms(
     (``jax.ad_checkpoint.print_saved_residuals`` on the loss), which the scanned step
     materialises as stacked (L, ...) arrays. Per layer:
 
-    - the residual stream into the two norms (``model.rms_norm``/``layer_norm`` keep their
+    - the residual stream into the two norms (``ops.rms_norm``/``layer_norm`` keep their
       input and recompute the normalised x in the backward): 2·c·btd
     - the two norm outputs (the q/k/v and FFN matmul inputs, reshaped to rows once): 2·c·btd
     - q and k after RoPE, v, all repeated to h heads, and the attention output: 4·c·bt(h·k);
       with RoPE the gathered cos and sin of q and k, 4·c·bt·k/2
-    - the softmax weights (``model.masked_softmax`` keeps only them), float32 b·h·t², and their
+    - the softmax weights (``ops.masked_softmax`` keeps only them), float32 b·h·t², and their
       cast to the compute dtype, c·b·h·t², when that is not float32 (``xla``: jax's softmax
       keeps the float32 exp and the weights, and the row sum and its square, 2·bht)
     - FFN: k·c·btf with k per kind (``FFN_SAVED``): gated 3 (w1's and w3's outputs and the
