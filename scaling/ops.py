@@ -21,21 +21,22 @@ from jaxtyping import Array, Bool, Float
 __all__ = ["layer_norm", "masked_softmax", "rms_norm", "softmax"]
 
 
-def _rms_forward(x: Array, gain: Array, eps: float) -> tuple[Array, Array, Array]:
+def _rms_forward(x: Array, gain: Array, eps: float) -> tuple[Array, Array]:
+    """(per-row 1/rms, the output)."""
     x32 = x.astype(jnp.float32)
     inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return x32 * inv_rms, inv_rms, (x32 * inv_rms * gain).astype(x.dtype)
+    return inv_rms, (x32 * inv_rms * gain).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def rms_norm(x: Float[Array, "... d"], gain: Float[Array, " d"], eps: float) -> Array:
     """``x / sqrt(mean(x²) + eps) · gain`` in float32, cast back to x's dtype. Keeps x and the
     per-row 1/rms for the backward."""
-    return _rms_forward(x, gain, eps)[2]
+    return _rms_forward(x, gain, eps)[1]
 
 
 def _rms_norm_fwd(x, gain, eps):
-    _, inv_rms, y = _rms_forward(x, gain, eps)
+    inv_rms, y = _rms_forward(x, gain, eps)
     return y, (x, inv_rms, gain)
 
 
@@ -52,22 +53,23 @@ def _rms_norm_bwd(eps, residuals, dy):
 rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
-def _layer_forward(x: Array, gain: Array, eps: float) -> tuple[Array, Array, Array]:
+def _layer_forward(x: Array, gain: Array, eps: float) -> tuple[Array, Array]:
+    """(per-row 1/std, the float32 output)."""
     x32 = x.astype(jnp.float32)
     centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
     inv_std = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
-    return centred * inv_std, inv_std, centred * inv_std * gain
+    return inv_std, centred * inv_std * gain
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def layer_norm(x: Float[Array, "... d"], gain: Float[Array, " d"], eps: float) -> Array:
     """``(x - mean) / sqrt(var + eps) · gain``, float32 (the caller adds the shift and casts
     back to x's dtype). Keeps x and the per-row 1/std for the backward."""
-    return _layer_forward(x, gain, eps)[2]
+    return _layer_forward(x, gain, eps)[1]
 
 
 def _layer_norm_fwd(x, gain, eps):
-    _, inv_std, y = _layer_forward(x, gain, eps)
+    inv_std, y = _layer_forward(x, gain, eps)
     return y, (x, inv_std, gain)
 
 
@@ -101,7 +103,9 @@ def masked_softmax(
 ) -> Float[Array, "... t s"]:
     """Softmax over s of the scores where ``mask`` allows (the rest get weight 0; a row with
     nothing allowed is uniform). Keeps only its output for the backward:
-    dscores = w ⊙ (dw - Σₛ dw ⊙ w), zero where masked since w is."""
+    dscores = w ⊙ (dw - Σₛ dw ⊙ w), zero where masked since w is there, in every row with an
+    allowed key (always so under causal and sliding-window masks, which allow the diagonal);
+    a row with nothing allowed passes its uniform weights' gradient to the masked scores."""
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     return softmax(scores, axis=-1)
