@@ -24,6 +24,7 @@ and the router statistics of the last step (``ROUTER_COLUMNS``), per step the sa
 NaN for dense runs and older files.
 ``sync_every`` (steps per timed window, ``RunConfig.sync_every``; where it is above 1 the per-step
 times are window means) came later within version 4; rows without it timed each step alone (1).
+``host_allocator`` (``scaling.hostmem``) too; older rows read "" (glibc's malloc, unrecorded).
 A prepared data directory is written through ``atomic_directory`` (a temporary directory, then a
 rename).
 """
@@ -148,6 +149,7 @@ class RunRecord:
     platform: str = ""
     jax_version: str = ""
     flax_version: str = ""
+    host_allocator: str = ""  # scaling.hostmem: the malloc serving the run's host buffers
     git_sha: str = ""
     hostname: str = ""
     started_at: str = ""  # ISO 8601, UTC

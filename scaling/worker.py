@@ -177,8 +177,9 @@ def main(argv: list[str]) -> int:
     record = base_record(settings, run_id)
     start = time.perf_counter()
     try:
-        from scaling import parallel
+        from scaling import hostmem, parallel
 
+        record.host_allocator = hostmem.apply_host_memory_setting()  # before jax's threads
         parallel.set_cpu_devices(default_devices(settings))
         if distributed:
             parallel.init_distributed(**distributed)

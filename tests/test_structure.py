@@ -20,6 +20,7 @@ JAX_FREE = (
     "scaling.roles",
     "scaling.preflight",
     "scaling.launch",
+    "scaling.hostmem",
     "scaling.sweep",
     "scaling.records",
     "scaling.estimate",

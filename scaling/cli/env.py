@@ -23,6 +23,7 @@ def environment() -> dict[str, Any]:
 
     from scaling.attention import available
     from scaling.estimate.hardware import cached_cpu_peak, match_device_kind
+    from scaling.hostmem import host_allocator
     from scaling.preflight import device_memory_bytes
 
     devices = jax.devices()
@@ -51,6 +52,7 @@ def environment() -> dict[str, Any]:
         "peak_source": source,
         "peak_bf16_flops": profile.peak_flops("bfloat16") if profile else None,
         "attention": list(available(first.platform)),
+        "host_allocator": host_allocator(),
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in (*PACKAGES, *PLUGINS)},
     }
@@ -81,6 +83,7 @@ def env(
     memory = info["device_memory_bytes"]
     table.add_row("device memory", f"{memory / 2**30:.1f} GiB" if memory else "unknown")
     table.add_row("attention", ", ".join(info["attention"]))
+    table.add_row("host malloc", info["host_allocator"])
     table.add_row("python", info["python"])
     for name, version in info["versions"].items():
         if version is not None or name in PACKAGES:

@@ -186,6 +186,7 @@ def sweep(
         return
     from scaling import records
     from scaling.estimate.hardware import validate_peaks
+    from scaling.hostmem import host_memory_setting
     from scaling.launch import validate_processes, validate_timeout
     from scaling.spec import validate_settings
     from scaling.sweep import Distributed, parse_shard, run_sweep
@@ -219,6 +220,7 @@ def sweep(
         ),
     }
     with user_errors():
+        host_memory_setting()  # each worker applies it; a bad value fails here, not per run
         validate_peaks(peak_tflops, hbm_gbps)
         grid_spec = spec_from_options(
             modes, sizes, mup, {k: v for k, v in given.items() if v is not None}, spec, model

@@ -118,7 +118,7 @@ def train(
     if local_processes:
         raise typer.Exit(_spawn(local_processes, devices, timeout))
 
-    from scaling import parallel
+    from scaling import hostmem, parallel
     from scaling.estimate.hardware import validate_peaks
     from scaling.presets import build_run
     from scaling.spec import LOADER_AND_EVAL
@@ -127,6 +127,7 @@ def train(
     # reaches the user as one line (checkpoint.finish)
     logging.getLogger("absl").setLevel(logging.CRITICAL)
     with user_errors():
+        hostmem.apply_host_memory_setting()  # before jax starts its threads
         # devices and jax.distributed first: reading an --init checkpoint starts jax
         if devices is not None:
             parallel.set_cpu_devices(devices)

@@ -108,6 +108,7 @@ _ENVIRONMENT_COLUMNS = {  # run column: page heading
     "n_processes": "processes",
     "jax_version": "jax",
     "flax_version": "flax",
+    "host_allocator": "host malloc",
     "git_sha": "git",
     "hostname": "host",
     "peak_source": "peak FLOP/s source",
