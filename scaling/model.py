@@ -30,7 +30,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from scaling import attention, moe, mup, sharding
 from scaling.config import ModelConfig
-from scaling.ops import layer_norm, masked_softmax, rms_norm
+from scaling.ops import gated, layer_norm, masked_softmax, rms_norm
 
 TRUNCATION = 3.0  # truncated-normal inits are cut at ±3σ
 
@@ -233,13 +233,8 @@ def sinusoidal_table(n: int, d: int) -> np.ndarray:
 def gated_activation(
     activation: str, h: Float[Array, "... f"], gate: Float[Array, "... f"] | None
 ) -> Float[Array, "... f"]:
-    """``act(h) ⊙ gate`` (``act(h)`` without a gate), recomputed in the backward from ``h`` and
-    ``gate``: autodiff of the plain product kept act's intermediates too (SwiGLU: σ(h), h·σ(h)
-    and the product, besides h and the gate)."""
-    act = ACTIVATIONS[activation]
-    if gate is None:
-        return jax.checkpoint(act, prevent_cse=False)(h)
-    return jax.checkpoint(lambda a, g: act(a) * g, prevent_cse=False)(h, gate)
+    """``scaling.ops.gated`` with the activation named by ``ModelConfig.ffn_activation``."""
+    return gated(ACTIVATIONS[activation], h, gate)
 
 
 class FeedForward(nnx.Module):

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from scaling import ops
 from scaling.config import ModelConfig
 from scaling.records import ROUTER_COLUMNS
 
@@ -112,9 +113,7 @@ def _expert_ffn(x: Array, params, activation: Activation, matmul) -> Array:
     """The FFN kind on rows already grouped by expert; ``matmul(rows, w)`` applies each
     expert's matrix to its own rows (a grouped matmul, or a batched einsum over buffers)."""
     w1, w3, w2 = params
-    hidden = activation(matmul(x, w1))
-    if w3 is not None:
-        hidden = hidden * matmul(x, w3)
+    hidden = ops.gated(activation, matmul(x, w1), None if w3 is None else matmul(x, w3))
     return matmul(hidden, w2)
 
 

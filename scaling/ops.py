@@ -13,12 +13,13 @@ formula (tests/test_model.py).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-__all__ = ["layer_norm", "masked_softmax", "rms_norm", "softmax"]
+__all__ = ["gated", "layer_norm", "masked_softmax", "rms_norm", "softmax"]
 
 
 def _rms_forward(x: Array, gain: Array, eps: float) -> tuple[Array, Array]:
@@ -122,3 +123,14 @@ def _masked_softmax_bwd(weights, d_weights):
 
 
 masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
+
+
+def gated(
+    act: Callable[[Array], Array], h: Float[Array, "... f"], gate: Float[Array, "... f"] | None
+) -> Float[Array, "... f"]:
+    """``act(h) ⊙ gate`` (``act(h)`` without a gate), recomputed in the backward from ``h`` and
+    ``gate``: autodiff of the plain product kept act's intermediates too (SwiGLU: σ(h), h·σ(h)
+    and the product, besides h and the gate). Used by the dense FFN and the MoE experts."""
+    if gate is None:
+        return jax.checkpoint(act, prevent_cse=False)(h)
+    return jax.checkpoint(lambda a, g: act(a) * g, prevent_cse=False)(h, gate)

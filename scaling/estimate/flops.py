@@ -174,7 +174,7 @@ def flops_per_step(cfg: ModelConfig, *, batch: int, seq: int, causal_halving: bo
 # reduction leaves d instead of b·t·d) are left out: they are 1/(b·t) of the terms kept.
 #
 # Llama's layer (float32, remat none): two RMSNorms (their own backward, ``ops.rms_norm``) and
-# two residual adds; SwiGLU (recomputed in the backward, ``model.gated_activation``); RoPE on q
+# two residual adds; SwiGLU (recomputed in the backward, ``ops.gated``); RoPE on q
 # and k (7.5 per element; the 2 and -2 on q / kv are the gradient of repeating k, v to h
 # heads); the masked softmax of the scores (scale, mask select, max-shift, sum, divide; its
 # backward's row sum is the -3·bht); the causal mask.

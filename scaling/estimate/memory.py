@@ -23,10 +23,8 @@ from scaling.estimate.params import held_groups, params_per_device, readout_held
 
 # Tensors of width d_ff that jax saves per layer for the dense FFN's backward, by kind (counted
 # with ``jax._src.ad_checkpoint.saved_residuals`` on the loss, jax 0.10.2): the w1 (and w3)
-# outputs and the w2 input; ``model.gated_activation`` recomputes the activation's internals.
+# outputs and the w2 input; ``ops.gated`` recomputes the activation's internals.
 FFN_SAVED = {"swiglu": 3, "gelu_tanh": 2, "geglu": 3, "gelu": 2, "relu": 2}
-# The experts' FFN (``scaling.moe``) runs the plain activation, whose intermediates autodiff saves.
-EXPERT_FFN_SAVED = {"swiglu": 6, "gelu_tanh": 6, "geglu": 8, "gelu": 4, "relu": 2}
 PARAM_BYTES = F32_BYTES  # parameters are always float32 (cast to the compute dtype at use)
 GRAD_BYTES = F32_BYTES  # gradients of float32 parameters are float32
 OPTIMIZER_BYTES = 2 * F32_BYTES  # AdamW: two float32 moments per parameter (optax.adamw)
@@ -75,7 +73,7 @@ def activation_terms(
       cast to the compute dtype, c·b·h·t², when that is not float32 (``xla``: jax's softmax
       keeps the float32 exp and the weights, and the row sum and its square, 2·bht)
     - FFN: k·c·btf with k per kind (``FFN_SAVED``): gated 3 (w1's and w3's outputs and the
-      gated product), plain 2 (w1's output and its activation); ``model.gated_activation``
+      gated product), plain 2 (w1's output and its activation); ``ops.gated``
       recomputes the activation's intermediates
     - soft-capped attention scores keep tanh and its input, float32: 2·4·b·h·t²
     - row statistics: the norms' 1/rms (or 1/std), float32 2·bt.
@@ -200,7 +198,7 @@ def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
         add("RoPE cos and sin of q and k, per position (L·2·bt·k)", cd,
             L * 2 * n.rows * cfg.d_head * c)  # fmt: skip
     if cfg.moe:
-        _moe_saved(cfg, n, add, EXPERT_FFN_SAVED[cfg.ffn])
+        _moe_saved(cfg, n, add, FFN_SAVED[cfg.ffn])
     else:
         kept = FFN_SAVED[cfg.ffn]
         add(f"FFN: {cfg.ffn} matmul outputs and product (L·{kept}·btf)", cd, L * kept * n.ffn * c)
