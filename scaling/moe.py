@@ -347,9 +347,9 @@ class MoEFeedForward(nnx.Module):
         else:
             slots = capacity(b * t, self.k, self.n_experts, self.capacity_factor)
             out, dropped = capacity_ffn(tokens, weights, experts, params, self.activation, slots)
+        if self.shared is not None:  # on the router's rows: the backward keeps one copy of x
+            out = out + self.shared(tokens)
         out = out.reshape(b, t, d)
-        if self.shared is not None:
-            out = out + self.shared(x)
         stats = {
             "aux_loss": load_balancing_loss(probs, experts),
             "z_loss": router_z_loss(logits),

@@ -195,8 +195,12 @@ def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
         add("q (RoPE), attention output (L·2·bt·hk); k (RoPE), v at g heads (L·2·bt·gk)", cd,
             L * (2 * n.heads + 2 * n.kv) * c)  # fmt: skip
     if cfg.positions == "rope":
-        add("RoPE cos and sin of q and k, per position (L·2·bt·k)", cd,
-            L * 2 * n.rows * cfg.d_head * c)  # fmt: skip
+        # Loop-invariant: the scan saves the four (b, t, k/2) gathers once for all layers.
+        copies, label = (
+            (1, "hoisted out of the scan (2·bt·k)") if cfg.scan_layers else (L, "(L·2·bt·k)")
+        )
+        add(f"RoPE cos and sin gathered for q and k, {label}", cd,
+            copies * 2 * n.rows * cfg.d_head * c)  # fmt: skip
     if cfg.moe:
         _moe_saved(cfg, n, add, FFN_SAVED[cfg.ffn])
     else:
@@ -226,47 +230,57 @@ def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
 
 
 def _moe_saved(cfg: ModelConfig, n: _Elements, add, kept: int) -> None:
-    """Remat none, a mixture of experts (``print_saved_residuals`` of ``scaling.moe``, jax
-    0.10.2), per layer with n routed tokens, R expert rows, n·k assignments: the FFN kind's
-    intermediates on the R rows (kept·R·f); capacity's buffer and expert inputs (2·R·d), the
-    gathered rows, their weighted outputs and copies (3·nk·d) and the scatter mask (nk·d
-    bytes); dropless's gathered and output rows (2·nk·d); the routed tokens in and out
-    (2·n·d); the router logits and probabilities, float32 (2·n·E)."""
+    """Remat none, a mixture of experts (``saved_residuals`` of the loss, jax 0.10.2), per
+    layer with R expert rows and n·k assignments of the n tokens routed on this device: the
+    FFN kind's intermediates on the R rows (kept·R·f); capacity's buffer and expert inputs
+    (2·R·d), the expert outputs of the assignments before their routing weight (nk·d) and
+    the scatter mask (nk·d bytes); dropless's gathered rows and their outputs (2·nk·d),
+    under expert parallelism with the mask of the rows routed to this device (nk·d bytes);
+    the router's probabilities for the device's own b·t tokens, float32 (bt·E); a shared
+    expert's intermediates (kept·bt·f). The tokens going in are the FFN norm's output,
+    counted with the norms; the combined output is not saved."""
     L, c, cd, f32 = cfg.n_layers, n.c, cfg.dtype, "float32"
     assignments = n.routed * cfg.experts_per_token * cfg.d_model
-    rows = n.expert_rows
     width = n.ffn // n.rows  # d_ff, or its share under a tensor split
     add(f"MoE: {cfg.ffn} intermediates on the expert rows (L·{kept}·R·f)", cd,
-        L * kept * rows * width * c)  # fmt: skip
+        L * kept * n.expert_rows * width * c)  # fmt: skip
     if cfg.moe_dispatch == "capacity":
-        add("MoE: capacity buffers (L·2·R·d), routed rows (L·3·nk·d)", cd,
-            L * (2 * rows * cfg.d_model + 3 * assignments) * c)  # fmt: skip
-        add("MoE: scatter mask of the routed rows (L·nk·d)", "bool", L * assignments)
+        add("MoE: capacity buffers (L·2·R·d), expert outputs of the assignments (L·nk·d)", cd,
+            L * (2 * n.expert_rows * cfg.d_model + assignments) * c)  # fmt: skip
+        add("MoE: scatter mask of the assignments (L·nk·d)", "bool", L * assignments)
     else:
-        add("MoE: routed rows and their outputs (L·2·nk·d)", cd, L * 2 * assignments * c)
-    add("MoE: routed tokens in and out (L·2·n·d)", cd, L * 2 * n.routed * cfg.d_model * c)
-    add("MoE: router logits and probabilities (L·2·n·E)", f32,
-        L * 2 * n.routed * cfg.n_experts * F32_BYTES)  # fmt: skip
+        add("MoE: gathered rows and their outputs (L·2·nk·d)", cd, L * 2 * assignments * c)
+        if sharding.splits_experts(n.mode):
+            add("MoE: mask of the gathered rows routed here (L·nk·d)", "bool", L * assignments)
+    add("MoE: router probabilities (L·bt·E)", f32, L * n.rows * cfg.n_experts * F32_BYTES)
+    if cfg.moe_shared_expert:
+        add(f"MoE: shared expert's {cfg.ffn} intermediates (L·{kept}·btf)", cd,
+            L * kept * n.ffn * c)  # fmt: skip
 
 
 def _whole_experts(cfg: ModelConfig, n: _Elements, add) -> None:
     """``dp`` and ``fsdp`` run every expert on every device inside the MoE layer's
     ``shard_map`` (``scaling.moe.sharded_moe_ffn``). Under remat ``none`` the scan keeps, for
     every layer, dp's expert gradients before their sum over data (float32) or fsdp's expert
-    weights gathered whole at the boundary (compute dtype): once the expert parameters. Fitted
-    on tiny-moe, 8 devices, jax 0.10.2 (XLA's excess over the other terms: dp 1.17×, fsdp
-    1.28× the expert parameters' bytes); under remat ``full`` the excess is 0.66× and 0.26×
-    and is not counted (the layers are recomputed one at a time)."""
+    weights gathered whole at the boundary (compute dtype): once the expert parameters; and
+    the backward holds one layer's whole-expert gradients (float32) before they are summed
+    or reduce-scattered. XLA's excess over the other terms (tiny-moe, 8 devices, jax 0.10.2)
+    was L + 1.6 layers' expert bytes for dp and L + 1.5 for fsdp (L = 2, 4, 8: 3.45, 5.33,
+    9.07 and 3.58, 5.64, 10.0); counted here: L + 1. Under remat ``full`` the excess is 0.66×
+    and 0.26× the expert parameters and is not counted (the layers are recomputed one at a
+    time)."""
     token_axis, expert_axis = sharding.moe_axes(n.mode)
     if cfg.remat != "none" or token_axis is None or expert_axis is not None or n.mesh[0] == 1:
         return
-    experts = cfg.n_layers * cfg.n_experts * (3 if cfg.ffn_gated else 2) * cfg.d_model * cfg.d_ff
+    layer = cfg.n_experts * (3 if cfg.ffn_gated else 2) * cfg.d_model * cfg.d_ff
     if sharding.shards_over_data(n.mode):
         add("MoE: expert weights gathered whole, kept for the backward (L·E·(2|3)·d·f)",
-            cfg.dtype, experts * n.c)  # fmt: skip
+            cfg.dtype, cfg.n_layers * layer * n.c)  # fmt: skip
     else:
         add("MoE: expert gradients of every layer before their sum over data (L·E·(2|3)·d·f)",
-            "float32", experts * F32_BYTES)  # fmt: skip
+            "float32", cfg.n_layers * layer * F32_BYTES)  # fmt: skip
+    add("MoE: one layer's whole-expert gradients in the backward (E·(2|3)·d·f)", "float32",
+        layer * F32_BYTES)  # fmt: skip
 
 
 def _saved_under_remat(cfg: ModelConfig, n: _Elements, add) -> None:
