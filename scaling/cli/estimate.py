@@ -30,7 +30,7 @@ def estimate(
     sizes: Annotated[str, Opt(help="Comma-separated presets (see `scaling presets`).")] = (
         DEFAULT_SIZES
     ),
-    mode: Annotated[str, Opt(help="Sharding: none | dp | fsdp | tp | fsdp_tp.")] = "none",
+    mode: Annotated[str, Opt(help="Sharding: none|dp|fsdp|tp|fsdp_tp, MoE ep|fsdp_ep.")] = "none",
     mesh: Annotated[str | None, Opt(help="Mesh DxT, e.g. 4x2 (needed unless mode none).")] = None,
     batch: Annotated[int, Opt(help="Global batch (sequences).")] = 8,
     seq: Annotated[int | None, Opt(help="Sequence length (default: min(2048, context)).")] = None,

@@ -76,7 +76,7 @@ def train(
     data_threads: Annotated[int, Opt(help="Loader threads preparing batches ahead.")] = 2,
     data_prefetch: Annotated[int, Opt(help="Batches buffered ahead of the step.")] = 8,
     data_processes: Annotated[int, Opt(help="Loader worker processes (0: threads only).")] = 0,
-    mode: Annotated[str, Opt(help="Sharding: none | dp | fsdp | tp | fsdp_tp.")] = "none",
+    mode: Annotated[str, Opt(help="Sharding: none|dp|fsdp|tp|fsdp_tp, MoE ep|fsdp_ep.")] = "none",
     mesh: Annotated[str | None, Opt(help="Mesh DxT, e.g. 4x2 (default: per mode).")] = None,
     devices: Annotated[int | None, Opt(help="Simulate N CPU devices.")] = None,
     peak_tflops: Annotated[float | None, Opt(help=PEAK_HELP["peak_tflops"])] = None,
