@@ -58,6 +58,35 @@ def matmul_rows(
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+@jax.custom_vjp
+def _rows_gathered(w: Float[Array, "i o"]) -> Float[Array, "i o"]:
+    return jax.lax.with_sharding_constraint(w, P(None, P.UNCONSTRAINED))
+
+
+def _rows_gathered_fwd(w: Array) -> tuple[Array, None]:
+    return _rows_gathered(w), None
+
+
+def _rows_gathered_bwd(_, g: Array) -> tuple[Array]:
+    # The cotangent is left to GSPMD: constraining it like the forward (what
+    # with_sharding_constraint's own transpose does) turned the weight gradient's
+    # reduce-scatter into an all-reduce.
+    return (g,)
+
+
+_rows_gathered.defvjp(_rows_gathered_fwd, _rows_gathered_bwd)
+
+
+def gathered_over_data(w: Float[Array, "i o"]) -> Float[Array, "i o"]:
+    """``w`` with its input dimension gathered over the mesh's ``data`` axis (fsdp's split),
+    its output dimension left as it is (split over ``tensor`` under fsdp_tp); the identity
+    outside a mesh or without a ``data`` axis, and in value everywhere."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or "data" not in mesh.axis_names or mesh.shape["data"] == 1:
+        return w
+    return _rows_gathered(w)
+
+
 class Linear(nnx.Module):
     """``y = x W (+ b)``; ``W`` is stored ``(d_in, d_out)``, the bias (zeros at init) ``(d_out,)``.
 
@@ -78,8 +107,13 @@ class Linear(nnx.Module):
         self.weight = nnx.Param(truncated_normal(rngs.params(), (d_in, d_out), std))
         self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32)) if bias else None
 
-    def __call__(self, x: Float[Array, "... i"]) -> Float[Array, "... o"]:
-        y = matmul_rows(x, self.weight[...].astype(x.dtype))
+    def __call__(
+        self, x: Float[Array, "... i"], *, gather_input_dim: bool = False
+    ) -> Float[Array, "... o"]:
+        """``gather_input_dim``: gather ``W`` over ``data`` explicitly (``gathered_over_data``)
+        so the forward's dot and the backward's share one gathered operand."""
+        w = self.weight[...].astype(x.dtype)
+        y = matmul_rows(x, gathered_over_data(w) if gather_input_dim else w)
         return y if self.bias is None else y + self.bias[...].astype(x.dtype)
 
 
@@ -246,12 +280,19 @@ class FeedForward(nnx.Module):
         self.w1 = Linear(d, f, rngs=rngs, bias=bias)
         self.w3 = Linear(d, f, rngs=rngs, bias=bias) if cfg.ffn_gated else None
         self.w2 = Linear(f, d, rngs=rngs, bias=bias)
+        # With the layer recomputed, GSPMD partitioned the recompute's and the backward's dots
+        # with W1 and W3 separately; under fsdp_tp at 10m (jax 0.10.2) their all-gathers were
+        # written with two forms of the same replica groups, so each weight was gathered three
+        # times per layer instead of twice (+11 % of the step's collective bytes). Without remat
+        # the explicit gather would be saved for the backward: a copy of every layer's weights.
+        self.gather_inputs = cfg.remat != "none"
 
     @jax.named_scope("ffn")
     def __call__(self, x: Float[Array, "b t d"]) -> Float[Array, "b t d"]:
         rows = x.reshape(-1, x.shape[-1])  # once, so the backward keeps one copy of the input
-        gate = None if self.w3 is None else self.w3(rows)
-        hidden = gated_activation(self.activation, self.w1(rows), gate)
+        gathered = self.gather_inputs
+        gate = None if self.w3 is None else self.w3(rows, gather_input_dim=gathered)
+        hidden = gated_activation(self.activation, self.w1(rows, gather_input_dim=gathered), gate)
         # The batch constraint on the hidden keeps fsdp's backward ZeRO-3-like: without it
         # GSPMD moved the (b, t, f) activations instead of gathering w2 (10m on 4 devices:
         # 4x the bytes of the weight).
