@@ -187,10 +187,11 @@ def default_mesh_shape(mode: str, n_devices: int) -> tuple[int, int]:
 
 def moe_axes(mode: str) -> tuple[str | None, str | None]:
     """(token axis, expert axis) of the MoE layers' explicit dispatch (``scaling.moe``): the
-    modes that split the batch over data without a tensor split route each device's tokens
-    on that device, and the expert-parallel ones split the experts over the same axis;
-    (None, None) leaves the layer to GSPMD (``none``, ``tp``, ``fsdp_tp``)."""
-    if check_mode(mode) == "none" or splits_tensor_work(mode):
+    modes that split the batch over data route each device's tokens on that device (fsdp_tp
+    leaves the tensor axis's split of the expert matrices to GSPMD), and the expert-parallel
+    ones split the experts over the same axis; (None, None) where the mesh has no data axis
+    (``none``, ``tp``): the layer is left to GSPMD."""
+    if _MESH_RULES[check_mode(mode)][0]:
         return None, None
     return DATA, (DATA if splits_experts(mode) else None)
 

@@ -259,8 +259,9 @@ def _moe_saved(cfg: ModelConfig, n: _Elements, add, kept: int) -> None:
 
 
 def _whole_experts(cfg: ModelConfig, n: _Elements, add) -> None:
-    """``dp`` and ``fsdp`` run every expert on every device inside the MoE layer's
-    ``shard_map`` (``scaling.moe.sharded_moe_ffn``). Under remat ``none`` the scan keeps, for
+    """``dp``, ``fsdp`` and ``fsdp_tp`` run every expert on every device inside the MoE layer's
+    ``shard_map`` (``scaling.moe.sharded_moe_ffn``; fsdp_tp gathers them over data only,
+    their width stays split over tensor). Under remat ``none`` the scan keeps, for
     every layer, dp's expert gradients before their sum over data (float32) or fsdp's expert
     weights gathered whole at the boundary (compute dtype): once the expert parameters; and
     the backward holds one layer's whole-expert gradients (float32) before they are summed
@@ -272,7 +273,8 @@ def _whole_experts(cfg: ModelConfig, n: _Elements, add) -> None:
     token_axis, expert_axis = sharding.moe_axes(n.mode)
     if cfg.remat != "none" or token_axis is None or expert_axis is not None or n.mesh[0] == 1:
         return
-    layer = cfg.n_experts * (3 if cfg.ffn_gated else 2) * cfg.d_model * cfg.d_ff
+    # fsdp_tp gathers the experts over data only: their width stays split over tensor
+    layer = cfg.n_experts * (3 if cfg.ffn_gated else 2) * cfg.d_model * cfg.d_ff // n.mesh[1]
     if sharding.shards_over_data(n.mode):
         add("MoE: expert weights gathered whole, kept for the backward (L·E·(2|3)·d·f)",
             cfg.dtype, cfg.n_layers * layer * n.c)  # fmt: skip
