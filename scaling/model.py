@@ -557,7 +557,12 @@ def build_model(cfg: ModelConfig, seed: int = 0, *, mode: str = "none") -> Trans
     model = TransformerLM(cfg, rngs=nnx.Rngs(params=seed))
     token_axis, expert_axis = sharding.moe_axes(mode)
     if cfg.moe and token_axis is not None:
-        model.set_attributes(moe.MoEFeedForward, token_axis=token_axis, expert_axis=expert_axis)
+        model.set_attributes(
+            moe.MoEFeedForward,
+            token_axis=token_axis,
+            expert_axis=expert_axis,
+            expert_data_dims=sharding.expert_data_dims(mode),
+        )
     return model
 
 

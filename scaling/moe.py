@@ -255,6 +255,7 @@ def sharded_moe_ffn(
     capacity_factor: float,
     token_axis: str,
     expert_axis: str | None,
+    data_dims: tuple[int | None, int | None] = (None, None),
 ) -> tuple[Float[Array, "n d"], Array]:
     """The MoE FFN with the tokens split over the mesh axis ``token_axis`` and, when
     ``expert_axis`` (the same axis) is given, the experts too, as an explicit ``shard_map``:
@@ -272,17 +273,36 @@ def sharded_moe_ffn(
     and all-reduces their outputs, Megatron-style). Left to GSPMD, fsdp_tp routed the global
     batch and moved 1.7-2.5× the estimated bytes (tiny-moe, 4 × 2 devices), with 1.26-3.4×
     the estimated memory.
+
+    ``data_dims``: the dimension of (w1/w3, w2) split over ``token_axis`` (fsdp). Where no
+    other mesh axis is left to GSPMD they are gathered inside by ``all_gather``, whose
+    transpose is the gradients' ReduceScatter: gathered at the boundary instead, XLA
+    all-reduced the gradients under remat ``full`` (1.28× the estimated bytes, tiny-moe fsdp)
+    and gathered them twice under remat ``none`` though it kept them. Under fsdp_tp the
+    explicit gather lost the tensor split of their width (1.5-1.8× the bytes), so the
+    boundary gathers them there.
     ``dropless`` gives the one-device result either way; ``capacity`` drops what ``none``
     drops only when nothing is dropped, since ``none`` routes the whole batch as one group."""
     n_experts = params[0].shape[0]
     if expert_axis not in (None, token_axis):
         raise ValueError(f"experts over {expert_axis!r} need the tokens over it too")
-    tokens = jax.sharding.PartitionSpec(token_axis)
-    held = jax.sharding.PartitionSpec(expert_axis)  # PartitionSpec(None): replicated
+    spec = jax.sharding.PartitionSpec
+    tokens = spec(token_axis)
+    manual = _manual_axes(token_axis)
+    mesh = jax.sharding.get_abstract_mesh()
+    if expert_axis is not None or len(manual) < len(mesh.axis_names):
+        data_dims = (None, None)
+    held = [spec(expert_axis) if d is None else spec(*[None] * d, token_axis) for d in data_dims]
     w1, w3, w2 = params
 
+    def gather(w: Array | None, dim: int | None) -> Array | None:
+        if w is None or dim is None:
+            return w
+        return jax.lax.all_gather(w, token_axis, axis=dim, tiled=True)
+
     def local(x, weights, experts, w1, w3, w2):
-        own = (w1, w3, w2)
+        column, row = data_dims
+        own = (gather(w1, column), gather(w3, column), gather(w2, row))
         if dispatch == "dropless" and expert_axis is not None:
             out = _all_gather_dropless(x, weights, experts, own, activation, expert_axis)
             return out, jnp.zeros((), jnp.float32)
@@ -297,9 +317,9 @@ def sharded_moe_ffn(
 
     sharded = jax.shard_map(
         local,
-        in_specs=(tokens, tokens, tokens, held, None if w3 is None else held, held),
-        out_specs=(tokens, jax.sharding.PartitionSpec()),
-        axis_names=_manual_axes(token_axis),
+        in_specs=(tokens, tokens, tokens, held[0], None if w3 is None else held[0], held[1]),
+        out_specs=(tokens, spec()),
+        axis_names=manual,
     )
     return sharded(x, weights, experts, w1, w3, w2)
 
@@ -333,6 +353,7 @@ class MoEFeedForward(nnx.Module):
         # over (``build_model``, from the mode: ``sharding.moe_axes``), or None
         self.token_axis: str | None = None
         self.expert_axis: str | None = None
+        self.expert_data_dims: tuple[int | None, int | None] = (None, None)
 
     @jax.named_scope("moe")
     def __call__(self, x: Float[Array, "b t d"]) -> tuple[Float[Array, "b t d"], dict]:
@@ -353,6 +374,7 @@ class MoEFeedForward(nnx.Module):
                 capacity_factor=self.capacity_factor,
                 token_axis=self.token_axis,
                 expert_axis=self.expert_axis,
+                data_dims=self.expert_data_dims,
             )
         elif self.dispatch == "dropless":
             out = dropless_ffn(tokens, weights, experts, params, self.activation)

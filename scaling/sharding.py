@@ -196,6 +196,18 @@ def moe_axes(mode: str) -> tuple[str | None, str | None]:
     return DATA, (DATA if splits_experts(mode) else None)
 
 
+def expert_data_dims(mode: str) -> tuple[int | None, int | None]:
+    """The dimension of one layer's expert matrices, w1/w3 ``(E, d, f)`` and w2 ``(E, f, d)``,
+    that the mode splits over data without splitting the experts (fsdp's ZeRO-3 split); None
+    where it is not split over data."""
+    if splits_experts(mode):
+        return None, None
+    rules = RULES[check_mode(mode)]
+    dims = [rules.get(kind, ()) for kind in ("expert_column", "expert_row")]
+    column, row = (rule.index(DATA) - 1 if DATA in rule else None for rule in dims)
+    return column, row
+
+
 def splits_experts(mode: str) -> bool:
     """Whether the mode splits the expert axis over devices (expert parallelism)."""
     return RULES[check_mode(mode)].get("expert_column", (None, None))[1] == DATA

@@ -469,6 +469,8 @@ def test_dropless_expert_parallel_comm_is_all_gather_of_the_tokens_by_hand():
         ("dropless", "tp", "full"),
         ("capacity", "fsdp_tp", "none"),
         ("dropless", "fsdp_tp", "none"),
+        ("capacity", "fsdp", "full"),
+        ("dropless", "fsdp", "none"),
     ],
 )
 def test_expert_parallel_comm_matches_the_partitioned_hlo(dispatch, mode, remat):
@@ -476,9 +478,10 @@ def test_expert_parallel_comm_matches_the_partitioned_hlo(dispatch, mode, remat)
     8 × 64): within 4 % (measured 1.005-1.029 in float32, up to 1.045 in bfloat16 fsdp_ep;
     GSPMD's small gathers of the routing for the router statistics are not counted; tp's
     all-reduces on the expert rows 1.000-1.001; fsdp_tp, routed per device over data,
-    1.007 (1.69-1.85 when GSPMD routed the global batch). Not modelled: fsdp and fsdp_tp under
-    remat full, 1.18-1.28, where XLA all-reduces the experts' gradients inside the
-    ``shard_map``'s transpose instead of reduce-scattering them)."""
+    1.007 (1.69-1.85 when GSPMD routed the global batch); fsdp, whose experts the layer
+    gathers itself, 1.008-1.010 (1.28 under remat full when the boundary gathered them: XLA
+    all-reduced their gradients). Not modelled: fsdp_tp under remat full, 1.18, the same
+    all-reduce, where the boundary still gathers them to keep their tensor split)."""
     from scaling.estimate.xla_check import xla_cross_check
 
     cfg = dataclasses.replace(PRESETS["tiny-moe"], moe_dispatch=dispatch)

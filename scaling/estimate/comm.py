@@ -71,6 +71,8 @@ def comm_bytes_per_device(
     - layer matrices sharded over data (fsdp, fsdp_tp): AllGather in the forward and again in
       the backward (remat's recompute reuses the backward's), ReduceScatter of their gradients,
       all in c (ZeRO-3 / FSDP); replicated over data (dp): AllReduce of the gradients in c.
+      fsdp's expert matrices, gathered inside the MoE layer's ``shard_map``, are kept for
+      the backward under remat ``none`` (gathered once; the memory estimate counts them).
     - norm gains and biases: AllReduce of the float32 gradients over data.
     - tensor axis (tp, fsdp_tp), Megatron-style: per layer one AllReduce of the (b, t, d)
       activations in c after each row-split matrix in the forward (o, w2) and one after each
@@ -95,7 +97,8 @@ def comm_bytes_per_device(
         if param.role in EXPERT_ROLES and sharding.splits_experts(mode):
             continue
         if param.role.hidden and _split_over(param, mode, sharding.DATA):
-            sent.add("all_gather", held * data * c, data, times=2)
+            kept = param.role in EXPERT_ROLES and tensor == 1 and cfg.remat == "none"
+            sent.add("all_gather", held * data * c, data, times=1 if kept else 2)
             sent.add("reduce_scatter", held * data * c, data)
         else:
             sent.add("all_reduce", held * (c if param.role.hidden else F32_BYTES), data)
