@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -50,7 +51,12 @@ def _drop_closed_loop_noise() -> None:
     writes still in flight complete later into orbax's closed asyncio loop, and Python prints
     each ``RuntimeError('Event loop is closed')`` as an unraisable exception: dozens of
     tracebacks after the one error that matters, which this module reports itself. Drop
-    exactly those; everything else goes to the previous hook."""
+    exactly those; everything else goes to the previous hook. The same late reads can also
+    reach asyncio's "Task exception was never retrieved" log (when the task is collected):
+    ``orbax_task_noise`` drops those records too."""
+    asyncio_log = logging.getLogger("asyncio")
+    if orbax_task_noise not in asyncio_log.filters:
+        asyncio_log.addFilter(orbax_task_noise)
     previous = sys.unraisablehook
     if getattr(previous, "drops_closed_loop_noise", False):
         return
@@ -63,6 +69,19 @@ def _drop_closed_loop_noise() -> None:
 
     hook.drops_closed_loop_noise = True
     sys.unraisablehook = hook
+
+
+def orbax_task_noise(record: logging.LogRecord) -> bool:
+    """A ``logging`` filter: False (drop) for asyncio's "Task exception was never retrieved"
+    whose exception was raised inside orbax (a read abandoned with a damaged checkpoint)."""
+    if not str(record.msg).startswith("Task exception was never retrieved"):
+        return True
+    tb = record.exc_info[2] if record.exc_info else None
+    while tb is not None:
+        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return False
+        tb = tb.tb_next
+    return True
 
 
 def check_directory(path: str | Path) -> Path:
