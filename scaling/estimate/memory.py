@@ -262,8 +262,9 @@ def _whole_experts(cfg: ModelConfig, n: _Elements, add) -> None:
     """``dp``, ``fsdp`` and ``fsdp_tp`` run every expert on every device inside the MoE layer's
     ``shard_map`` (``scaling.moe.sharded_moe_ffn``; fsdp_tp gathers them over data only,
     their width stays split over tensor). Under remat ``none`` the scan keeps, for
-    every layer, dp's expert gradients before their sum over data (float32) or fsdp's expert
-    weights gathered whole at the boundary (compute dtype): once the expert parameters; and
+    every layer, dp's expert gradients before their sum over data (float32) or the expert
+    weights gathered over data (compute dtype; fsdp gathers them inside the ``shard_map``,
+    fsdp_tp at its boundary): once the expert parameters; and
     the backward holds one layer's whole-expert gradients (float32) before they are summed
     or reduce-scattered. XLA's excess over the other terms (tiny-moe, 8 devices, jax 0.10.2)
     was L + 1.6 layers' expert bytes for dp and L + 1.5 for fsdp (L = 2, 4, 8: 3.45, 5.33,
