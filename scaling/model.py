@@ -77,14 +77,17 @@ def _rows_gathered_bwd(_, g: Array) -> tuple[Array]:
 _rows_gathered.defvjp(_rows_gathered_fwd, _rows_gathered_bwd)
 
 
+def _split_over_data() -> bool:
+    """Whether the current (abstract) mesh has a ``data`` axis of more than one device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and "data" in mesh.axis_names and mesh.shape["data"] > 1
+
+
 def gathered_over_data(w: Float[Array, "i o"]) -> Float[Array, "i o"]:
     """``w`` with its input dimension gathered over the mesh's ``data`` axis (fsdp's split),
     its output dimension left as it is (split over ``tensor`` under fsdp_tp); the identity
     outside a mesh or without a ``data`` axis, and in value everywhere."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or "data" not in mesh.axis_names or mesh.shape["data"] == 1:
-        return w
-    return _rows_gathered(w)
+    return _rows_gathered(w) if _split_over_data() else w
 
 
 class Linear(nnx.Module):
@@ -413,8 +416,7 @@ def shard_over_batch(x: Array, *, features: bool = False) -> Array:
     left to GSPMD (an FFN hidden split over ``tensor`` under tp stays split). A no-op outside
     a mesh context or without a ``data`` axis.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or "data" not in mesh.axis_names or mesh.shape["data"] == 1:
+    if not _split_over_data():
         return x
     rest = P.UNCONSTRAINED if features else None
     return jax.lax.with_sharding_constraint(x, P("data", *([rest] * (x.ndim - 1))))
