@@ -85,21 +85,36 @@ def remat_flops_per_token(cfg: ModelConfig, seq: int) -> float:
       never needs w2's output (it only enters the residual add), so jax's partial evaluation
       drops that matmul from the recomputation (checked on the lowered HLO: the recomputed
       dots are exactly these). The head and embedding are outside the checkpoint, so the
-      read-out matmul (2·d·V) is not recomputed either.
+      read-out matmul (2·d·V) is not recomputed either. A mixture of experts recomputes its
+      experts' w2 too: their outputs are scaled by the routing weights, whose gradient needs
+      them; only a shared expert's w2 is dropped.
     - ``dots`` (``dots_with_no_batch_dims_saveable``): the outputs of the q/k/v/o and FFN
       matmuls (dot_generals without batch dimensions) are saved; the two attention einsums have
       batch dimensions (b, h) and are recomputed, both of them, because the weights·v output
-      is the o-projection's input needed for its weight gradient: 4·L·t·(h·k).
-    The recomputed attention is always the full t×t (that is what the model executes).
+      is the o-projection's input needed for its weight gradient: 4·L·t·(h·k). The experts'
+      matmuls (capacity's einsum has the batch dimension e, dropless's ``ragged_dot`` is not a
+      dot_general) are recomputed too: 2·k·(2|3)·d·f per layer.
+    The recomputed attention is always the full t×t (that is what the model executes). A
+    capacity dispatch's padded rows are counted by ``capacity_padding_flops``.
     """
     attention_forward = 4.0 * cfg.n_layers * seq * cfg.n_heads * cfg.d_head
+    routed = routed_expert_matmul_per_token(cfg)
     if cfg.remat == "full":
         layer_matmul = param_counts(cfg).matmul - cfg.d_model * cfg.vocab_size
-        w2 = cfg.n_layers * cfg.d_ff * cfg.d_model * ffn_outputs_per_token(cfg)
+        w2 = cfg.n_layers * cfg.d_ff * cfg.d_model * (int(cfg.moe_shared_expert) if cfg.moe else 1)
         return 2.0 * (layer_matmul - w2) + attention_forward
     if cfg.remat == "dots":
-        return attention_forward
+        return attention_forward + 2.0 * routed
     return 0.0
+
+
+def routed_expert_matmul_per_token(cfg: ModelConfig) -> float:
+    """Parameters of the routed experts' matrices a token multiplies, all layers:
+    L·k·(2|3)·d·f (0 for a dense model)."""
+    if not cfg.moe:
+        return 0.0
+    per_expert = (3 if cfg.ffn_gated else 2) * cfg.d_model * cfg.d_ff
+    return float(cfg.n_layers * cfg.experts_per_token * per_expert)
 
 
 def ffn_outputs_per_token(cfg: ModelConfig) -> int:
@@ -122,13 +137,15 @@ def expert_rows(cfg: ModelConfig, tokens: int) -> tuple[int, int]:
 
 def capacity_padding_flops(cfg: ModelConfig, *, batch: int, seq: int) -> float:
     """Training FLOPs per step the capacity buffers add over the useful expert rows: 6 ×
-    (executed − useful rows) × one expert's matrices (2 or 3 of d·f) × layers (FLOPs; 0 for
-    dense models and dropless dispatch). Dropped rows make executed < useful possible."""
+    (executed − useful rows) × one expert's matrices (2 or 3 of d·f) × layers, 8 × under remat
+    full or dots, which recompute every expert matmul (FLOPs; 0 for dense models and dropless
+    dispatch). Dropped rows make executed < useful possible."""
     if not cfg.moe:
         return 0.0
     useful, executed = expert_rows(cfg, batch * seq)
     per_expert = (3 if cfg.ffn_gated else 2) * cfg.d_model * cfg.d_ff
-    return 6.0 * (executed - useful) * per_expert * cfg.n_layers
+    passes = 6.0 if cfg.remat == "none" else 8.0
+    return passes * (executed - useful) * per_expert * cfg.n_layers
 
 
 def hardware_flops_per_token(cfg: ModelConfig, seq: int) -> float:
