@@ -71,8 +71,11 @@ def comm_bytes_per_device(
     - layer matrices sharded over data (fsdp, fsdp_tp): AllGather in the forward and again in
       the backward (remat's recompute reuses the backward's), ReduceScatter of their gradients,
       all in c (ZeRO-3 / FSDP); replicated over data (dp): AllReduce of the gradients in c.
-      fsdp's expert matrices, gathered inside the MoE layer's ``shard_map``, are kept for
-      the backward under remat ``none`` (gathered once; the memory estimate counts them).
+      Expert matrices (fsdp, fsdp_tp) are kept for the backward under remat ``none``
+      (gathered once; the memory estimate counts them). fsdp gathers them inside the MoE
+      layer's ``shard_map`` (``scaling.moe.sharded_moe_ffn``), whose transpose reduce-scatters
+      their gradients; fsdp_tp gathers them at its boundary, where XLA all-reduces their
+      gradients over data instead (twice a ReduceScatter's bytes; measured, jax 0.10.2).
     - norm gains and biases: AllReduce of the float32 gradients over data.
     - tensor axis (tp, fsdp_tp), Megatron-style: per layer one AllReduce of the (b, t, d)
       activations in c after each row-split matrix in the forward (o, w2) and one after each
@@ -97,9 +100,13 @@ def comm_bytes_per_device(
         if param.role in EXPERT_ROLES and sharding.splits_experts(mode):
             continue
         if param.role.hidden and _split_over(param, mode, sharding.DATA):
-            kept = param.role in EXPERT_ROLES and tensor == 1 and cfg.remat == "none"
+            expert = param.role in EXPERT_ROLES
+            kept = expert and cfg.remat == "none"
             sent.add("all_gather", held * data * c, data, times=1 if kept else 2)
-            sent.add("reduce_scatter", held * data * c, data)
+            if expert and tensor > 1:  # fsdp_tp: gathered at the MoE shard_map's boundary
+                sent.add("all_reduce", held * data * c, data)
+            else:
+                sent.add("reduce_scatter", held * data * c, data)
         else:
             sent.add("all_reduce", held * (c if param.role.hidden else F32_BYTES), data)
     if sharding.splits_tensor_work(mode):
@@ -153,12 +160,13 @@ def _tensor_all_reduces_per_layer(cfg: ModelConfig) -> tuple[int, int]:
     """Row-split matrices (forward) + column-split matrices (backward) + remat's recompute,
     as (on the tokens' (b, t, d) activations, on the experts' rows). Remat ``full``
     recomputes o's all-reduce and, in a MoE layer, the expert w2's (the combine reads its
-    output; a dense FFN's w2 output is not needed in the backward)."""
+    output; a dense FFN's w2 output is not needed in the backward); remat ``dots`` saves o's
+    output but recomputes the expert matmuls (batched einsums), w2's all-reduce with them."""
     layer = [p for p in parameters(cfg) if p.role.hidden]
     full = 1 if cfg.remat == "full" else 0
     dense = sum(p.role.kind in ("row", "column") for p in layer)
     experts = sum(p.role.kind in ("expert_row", "expert_column") for p in layer)
-    return dense + full, experts + (full if experts else 0)
+    return dense + full, experts + (int(cfg.remat != "none") if experts else 0)
 
 
 def _vocab_tables(
