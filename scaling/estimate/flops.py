@@ -98,13 +98,12 @@ def remat_flops_per_token(cfg: ModelConfig, seq: int) -> float:
     capacity dispatch's padded rows are counted by ``capacity_padding_flops``.
     """
     attention_forward = 4.0 * cfg.n_layers * seq * cfg.n_heads * cfg.d_head
-    routed = routed_expert_matmul_per_token(cfg)
     if cfg.remat == "full":
         layer_matmul = param_counts(cfg).matmul - cfg.d_model * cfg.vocab_size
         w2 = cfg.n_layers * cfg.d_ff * cfg.d_model * (int(cfg.moe_shared_expert) if cfg.moe else 1)
         return 2.0 * (layer_matmul - w2) + attention_forward
     if cfg.remat == "dots":
-        return attention_forward + 2.0 * routed
+        return attention_forward + 2.0 * routed_expert_matmul_per_token(cfg)
     return 0.0
 
 
@@ -115,12 +114,6 @@ def routed_expert_matmul_per_token(cfg: ModelConfig) -> float:
         return 0.0
     per_expert = (3 if cfg.ffn_gated else 2) * cfg.d_model * cfg.d_ff
     return float(cfg.n_layers * cfg.experts_per_token * per_expert)
-
-
-def ffn_outputs_per_token(cfg: ModelConfig) -> int:
-    """FFN output matrices (d_ff × d) a token multiplies per layer: 1 dense; k experts plus
-    the shared expert under MoE."""
-    return cfg.experts_per_token + int(cfg.moe_shared_expert) if cfg.moe else 1
 
 
 def expert_rows(cfg: ModelConfig, tokens: int) -> tuple[int, int]:
