@@ -12,10 +12,13 @@ sweeps) compare by their median. Each matched configuration gets a verdict:
 
 Given a ``remeasure`` function (the CLI passes ``scaling.sweep.remeasure``), a REGRESSED or FAILED
 configuration is re-measured once before the verdict (its settings rebuilt from
-``settings_json``); the re-measurement decides. The comparison itself is a pure function of
-two records. Configurations present on one side only are listed (``missing in
-current`` / ``missing in baseline``), never dropped silently, and do not change the exit code;
-nothing to compare at all is bad input (exit 2).
+``settings_json``); the re-measurement decides. In relative mode (below) the re-measurement is
+side by side instead: every compared configuration is measured again, one after another, up to
+``REMEASURE_SWEEPS`` more times while something is still REGRESSED, and the verdict is the median
+over all sweeps of each sweep's own factor-divided ratio. The comparison itself is a pure
+function of two records and what the re-measurements return. Configurations present on one
+side only are listed (``missing in current`` / ``missing in baseline``), never dropped silently,
+and do not change the exit code; nothing to compare at all is bad input (exit 2).
 
 Metric: ``mfu`` by default. On CPU its peak is a matmul probe timed after every timed step in
 the same worker process (median; since the probe replaced a one-off calibration, three quiet
@@ -50,6 +53,14 @@ one code path) still fails, while a uniform shift, which on another machine cann
 the hardware, is reported as the machine factor and not gated. It needs at least
 ``MIN_RELATIVE`` matched configurations so that one regressed configuration cannot move the
 median by itself.
+
+Why relative mode re-measures the whole grid: a configuration re-run alone would be divided by a
+machine factor measured minutes earlier, on a host whose load had changed since. On the CI
+runner of stop 27, tiny fsdp_tp read 0.754 in the sweep and 0.625 when re-run alone, and the
+check failed on code whose fresh clone had passed here (0.88 quiet). Under a one-core busy loop
+on this host, three sweeps put single configurations at 0.74-0.81 (dp, fsdp_tp) and others at
+1.05-1.47 in one sweep, never the same one twice; the median over three sweeps is what a 30 %
+slowdown of one mode still fails and one perturbed sweep no longer does.
 """
 
 from __future__ import annotations
@@ -71,6 +82,7 @@ if TYPE_CHECKING:  # pandas loads with the records, so `scaling --help` starts f
 DEFAULT_TOLERANCE = 0.20
 DEFAULT_METRIC = "mfu"
 MIN_RELATIVE = 3
+REMEASURE_SWEEPS = 2  # relative mode: side-by-side sweeps re-measured at most
 METRICS: dict[str, bool] = {  # metric → higher is better
     "mfu": True,
     "tokens_per_s": True,
@@ -91,6 +103,10 @@ class Comparison:
     ratio: float | None = None  # current / baseline
     remeasured: bool = False
     first_current: float | None = None  # the value before the re-measurement
+    # relative mode's side-by-side re-measurement: the value and the factor-divided ratio
+    # of every sweep this configuration ran ok in (the first one included)
+    values: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
     note: str = ""
     settings_json: str = ""  # of the current run (what a re-measurement rebuilds)
 
@@ -310,11 +326,13 @@ def compare(
     result.notes += _environment_notes(baseline, current)
     if relative:
         _apply_machine_factor(result, higher)
-    if remeasure is not None:
+    if remeasure is not None and relative:
+        _remeasure_side_by_side(result, remeasure, on_remeasure)
+    elif remeasure is not None:
         for row in result.with_verdict("REGRESSED", "FAILED"):
             if on_remeasure is not None:
                 on_remeasure(row)
-            _remeasure_row(row, remeasure, metric, tolerance, higher, result.machine_factor)
+            _remeasure_row(row, remeasure, metric, tolerance, higher)
     order = {"FAILED": 0, "REGRESSED": 1, "improved": 2, "ok": 3}
     result.rows.sort(key=lambda r: (order.get(r.verdict, 4), r.label))
     return result
@@ -351,12 +369,7 @@ def _pop_meshless(other: dict, config: dict) -> dict | None:
 
 
 def _remeasure_row(
-    row: Comparison,
-    remeasure: Remeasure,
-    metric: str,
-    tolerance: float,
-    higher: bool,
-    machine_factor: float | None = None,
+    row: Comparison, remeasure: Remeasure, metric: str, tolerance: float, higher: bool
 ) -> None:
     if not row.settings_json:
         row.note = "cannot re-measure: the record has no settings_json"
@@ -368,8 +381,71 @@ def _remeasure_row(
         row.note = f"re-measurement {record.status}: {record.error[:120]}"
         return
     row.first_current, row.current = row.current, value
-    row.ratio = value / row.baseline / (machine_factor or 1.0)
+    row.ratio = value / row.baseline
     row.verdict = verdict_of(row.ratio, tolerance, higher)
+
+
+def _remeasure_side_by_side(
+    result: CheckResult,
+    remeasure: Remeasure,
+    on_remeasure: Callable[[Comparison], None] | None,
+) -> None:
+    """Relative mode: while a configuration is REGRESSED or FAILED, measure every compared
+    configuration again, one after another (a new sweep, with its own machine factor), up to
+    ``REMEASURE_SWEEPS`` times; each configuration's verdict is then the median of its
+    factor-divided ratios over all the sweeps it ran ok in."""
+    higher = result.higher_is_better
+    rows = [
+        r for r in result.rows if r.settings_json and (r.ratio is not None or r.verdict == "FAILED")
+    ]
+    for row in rows:
+        row.ratios = [] if row.ratio is None else [row.ratio]
+        row.values = [] if row.current is None else [row.current]
+    for row in result.with_verdict("REGRESSED", "FAILED"):
+        if not row.settings_json:
+            row.note = "cannot re-measure: the record has no settings_json"
+    for sweep in range(1, REMEASURE_SWEEPS + 1):
+        if not any(r.verdict in ("REGRESSED", "FAILED") for r in rows):
+            return
+        measured = {}
+        for row in rows:
+            if on_remeasure is not None:
+                on_remeasure(row)
+            record = remeasure(row.settings_json)
+            row.remeasured = True
+            value = float(getattr(record, result.metric))
+            if record.status == "ok" and math.isfinite(value):
+                measured[id(row)] = value
+            elif record.status != "ok":
+                row.note = f"re-measurement {sweep} {record.status}: {record.error[:120]}"
+            else:
+                row.note = f"re-measurement {sweep} recorded no {result.metric}"
+        if len(measured) < MIN_RELATIVE:
+            result.notes.append(
+                f"re-measurement {sweep}: only {len(measured)} configuration(s) ran ok, too few "
+                f"for a machine factor (need {MIN_RELATIVE}); its values are not used"
+            )
+            continue
+        factor = float(
+            statistics.median(measured[id(r)] / r.baseline for r in rows if id(r) in measured)
+        )
+        result.notes.append(
+            f"re-measurement {sweep}: {len(measured)} configurations side by side, machine "
+            f"factor {factor:.3f}"
+        )
+        for row in rows:
+            if id(row) not in measured:
+                continue
+            if row.first_current is None and row.current is not None:
+                row.first_current = row.current
+            row.values.append(measured[id(row)])
+            row.ratios.append(measured[id(row)] / row.baseline / factor)
+            row.current = float(statistics.median(row.values))
+            row.ratio = float(statistics.median(row.ratios))
+            row.verdict = verdict_of(row.ratio, result.tolerance, higher)
+            row.note = f"median of {len(row.ratios)} sweeps: " + ", ".join(
+                f"{x:.3f}" for x in row.ratios
+            )
 
 
 def _environment_notes(baseline: pd.DataFrame, current: pd.DataFrame) -> list[str]:

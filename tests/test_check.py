@@ -142,15 +142,74 @@ def test_relative_mode_still_fails_a_mode_slower_than_the_others(tmp_path):
     assert _json(result)["machine_factor"] == pytest.approx(0.85)
 
 
-def test_relative_mode_remeasures_against_the_same_machine_factor(tmp_path):
+def _sweeps_of(rounds: list[dict[str, float]]):
+    """A fake ``remeasure``: the n-th call for a mode returns that mode's mfu in ``rounds[n]``."""
+    calls: list[str] = []
+
+    def remeasure(settings_json: str) -> RunRecord:
+        mode = json.loads(settings_json)["mode"]
+        calls.append(mode)
+        return _record(mode, rounds[calls.count(mode) - 1][mode])
+
+    return remeasure, calls
+
+
+def _relative_compare(tmp_path, first: dict[str, float], rounds: list[dict[str, float]]):
     base = load_runs(_write(tmp_path / "base", [_record(m, 0.1) for m in MESHES]))
-    current = [_record(m, 0.08 if m != "dp" else 0.04) for m in MESHES]
-    current = load_runs(_write(tmp_path / "cur", current))
-    again = _record("dp", 0.076)  # re-measured: 0.95 of the others' 0.8×
-    result = check.compare(base, current, relative=True, remeasure=lambda settings: again)
-    (dp,) = [r for r in result.rows if r.config["mode"] == "dp"]
-    assert dp.remeasured and dp.verdict == "ok" and dp.ratio == pytest.approx(0.95)
-    assert result.machine_factor == pytest.approx(0.8)
+    current = load_runs(_write(tmp_path / "cur", [_record(m, first[m]) for m in MESHES]))
+    remeasure, calls = _sweeps_of(rounds)
+    result = check.compare(base, current, relative=True, remeasure=remeasure)
+    return result, calls, {r.config["mode"]: r for r in result.rows}
+
+
+def test_relative_mode_remeasures_every_configuration_side_by_side(tmp_path):
+    # dp reads 0.5 of the others' 0.8x; then the host gets busier (0.6x everywhere, dp 0.57)
+    # and quieter again (0.9x, dp 0.9): each sweep is divided by its own machine factor
+    first = {m: 0.04 if m == "dp" else 0.08 for m in MESHES}
+    busier = {m: 0.057 if m == "dp" else 0.06 for m in MESHES}
+    quieter = {m: 0.09 for m in MESHES}
+    result, calls, rows = _relative_compare(tmp_path, first, [busier, quieter])
+    assert sorted(calls) == sorted(list(MESHES) * 2)  # the whole grid, twice
+    assert rows["dp"].ratios == pytest.approx([0.5, 0.95, 1.0])
+    assert rows["dp"].ratio == pytest.approx(0.95) and rows["dp"].verdict == "ok"
+    assert rows["dp"].first_current == pytest.approx(0.04)
+    assert rows["dp"].current == pytest.approx(0.057)  # median of 0.04, 0.057, 0.09
+    assert all(r.remeasured and r.verdict == "ok" for r in rows.values())
+    assert result.exit_code == 0 and result.machine_factor == pytest.approx(0.8)
+    assert any("machine factor 0.600" in n for n in result.notes)
+    assert any("machine factor 0.900" in n for n in result.notes)
+    # re-run alone and divided by the first sweep's factor, the busier sweep's dp reads 0.71
+    assert 0.057 / 0.1 / 0.8 < 0.8
+
+
+def test_relative_mode_stops_re_measuring_once_nothing_is_regressed(tmp_path):
+    first = {m: 0.06 if m == "tp" else 0.08 for m in MESHES}  # tp 0.75 of the others
+    again = {m: 0.095 if m == "tp" else 0.1 for m in MESHES}  # 0.95: median of two 0.85
+    result, calls, rows = _relative_compare(tmp_path, first, [again])
+    assert sorted(calls) == sorted(MESHES)
+    assert rows["tp"].ratio == pytest.approx(0.85) and rows["tp"].verdict == "ok"
+    assert "median of 2 sweeps: 0.750, 0.950" in rows["tp"].note
+    assert result.exit_code == 0
+
+
+def test_relative_mode_fails_a_mode_slow_in_every_sweep(tmp_path):
+    def sweep(factor: float) -> dict[str, float]:
+        return {m: 0.1 * factor * (0.7 if m == "fsdp" else 1.0) for m in MESHES}
+
+    result, calls, rows = _relative_compare(tmp_path, sweep(0.8), [sweep(0.6), sweep(1.1)])
+    assert len(calls) == 2 * len(MESHES)
+    assert rows["fsdp"].ratios == pytest.approx([0.7, 0.7, 0.7])
+    assert rows["fsdp"].verdict == "REGRESSED" and result.exit_code == 1
+    assert {m for m, r in rows.items() if r.verdict == "ok"} == set(MESHES) - {"fsdp"}
+
+
+def test_relative_mode_does_not_use_a_re_measurement_with_too_few_ok_runs(tmp_path):
+    first = {m: 0.05 if m == "dp" else 0.08 for m in MESHES}
+    broken = {m: float("nan") for m in MESHES}  # every re-measured run fails
+    result, calls, rows = _relative_compare(tmp_path, first, [broken, broken])
+    assert len(calls) == 2 * len(MESHES)
+    assert rows["dp"].verdict == "REGRESSED" and rows["dp"].ratios == pytest.approx([0.625])
+    assert any("too few for a machine factor" in n for n in result.notes)
 
 
 def test_relative_mode_needs_three_configurations_in_common(tmp_path):

@@ -33,7 +33,13 @@ def check(
     metric: Annotated[
         str, Opt(help="mfu | tokens_per_s | step_time_s_median (lower is better).")
     ] = DEFAULT_METRIC,
-    rerun: Annotated[bool, Opt(help="Re-measure a regressed run once before failing.")] = True,
+    rerun: Annotated[
+        bool,
+        Opt(
+            help="Re-measure a regressed run once before failing (with --relative: every run, "
+            "side by side, up to twice more; the median decides)."
+        ),
+    ] = True,
     relative: Annotated[
         bool,
         Opt(
@@ -63,9 +69,15 @@ def check(
         return
 
     def on_remeasure(row) -> None:
-        if not json_:
-            what = "failed" if row.ratio is None else f"regressed ({row.ratio:.2f}×)"
-            err_console.print(f"[yellow]{row.label}: {what}, re-measuring once…[/]")
+        if json_:
+            return
+        if row.verdict == "FAILED":
+            what = "failed, re-measuring"
+        elif row.verdict == "REGRESSED":
+            what = f"regressed ({row.ratio:.2f}×), re-measuring"
+        else:  # relative mode measures the whole grid again, side by side
+            what = "re-measuring side by side"
+        err_console.print(f"[yellow]{row.label}: {what}…[/]")
 
     with user_errors():
         result = lib.check(
