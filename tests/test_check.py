@@ -212,6 +212,32 @@ def test_relative_mode_does_not_use_a_re_measurement_with_too_few_ok_runs(tmp_pa
     assert any("too few for a machine factor" in n for n in result.notes)
 
 
+def test_relative_check_from_the_cli_re_measures_the_grid_and_prints_each_sweep(
+    tmp_path, monkeypatch
+):
+    import scaling.sweep
+
+    base = _sweep(tmp_path / "base")
+    cur = _sweep(tmp_path / "cur", scale={m: 0.8 for m in MESHES} | {"tp": 0.4})
+    again = {m: 0.05 * (1 + i / 10) * 0.9 for i, m in enumerate(MESHES)}  # base mfu x 0.9
+    args = ["check", "--baseline", str(base), "--current", str(cur), "--relative"]
+    remeasure, calls = _sweeps_of([again, again])
+    monkeypatch.setattr(scaling.sweep, "remeasure", remeasure)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    # tp: 0.5 then 1.0 is a median of 0.75, still regressed: a second sweep decides
+    assert sorted(calls) == sorted(list(MESHES) * 2)
+    assert "tiny tp 1x4 tied 8×64: regressed (0.50×), re-measuring…" in result.stderr
+    assert "tiny tp 1x4 tied 8×64: regressed (0.75×), re-measuring…" in result.stderr
+    assert "tiny dp 4x1 tied 8×64: re-measuring side by side…" in result.stderr
+    stdout = " ".join(result.stdout.split())
+    assert "re-measurement 2: 5 configurations side by side, machine factor 0.900" in stdout
+    monkeypatch.setattr(scaling.sweep, "remeasure", _sweeps_of([again, again])[0])
+    rows = _json(runner.invoke(app, [*args, "--json"]))["rows"]
+    tp = next(r for r in rows if r["config"]["mode"] == "tp")
+    assert tp["ratios"] == pytest.approx([0.5, 1.0, 1.0]) and tp["verdict"] == "ok"
+
+
 def test_relative_mode_needs_three_configurations_in_common(tmp_path):
     base = _write(tmp_path / "base", [_record("dp", 0.1), _record("tp", 0.1)])
     result = _check(base, base, "--relative")
