@@ -232,21 +232,33 @@ def _saved_by_layers(cfg: ModelConfig, n: _Elements, add) -> None:
 def _moe_saved(cfg: ModelConfig, n: _Elements, add, kept: int) -> None:
     """Remat none, a mixture of experts (``saved_residuals`` of the loss, jax 0.10.2), per
     layer with R expert rows and n·k assignments of the n tokens routed on this device: the
-    FFN kind's intermediates on the R rows (kept·R·f); capacity's buffer and expert inputs
-    (2·R·d), the expert outputs of the assignments before their routing weight (nk·d) and
+    FFN kind's intermediates on the R rows (kept·R·f); capacity's dispatched expert inputs
+    (R·d), the expert outputs of the assignments before their routing weight (nk·d) and
     the scatter mask (nk·d bytes); dropless's gathered rows and their outputs (2·nk·d),
     under expert parallelism with the mask of the rows routed to this device (nk·d bytes);
     the router's probabilities for the device's own b·t tokens, float32 (bt·E); a shared
     expert's intermediates (kept·bt·f). The tokens going in are the FFN norm's output,
-    counted with the norms; the combined output is not saved."""
+    counted with the norms; the combined output is not saved.
+
+    jax also lists capacity's expert outputs (R + 1 rows: the dropped tokens' zero row) as a
+    residual of the combine's gather, but the gather's transpose never reads them and XLA's
+    compiled scan does not keep them: per layer, XLA's memory grows by what is counted here
+    within 0.6 % in none, ep, fsdp_ep, dp, fsdp and fsdp_tp, 1.3 % in tp (tiny-moe, L = 2 to 4
+    and 4 to 8). Counting them too (up to stop 27) put 1-17 % too much into every layer (tp
+    17 %, fsdp_tp 6 %, none 4 %), which at L = 4 happened to cancel the backward transients
+    left unmodelled under the sharded modes (+1.1 to +2.0 MB at 8 × 128 tokens for ep,
+    fsdp_ep, dp, fsdp and fsdp_tp, nearly the same at L = 2, 4 and 8). Under tp, where GSPMD
+    partitions the MoE layer itself, XLA holds ~0.9 MB more per 128-token sequence than
+    counted, at every depth (+7.4, +14.6, +33.1 MB at batch 8, 16, 32; 1.21 of the estimate
+    at L = 4): not modelled."""
     L, c, cd, f32 = cfg.n_layers, n.c, cfg.dtype, "float32"
     assignments = n.routed * cfg.experts_per_token * cfg.d_model
     width = n.ffn // n.rows  # d_ff, or its share under a tensor split
     add(f"MoE: {cfg.ffn} intermediates on the expert rows (L·{kept}·R·f)", cd,
         L * kept * n.expert_rows * width * c)  # fmt: skip
     if cfg.moe_dispatch == "capacity":
-        add("MoE: capacity buffers (L·2·R·d), expert outputs of the assignments (L·nk·d)", cd,
-            L * (2 * n.expert_rows * cfg.d_model + assignments) * c)  # fmt: skip
+        add("MoE: dispatched expert inputs (L·R·d), expert outputs of the assignments (L·nk·d)",
+            cd, L * (n.expert_rows * cfg.d_model + assignments) * c)  # fmt: skip
         add("MoE: scatter mask of the assignments (L·nk·d)", "bool", L * assignments)
     else:
         add("MoE: gathered rows and their outputs (L·2·nk·d)", cd, L * 2 * assignments * c)
