@@ -250,7 +250,11 @@ def _moe_saved(cfg: ModelConfig, n: _Elements, add, kept: int) -> None:
     fsdp_ep, dp, fsdp and fsdp_tp, nearly the same at L = 2, 4 and 8). Under tp, where GSPMD
     partitions the MoE layer itself, XLA holds ~0.9 MB more per 128-token sequence than
     counted, at every depth (+7.4, +14.6, +33.1 MB at batch 8, 16, 32; 1.21 of the estimate
-    at L = 4): not modelled."""
+    at L = 4): not modelled. XLA's buffer assignment shows where: the layer's backward holds
+    its capacity buffers and assignment rows whole on every tensor device (the dispatched
+    inputs' gradients all-reduced over tensor, the combine's scatter: ~3·R·d + 3·nk·d, 7.1 MB
+    at batch 8), more than the loss's logits split over tensor (2·b·t·V/8, 2.1 MB), so the
+    step's peak moves from the loss into the last MoE layer's backward."""
     L, c, cd, f32 = cfg.n_layers, n.c, cfg.dtype, "float32"
     assignments = n.routed * cfg.experts_per_token * cfg.d_model
     width = n.ffn // n.rows  # d_ff, or its share under a tensor split
