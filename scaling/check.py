@@ -377,15 +377,26 @@ def _remeasure_row(
     if not row.settings_json:
         row.note = "cannot re-measure: the record has no settings_json"
         return
-    record = remeasure(row.settings_json)
-    row.remeasured = True
-    value = float(getattr(record, metric))
-    if record.status != "ok" or not math.isfinite(value):
-        row.note = f"re-measurement {record.status}: {record.error[:120]}"
+    value = _remeasured(row, remeasure, metric, "re-measurement")
+    if value is None:
         return
     row.first_current, row.current = row.current, value
     row.ratio = value / row.baseline
     row.verdict = verdict_of(row.ratio, tolerance, higher)
+
+
+def _remeasured(row: Comparison, remeasure: Remeasure, metric: str, what: str) -> float | None:
+    """Run ``row``'s configuration again: its ``metric``, or None with the reason in its note."""
+    record = remeasure(row.settings_json)
+    row.remeasured = True
+    value = float(getattr(record, metric))
+    if record.status != "ok":
+        row.note = f"{what} {record.status}: {record.error[:120]}"
+        return None
+    if not math.isfinite(value):
+        row.note = f"{what} recorded no {metric}"
+        return None
+    return value
 
 
 def _remeasure_side_by_side(
@@ -414,15 +425,9 @@ def _remeasure_side_by_side(
         for row in rows:
             if on_remeasure is not None:
                 on_remeasure(row)
-            record = remeasure(row.settings_json)
-            row.remeasured = True
-            value = float(getattr(record, result.metric))
-            if record.status == "ok" and math.isfinite(value):
+            value = _remeasured(row, remeasure, result.metric, f"re-measurement {sweep}")
+            if value is not None:
                 measured[id(row)] = value
-            elif record.status != "ok":
-                row.note = f"re-measurement {sweep} {record.status}: {record.error[:120]}"
-            else:
-                row.note = f"re-measurement {sweep} recorded no {result.metric}"
         if len(measured) < MIN_RELATIVE:
             result.notes.append(
                 f"re-measurement {sweep}: only {len(measured)} configuration(s) ran ok, too few "
