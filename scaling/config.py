@@ -341,6 +341,10 @@ class RunConfig:
     # window's end; each step's time is the window's mean (scaling.measure.StepClock). 1: every
     # step is timed to completion on its own.
     sync_every: int = 1
+    # Optimizer steps per call of the compiled program (a loop over stacked batches on the
+    # device, Keras's steps_per_execution): one dispatch, one set of temporaries and one metrics
+    # fetch for up to K steps; timed windows hold at least K steps. 1: one step per call.
+    steps_per_call: int = 1
     # Validation loss every K steps and after the last one (0: only after the last step, and
     # only when the data has a validation split, i.e. a prepared directory).
     eval_every: int = 0
@@ -388,7 +392,7 @@ def validate_run(run: RunConfig) -> None:
     for name in ("eval_every", "data_threads", "data_processes"):
         if getattr(run, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(run, name)}")
-    for name in ("eval_batches", "data_prefetch", "sync_every"):
+    for name in ("eval_batches", "data_prefetch", "sync_every", "steps_per_call"):
         if getattr(run, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(run, name)}")
     _check_loss_chunk(run.loss_chunk, run.seq)
@@ -426,6 +430,7 @@ RESUME_FREE = (
     "allow_config_change",
     "timing_warmup_steps",
     "sync_every",
+    "steps_per_call",
     "eval_every",
     "eval_batches",
     "data_threads",

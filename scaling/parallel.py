@@ -85,6 +85,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, BATCH_SPEC)
 
 
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Several steps' batches stacked on a leading axis (``RunConfig.steps_per_call``): each
+    batch split as ``batch_sharding`` splits one, the step axis whole on every device."""
+    return NamedSharding(mesh, P(None, *BATCH_SPEC))
+
+
 def local_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> slice:
     """The contiguous rows of a global batch that this process's devices hold."""
     starts, stops = [], []

@@ -46,7 +46,8 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
 HLO_FILE = "step.hlo.txt"
 SUMMARY_FILE = "summary.json"
 IDLE = "idle"  # inside the step's span, no operation running (executor dispatch between ops)
-STEP_MODULE = "jit_train_step"
+# the compiled step, and the loop of several steps per call (RunConfig.steps_per_call)
+STEP_MODULES = ("jit_train_step", "jit_train_steps")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+(?:\{[^}]*\})?\s+([\w\-]+)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _WORD = re.compile(r"[A-Za-z_]+")
@@ -65,7 +66,7 @@ class OpTime:
 class ProfileSummary:
     """Seconds per step by scope, the top operations, and how much of the step they cover."""
 
-    steps: int  # profiled executions of the step
+    steps: int  # profiled steps (executions of the step, or the steps they ran)
     step_time_s: float  # mean wall time of the profiled steps (``StepClock``)
     scopes_s: dict[str, float] = field(default_factory=dict)  # per step, self time
     top_ops: list[OpTime] = field(default_factory=list)
@@ -146,10 +147,12 @@ def newest_trace(profile_dir: str | Path) -> Path:
 
 
 def self_times(
-    events: list[dict], module: str = STEP_MODULE, async_names: frozenset[str] = frozenset()
+    events: list[dict],
+    modules: tuple[str, ...] = STEP_MODULES,
+    async_names: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, float], int, float]:
-    """Wall time (seconds) attributed to each HLO operation of ``module`` over the trace, the
-    number of executions of the module (distinct ``run_id``), and the idle seconds inside the
+    """Wall time (seconds) attributed to each HLO operation of ``modules`` over the trace, the
+    number of executions of the modules (distinct ``run_id``), and the idle seconds inside the
     executions' spans (first operation's start to last one's end) when no operation ran.
 
     Per thread an operation's self intervals are its span minus those of the operations nested
@@ -162,7 +165,7 @@ def self_times(
     spans: dict[object, list[float]] = {}
     for e in events:
         args = e.get("args") or {}
-        if e.get("ph") == "X" and args.get("hlo_module") == module and "hlo_op" in args:
+        if e.get("ph") == "X" and args.get("hlo_module") in modules and "hlo_op" in args:
             per_thread[(e["pid"], e["tid"])].append(e)
             span = spans.setdefault(args.get("run_id"), [e["ts"], e["ts"] + e["dur"]])
             span[0], span[1] = min(span[0], e["ts"]), max(span[1], e["ts"] + e["dur"])
@@ -237,8 +240,12 @@ def _split_overlaps(segments: list[tuple[float, float, str]]) -> dict[str, float
     return dict(totals)
 
 
-def summarize(profile_dir: str | Path, step_time_s: float, top: int = 15) -> ProfileSummary:
-    """The summary of the newest trace under ``profile_dir`` with its ``step.hlo.txt``."""
+def summarize(
+    profile_dir: str | Path, step_time_s: float, top: int = 15, steps: int | None = None
+) -> ProfileSummary:
+    """The summary of the newest trace under ``profile_dir`` with its ``step.hlo.txt``, per
+    step: ``steps`` is the number of steps the trace holds where a call runs several
+    (``RunConfig.steps_per_call``); by default one per execution of the step."""
     profile_dir = Path(profile_dir)
     hlo = profile_dir / HLO_FILE
     if not hlo.is_file():
@@ -247,9 +254,11 @@ def summarize(profile_dir: str | Path, step_time_s: float, top: int = 15) -> Pro
     scopes, matmuls = op_scopes(hlo_text), matmul_ops(hlo_text)
     with gzip.open(newest_trace(profile_dir), "rt") as f:
         events = json.load(f)["traceEvents"]
-    totals, steps, idle = self_times(events, async_names=frozenset(async_ops(hlo_text)))
-    if not steps:
-        raise ValueError(f"the trace under {str(profile_dir)!r} has no {STEP_MODULE} operations")
+    totals, executions, idle = self_times(events, async_names=frozenset(async_ops(hlo_text)))
+    if not executions:
+        names = " or ".join(STEP_MODULES)
+        raise ValueError(f"the trace under {str(profile_dir)!r} has no {names} operations")
+    steps = executions if steps is None else steps
     by_scope: dict[str, float] = defaultdict(float)
     ops = []
     for name, seconds in totals.items():

@@ -24,6 +24,8 @@ and the router statistics of the last step (``ROUTER_COLUMNS``), per step the sa
 NaN for dense runs and older files.
 ``sync_every`` (steps per timed window, ``RunConfig.sync_every``; where it is above 1 the per-step
 times are window means) came later within version 4; rows without it timed each step alone (1).
+So did ``steps_per_call`` (``RunConfig.steps_per_call``: optimizer steps per call of the compiled
+program; above 1 the per-step times are window means too); rows without it ran one (1).
 ``host_allocator`` (``scaling.hostmem``) too; older rows read "" (glibc's malloc, unrecorded).
 A prepared data directory is written through ``atomic_directory`` (a temporary directory, then a
 rename).
@@ -102,6 +104,8 @@ class RunRecord:
     loss_chunk: int = 0  # RunConfig.loss_chunk: positions per loss chunk; 0 whole logits
     # RunConfig.sync_every: steps per timed window; above 1 the step times are window means
     sync_every: int = 1
+    # RunConfig.steps_per_call: optimizer steps per call of the compiled program (a device loop)
+    steps_per_call: int = 1
     n_experts: int = 0  # mixture of experts (0: dense FFN; version < 4: dense)
     experts_per_token: int = 0
     settings_json: str = ""  # every setting of the run (sweep.run_id_of hashes these)
@@ -334,6 +338,7 @@ def base_record(settings: dict, run_id: str) -> RunRecord:
         attention=str(settings.get("attention") or "reference"),
         loss_chunk=int(settings.get("loss_chunk") or 0),
         sync_every=int(settings.get("sync_every") or 1),
+        steps_per_call=int(settings.get("steps_per_call") or 1),
         steps=int(settings["steps"]),
         timing_warmup_steps=int(settings["timing_warmup_steps"]),
         lr=float(settings["lr"]),
@@ -531,10 +536,10 @@ def recorded_status(out_dir: str | Path, run_id: str) -> str | None:
 
 def upgrade_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Version-1 run rows under version-2 column names; rows before version 4 with the
-    reference attention and the whole-logits loss they ran, rows without ``sync_every`` with
-    the per-step timing they ran (1)."""
+    reference attention and the whole-logits loss they ran, rows without ``sync_every`` or
+    ``steps_per_call`` with the per-step timing and the one step per call they ran (1)."""
     runs = runs.rename(columns={k: v for k, v in RENAMED_COLUMNS.items() if k in runs.columns})
-    defaults = {"attention": "reference", "loss_chunk": 0, "sync_every": 1}
+    defaults = {"attention": "reference", "loss_chunk": 0, "sync_every": 1, "steps_per_call": 1}
     for column, value in defaults.items():
         if column not in runs.columns:
             runs[column] = value

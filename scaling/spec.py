@@ -45,9 +45,10 @@ SHAPE_AND_LENGTH = ("layers", "tokens")
 # Kernels (attention implementation, chunked loss), optional in the same way: absent, the
 # reference attention and the whole-logits loss run, and old run ids stay what they were.
 KERNELS = ("attention", "loss_chunk")
-# How the host times the steps (RunConfig.sync_every), optional in the same way: absent, each
-# step is timed to completion and old run ids stay what they were.
-HOST_LOOP = ("sync_every",)
+# How the host times and calls the steps (RunConfig.sync_every, steps_per_call), optional in
+# the same way: absent, each step is its own call, timed to completion, and old run ids stay
+# what they were.
+HOST_LOOP = ("sync_every", "steps_per_call")
 SWEEP_FIXED = (
     "model",
     "mode",

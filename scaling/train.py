@@ -17,12 +17,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from scaling import attention, moe, parallel
+from scaling import attention, host_loop, moe, parallel
 from scaling.config import RunConfig
 from scaling.data import batch_dataset, entropy_floor, loader
 from scaling.estimate import param_counts
@@ -123,6 +122,30 @@ def make_train_step(run: RunConfig, graphdef, tx: optax.GradientTransformation) 
     return train_step
 
 
+def make_train_steps(run: RunConfig, one_step: Callable) -> Callable:
+    """Up to ``run.steps_per_call`` (K) optimizer steps in one compiled program: a device loop
+    over the first ``count`` of K stacked batches, each iteration ``one_step``. One dispatch and
+    one set of XLA temporaries serve the K steps (on CPU, XLA allocates a call's temporaries
+    afresh and the kernel zero-fills every page again: ~370,000 page faults per 125m step).
+    ``count`` is an argument, not a constant, so a window cut short by the burn-in, an
+    evaluation or a checkpoint runs the same program. Returns the state and each metric as a
+    (K,) array whose first ``count`` entries are the steps'; the rest stay 0."""
+    k = run.steps_per_call
+
+    def train_steps(state: TrainState, tokens: Int[Array, "k b t1"], count: Int[Array, ""]):
+        abstract = jax.eval_shape(one_step, state, tokens[0])[1]
+        held = jax.tree.map(lambda m: jnp.zeros((k, *m.shape), m.dtype), abstract)
+
+        def body(i, carry):
+            state, held = carry
+            state, metrics = one_step(state, tokens[i])
+            return state, jax.tree.map(lambda h, m: h.at[i].set(m), held, metrics)
+
+        return jax.lax.fori_loop(0, count, body, (state, held))
+
+    return train_steps
+
+
 @dataclass
 class Plan:
     """Everything a run needs besides data: mesh, jitted functions and shardings."""
@@ -137,22 +160,42 @@ class Plan:
     batch_sharding: jax.sharding.NamedSharding
     init: Callable[[], TrainState]
     step: Any  # jax.jit-wrapped train step (donates the state)
+    # jax.jit-wrapped ``make_train_steps`` (donates the state) when run.steps_per_call > 1
+    steps: Any = None
+    stacked_batch_sharding: jax.sharding.NamedSharding | None = None
 
     @property
     def batch_shape(self) -> tuple[int, int]:
         return (self.run.batch, self.run.seq + 1)
 
+    @property
+    def stacked_batch_shape(self) -> tuple[int, int, int]:
+        return (self.run.steps_per_call, *self.batch_shape)
+
     def abstract_batch(self) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(self.batch_shape, jnp.int32, sharding=self.batch_sharding)
 
-    def abstract_inputs(self) -> tuple[TrainState, jax.ShapeDtypeStruct]:
-        """Shapes, dtypes and shardings of the step's inputs; allocates nothing."""
-        state = jax.tree.map(
+    def abstract_state_inputs(self) -> TrainState:
+        return jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             self.abstract_state,
             self.state_shardings,
         )
-        return state, self.abstract_batch()
+
+    def abstract_inputs(self) -> tuple[TrainState, jax.ShapeDtypeStruct]:
+        """Shapes, dtypes and shardings of the step's inputs; allocates nothing."""
+        return self.abstract_state_inputs(), self.abstract_batch()
+
+    def compile_call(self):
+        """The compiled program the run calls: the one-step ``step`` (state, batch), or with
+        ``steps_per_call`` > 1 ``steps`` (state, K stacked batches, count)."""
+        if self.steps is None:
+            return self.step.lower(*self.abstract_inputs()).compile()
+        stacked = jax.ShapeDtypeStruct(
+            self.stacked_batch_shape, jnp.int32, sharding=self.stacked_batch_sharding
+        )
+        count = jax.ShapeDtypeStruct((), jnp.int32)
+        return self.steps.lower(self.abstract_state_inputs(), stacked, count).compile()
 
 
 def plan(run: RunConfig, devices=None) -> Plan:
@@ -172,13 +215,23 @@ def plan(run: RunConfig, devices=None) -> Plan:
     state_sh = parallel.shardings(abstract_state, run.mode, mesh)
     batch_sh = parallel.batch_sharding(mesh)
     init = jax.jit(lambda: init_state(run, tx), out_shardings=state_sh)
+    one_step = make_train_step(run, graphdef, tx)
     step = jax.jit(
-        make_train_step(run, graphdef, tx),
+        one_step,
         in_shardings=(state_sh, batch_sh),
         out_shardings=(state_sh, None),
         donate_argnums=0,
     )
-    return Plan(run, mesh, mesh_shape, graphdef, tx, abstract_state, state_sh, batch_sh, init, step)
+    p = Plan(run, mesh, mesh_shape, graphdef, tx, abstract_state, state_sh, batch_sh, init, step)
+    if run.steps_per_call > 1:
+        p.stacked_batch_sharding = parallel.stacked_batch_sharding(mesh)
+        p.steps = jax.jit(
+            make_train_steps(run, one_step),
+            in_shardings=(state_sh, p.stacked_batch_sharding, None),
+            out_shardings=(state_sh, None),
+            donate_argnums=0,
+        )
+    return p
 
 
 @dataclass
@@ -201,6 +254,7 @@ class RunResult:
     lrs: list[float] = field(default_factory=list)
     step_times_s: list[float] = field(default_factory=list)
     timing_warmup_steps: int = 1
+    steps_per_call: int = 1  # RunConfig.steps_per_call
     entropy_floor_nats: float | None = None
     device_kind: str = ""
     xla: dict[str, float] = field(default_factory=dict)
@@ -340,7 +394,7 @@ def run(
             return result
         evaluator = Evaluator(run_cfg, p, run_cfg.eval_batches) if run_cfg.evaluates else None
         t0 = time.perf_counter()
-        compiled = p.step.lower(*p.abstract_inputs()).compile()
+        compiled = p.compile_call()
         result = _new_result(run_cfg, p, start, time.perf_counter() - t0, compiled)
         result.notes = notes
         if profile_dir:  # the op → named-scope map the profile summary reads
@@ -353,19 +407,16 @@ def run(
             profile_dir=profile_dir,
         )
 
-        def next_batch() -> jax.Array:
-            waited = time.perf_counter()
-            batch = parallel.place_batch(
-                np.asarray(next(iterator)), p.batch_sharding, p.batch_shape
-            )
-            result.data_wait_s.append(time.perf_counter() - waited)
-            return batch
+        def next_input(count: int) -> tuple:
+            return host_loop.next_input(p, iterator, count, result.data_wait_s)
 
         step = start
         while step < run_cfg.steps and not result.diverged:
-            end = _window_end(run_cfg, step, clock)
-            state, held = _dispatch_window(compiled, state, end - step, clock, next_batch)
-            fetched = jax.device_get(held)  # the window's metrics in one transfer
+            end = host_loop.window_end(run_cfg, step, clock)
+            state, held = host_loop.dispatch_window(
+                compiled, state, end - step, clock, next_input, run_cfg.steps_per_call
+            )
+            fetched = host_loop.per_step(jax.device_get(held), end - step, run_cfg.steps_per_call)
             for metrics, index in zip(fetched, range(step, end), strict=True):
                 metrics = _record_step(result, metrics, clock.step_times_s[index - start])
                 _evaluate_if_due(run_cfg, evaluator, index, state, result, metrics)
@@ -389,36 +440,6 @@ def run(
     return result
 
 
-def _window_end(run_cfg: RunConfig, step: int, clock: StepClock) -> int:
-    """One past the last step of the timed window that starts at ``step``: ``sync_every``
-    steps, fewer where the run, the burn-in or the steps before an evaluation or a checkpoint
-    end first (those happen between windows, never inside a timed one)."""
-    end = min(step + run_cfg.sync_every, run_cfg.steps)
-    if clock.steps_to_burn_in_end():
-        end = min(end, step + clock.steps_to_burn_in_end())
-    checkpoint_every = run_cfg.checkpoint_every if run_cfg.checkpoint_dir else 0
-    for every in (run_cfg.eval_every, checkpoint_every):
-        if every:
-            end = min(end, (step // every + 1) * every)
-    return end
-
-
-def _dispatch_window(compiled, state: TrainState, n: int, clock: StepClock, next_batch):
-    """Run ``n`` steps as one timed window: each step is dispatched without waiting for the
-    previous one, the batches after the first are fetched and placed while the device computes,
-    and the host blocks once at the end (``StepClock.end``). Returns the state and the ``n``
-    steps' metrics, still on the device."""
-    tokens = next_batch()  # outside the window, as in per-step timing
-    clock.begin()
-    held = []
-    for i in range(n):
-        state, metrics = compiled(state, tokens)
-        held.append(metrics)
-        if i + 1 < n:
-            tokens = next_batch()
-    return clock.end((state, held), n)
-
-
 def _mark_diverged(result: RunResult, index: int, window_end: int) -> None:
     result.diverged = True
     if window_end > index + 1:
@@ -435,7 +456,8 @@ def _summarize_profile(result: RunResult, profile_dir: str) -> None:
 
     try:
         timed = result.timed_step_times_s  # the steps the trace holds (StepClock)
-        summary = summarize(profile_dir, sum(timed) / len(timed)).to_dict()
+        steps = len(timed) if result.steps_per_call > 1 else None
+        summary = summarize(profile_dir, sum(timed) / len(timed), steps=steps).to_dict()
     except (ValueError, OSError, KeyError) as exc:
         result.notes.append(f"profile summary not made: {exc}")
         return
@@ -529,6 +551,7 @@ def _new_result(run_cfg: RunConfig, p: Plan, start: int, compile_s: float, compi
         tokens_per_step=run_cfg.tokens_per_step,
         compile_s=compile_s,
         timing_warmup_steps=run_cfg.timing_warmup_steps,
+        steps_per_call=run_cfg.steps_per_call,
         entropy_floor_nats=entropy_floor(run_cfg.data, run_cfg.model.vocab_size, run_cfg.seed),
         device_kind=jax.local_devices()[0].device_kind,
         xla=memory_figures(compiled) if compiled is not None else {},

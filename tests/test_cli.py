@@ -62,6 +62,8 @@ def test_train_json_reports_losses_per_step():
         (["train", "--dtype", "fp8"], "unknown dtype 'fp8'"),
         (["train", "--sync-every", "0"], "sync_every must be >= 1, got 0"),
         (["sweep", "none", "--sizes", "tiny", "--sync-every", "-2"], "sync_every must be >= 1"),
+        (["train", "--steps-per-call", "0"], "steps_per_call must be >= 1, got 0"),
+        (["sweep", "none", "--sizes", "tiny", "--steps-per-call", "-1"], "steps_per_call must be"),
         (["sweep", "dp", "--sizes", "huge"], "unknown size 'huge'"),
         (["sweep", "pp", "--sizes", "tiny"], "unknown mode 'pp'"),
         (["sweep", "dp", "--sizes", "tiny", "--shard", "3/2"], "bad shard '3/2'"),

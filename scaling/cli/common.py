@@ -114,6 +114,10 @@ SYNC_EVERY_HELP = (
     "Steps per timed window: dispatched without waiting, one host sync and one metrics fetch "
     "per window; each step's time is the window's mean (1: every step timed on its own)."
 )
+STEPS_PER_CALL_HELP = (
+    "Optimizer steps per call of the compiled program (a device loop over stacked batches; "
+    "windows hold at least this many steps, each step's time is the window's mean)."
+)
 MUP_HELP = {
     "base_width": "muP base width: the d_model the hyperparameters were tuned at (128).",
     "base_head_dim": "muP base head width (default: the model's d_head).",

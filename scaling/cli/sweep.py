@@ -12,6 +12,7 @@ from rich.table import Table
 from scaling.cli.common import (
     MUP_HELP,
     PEAK_HELP,
+    STEPS_PER_CALL_HELP,
     SYNC_EVERY_HELP,
     err_console,
     mup_knobs,
@@ -80,7 +81,8 @@ def _modes(text: str, valid: tuple[str, ...], every: tuple[str, ...]) -> list[st
 # The sweep's options that only a training sweep reads (--task decode refuses them).
 TRAINING_ONLY = (
     "spec", "model", "steps", "lr", "data", "remat", "seq", "timing_warmup_steps", "sync_every",
-    "attention", "loss_chunk", "eval_every", "eval_batches", "timeout", "peak_tflops", "shard",
+    "steps_per_call", "attention", "loss_chunk", "eval_every", "eval_batches", "timeout",
+    "peak_tflops", "shard",
     "profile", "coordinator", "num_processes", "process_id", "local_processes", "force",
     "mup_base_width", "mup_base_head_dim", "mup_input_multiplier", "mup_output_multiplier",
     "mup_attn_multiplier", "mup_zero_readout",
@@ -127,6 +129,7 @@ def sweep(
         Opt("--timing-warmup-steps", "--warmup-steps", help="Steps excluded from timing."),
     ] = None,
     sync_every: Annotated[int | None, Opt(help=SYNC_EVERY_HELP)] = None,
+    steps_per_call: Annotated[int | None, Opt(help=STEPS_PER_CALL_HELP)] = None,
     batch: Annotated[int | None, Opt(help="Global batch (sequences).")] = None,
     seq: Annotated[int | None, Opt(help="Sequence length.")] = None,
     mesh: Annotated[str | None, Opt(help="Mesh DxT (default: per mode).")] = None,
@@ -195,6 +198,7 @@ def sweep(
         "steps": steps,
         "timing_warmup_steps": timing_warmup_steps,
         "sync_every": sync_every,
+        "steps_per_call": steps_per_call,
         "batch": batch,
         "seq": seq,
         "mesh": mesh,

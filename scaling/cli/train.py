@@ -12,6 +12,7 @@ from scaling.cli.common import (
     KERNEL_HELP,
     MUP_HELP,
     PEAK_HELP,
+    STEPS_PER_CALL_HELP,
     SYNC_EVERY_HELP,
     err_console,
     mup_knobs,
@@ -71,6 +72,7 @@ def train(
     mup_zero_readout: Annotated[bool | None, Opt(help=MUP_HELP["zero_readout"])] = None,
     data: Annotated[str, Opt(help="synthetic | .bin/.npy file | prepared dir.")] = "synthetic",
     sync_every: Annotated[int, Opt(help=SYNC_EVERY_HELP)] = 1,
+    steps_per_call: Annotated[int, Opt(help=STEPS_PER_CALL_HELP)] = 1,
     eval_every: Annotated[int, Opt(help="Validation loss every K steps (0: at the end).")] = 0,
     eval_batches: Annotated[int, Opt(help="Batches of fixed validation windows per eval.")] = 8,
     data_threads: Annotated[int, Opt(help="Loader threads preparing batches ahead.")] = 2,
@@ -166,6 +168,7 @@ def train(
             resume=resume,
             overwrite=overwrite,
             sync_every=sync_every,
+            steps_per_call=steps_per_call,
             allow_config_change=tuple(split_list(allow_config_change)),
             **{k: v for k, v in locals().items() if k in LOADER_AND_EVAL},
         )
