@@ -177,3 +177,9 @@ def in_namespace(script: str, timeout: float = 300) -> subprocess.CompletedProce
         timeout=timeout,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+def equal_within(times: list[float], windows: list[range]) -> None:
+    """Every window's steps carry one and the same time (the window's mean)."""
+    for window in windows:
+        assert len({times[i] for i in window}) == 1, (window, [times[i] for i in window])

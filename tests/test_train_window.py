@@ -5,17 +5,13 @@ the steps are timed differs."""
 import math
 
 import numpy as np
+import pytest
+from helpers import equal_within
 
 from scaling.presets import build_run
 from scaling.train import run
 
 COMMON = {"batch": 4, "seq": 32, "lr_warmup_steps": 2, "lr": 1e-2}
-
-
-def equal_within(times: list[float], windows: list[range]) -> None:
-    """Every window's steps carry one and the same time (the window's mean)."""
-    for window in windows:
-        assert len({times[i] for i in window}) == 1, (window, [times[i] for i in window])
 
 
 def test_windowed_run_computes_the_per_step_run_and_times_each_window_as_one():
@@ -31,25 +27,35 @@ def test_windowed_run_computes_the_per_step_run_and_times_each_window_as_one():
     assert not windowed.diverged and not windowed.notes
 
 
-def test_evaluations_and_checkpoints_end_windows_and_happen_at_their_steps(tmp_path):
+# sync_every dispatches the window's steps one call each; steps_per_call runs them in one
+# call of a device loop (a window holds at least K steps): both end windows at the same steps.
+HOST_LOOPS = [{"sync_every": 4}, {"steps_per_call": 4}]
+
+
+@pytest.mark.parametrize("host_loop", HOST_LOOPS, ids=["sync_every", "steps_per_call"])
+def test_evaluations_and_checkpoints_end_windows_and_happen_at_their_steps(tmp_path, host_loop):
     common = {**COMMON, "steps": 10, "eval_every": 3, "eval_batches": 1, "checkpoint_every": 5}
     per_step = run(build_run("tiny", checkpoint_dir=str(tmp_path / "a"), **common))
-    windowed = run(build_run("tiny", checkpoint_dir=str(tmp_path / "b"), sync_every=4, **common))
+    windowed = run(build_run("tiny", checkpoint_dir=str(tmp_path / "b"), **host_loop, **common))
     assert windowed.losses == per_step.losses
     evaluated = [i for i, v in enumerate(windowed.val_losses) if math.isfinite(v)]
     assert evaluated == [2, 5, 8, 9]  # after steps 3, 6, 9 and the last
     np.testing.assert_array_equal(windowed.val_losses, per_step.val_losses)
     assert sorted(int(d.name) for d in (tmp_path / "b").iterdir() if d.name.isdigit()) == [5, 10]
     # windows: [0] burn-in, [1, 2] (eval after 3), [3, 4] (checkpoint after 5), [5] (eval
-    # after 6), [6, 7, 8] (eval after 9), [9]
+    # after 6), [6, 7, 8] (eval after 9), [9]; with steps_per_call one call each, running
+    # 1 to 3 of its 4 steps
     equal_within(windowed.step_times_s, [range(1, 3), range(3, 5), range(6, 9)])
     assert windowed.step_times_s[4] != windowed.step_times_s[5]
 
 
-def test_a_non_finite_loss_still_stops_a_windowed_run_and_only_steps_up_to_it_are_recorded():
+@pytest.mark.parametrize("host_loop", HOST_LOOPS, ids=["sync_every", "steps_per_call"])
+def test_a_non_finite_loss_still_stops_a_windowed_run_and_only_steps_up_to_it_are_recorded(
+    host_loop,
+):
     common = {**COMMON, "lr": 1e9, "steps": 40, "timing_warmup_steps": 0}
     per_step = run(build_run("tiny", **common))
-    windowed = run(build_run("tiny", sync_every=8, **common))
+    windowed = run(build_run("tiny", **{k: 2 * v for k, v in host_loop.items()}, **common))
     assert per_step.diverged and windowed.diverged
     first_bad = len(per_step.losses) - 1
     assert len(windowed.losses) == first_bad + 1
@@ -61,22 +67,25 @@ def test_a_non_finite_loss_still_stops_a_windowed_run_and_only_steps_up_to_it_ar
     assert any(f"after the non-finite loss at step {first_bad}" in n for n in windowed.notes)
 
 
-def test_sync_every_goes_from_a_spec_to_the_run_and_the_record_and_old_rows_read_as_one(tmp_path):
+@pytest.mark.parametrize("field", ["sync_every", "steps_per_call"])
+def test_the_host_loop_goes_from_a_spec_to_the_run_and_the_record_and_old_rows_read_as_one(
+    tmp_path, field
+):
     import pandas as pd
     from helpers import make_run_record, write_runs
 
     from scaling import records
     from scaling.spec import SweepSpec, run_config_from_settings
 
-    windowed = SweepSpec("w", axes={"size": ["tiny"]}, fixed={"sync_every": 5}).grid()[0]
-    assert run_config_from_settings(windowed).sync_every == 5
-    assert records.base_record(windowed, "w").sync_every == 5
+    windowed = SweepSpec("w", axes={"size": ["tiny"]}, fixed={field: 5}).grid()[0]
+    assert getattr(run_config_from_settings(windowed), field) == 5
+    assert getattr(records.base_record(windowed, "w"), field) == 5
     plain = SweepSpec("w", axes={"size": ["tiny"]}).grid()[0]
-    assert "sync_every" not in plain  # run ids of specs without it stay what they were
-    assert run_config_from_settings(plain).sync_every == 1
-    write_runs(tmp_path, [make_run_record("new", sync_every=5)])
-    old = pd.read_parquet(tmp_path / "runs" / "new.parquet").drop(columns=["sync_every"])
+    assert field not in plain  # run ids of specs without it stay what they were
+    assert getattr(run_config_from_settings(plain), field) == 1
+    write_runs(tmp_path, [make_run_record("new", **{field: 5})])
+    old = pd.read_parquet(tmp_path / "runs" / "new.parquet").drop(columns=[field])
     old["run_id"] = "old"
     old.to_parquet(tmp_path / "runs" / "old.parquet")
     runs = records.load_runs(tmp_path).set_index("run_id")
-    assert runs.loc["old", "sync_every"] == 1 and runs.loc["new", "sync_every"] == 5
+    assert runs.loc["old", field] == 1 and runs.loc["new", field] == 5
