@@ -13,7 +13,9 @@ at the window's end. The window's wall time, from the dispatch of its first step
 completion of its last, divided by its step count is recorded as each of its steps' time: **per-step
 times are window means in this mode**. Windows end early at the end of burn-in and at steps due
 an evaluation or a checkpoint, so those, the probe and the profiler's start all fall between
-windows, outside any timed one.
+windows, outside any timed one. With ``RunConfig.steps_per_call`` = K > 1 a window holds at
+least K steps and runs them in calls of up to K steps each (one compiled device loop); its
+per-step times are window means in the same way.
 
 A CPU has no datasheet peak that XLA reaches, so on CPU the peak is a jitted 2048² matmul timed
 in the same process right after measured steps (``MatmulProbe``, FACTS.md: f32 2048² ~140–290

@@ -1,6 +1,7 @@
 """Windowed timing (``RunConfig.sync_every``): steps dispatched without waiting, one host sync
-and one metrics fetch per window. The computation must be the per-step run's exactly; only how
-the steps are timed differs."""
+and one metrics fetch per window; with ``RunConfig.steps_per_call`` a window's steps run in calls
+of a device loop. The computation must be the per-step run's exactly; only how the steps are
+called and timed differs."""
 
 import math
 
