@@ -47,6 +47,7 @@ from scaling.estimate.hardware import (
 
 PROBE_SAMPLES = 8  # at most this many probe samples per run (~0.2 s each on CPU)
 MIN_PROBE_SAMPLES = 3  # runs with fewer measured steps take the rest after the last step
+PROBE_CALLS = 3  # timed calls per probe sample; the sample is the fastest (~0.1 s each on CPU)
 
 
 class MatmulProbe:
@@ -74,15 +75,23 @@ class MatmulProbe:
         self.samples: list[float] = []
 
     def sample(self) -> float:
-        """FLOP/s of one call, timed to completion with ``jax.block_until_ready``.
+        """FLOP/s of the fastest of ``PROBE_CALLS`` calls, each timed to completion with
+        ``jax.block_until_ready``: the peak is the best rate the matmul reaches, and a call
+        slowed by something else on the host (a burst of another process, or this one freeing
+        a step's temporaries) would under-read it and over-read MFU (with one timed call per
+        sample, the probe's median read 102-194 GFLOP/s from one 125m run to the next on a
+        2-core host, and two runs MFU 1.05 and 1.41).
 
         One untimed call goes first: right after a training step the first matmul runs at a
         third of the rate of the next ones (measured after 125m fsdp_tp steps: ~70 then ~200
-        GFLOP/s), which would under-read the peak and over-read MFU."""
+        GFLOP/s)."""
         self._call()
-        start = time.perf_counter()
-        self._call()
-        flops = 2.0 * self.n**3 / (time.perf_counter() - start)
+        fastest = math.inf
+        for _ in range(PROBE_CALLS):
+            start = time.perf_counter()
+            self._call()
+            fastest = min(fastest, time.perf_counter() - start)
+        flops = 2.0 * self.n**3 / fastest
         self.samples.append(flops)
         return flops
 

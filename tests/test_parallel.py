@@ -167,6 +167,23 @@ def test_two_processes_equal_one_process():
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
 
 
+def test_a_probe_sample_is_the_fastest_of_its_timed_calls(monkeypatch):
+    """One untimed call, then ``PROBE_CALLS`` timed ones: a call slowed by something else on
+    the host must not lower the peak (and raise MFU)."""
+    import time
+
+    from scaling import measure
+
+    probe = measure.MatmulProbe(n=64)
+    durations = iter([0.0, 0.06, 0.02, 0.04])  # untimed, then the timed calls
+    monkeypatch.setattr(probe, "_call", lambda: time.sleep(next(durations)))
+    assert measure.PROBE_CALLS == 3
+    flops = probe.sample()
+    assert next(durations, None) is None  # all four calls made
+    assert flops == pytest.approx(2 * 64**3 / 0.02, rel=0.2)  # the fastest, not 0.06 or 0.04
+    assert probe.samples == [flops]
+
+
 def test_matmul_probe_runs_on_one_device_even_under_the_training_mesh():
     """The CPU peak probe is sampled inside train.run's mesh context; replicated over the
     mesh it would do the work once per device and under-read the peak (MFU > 100 %)."""
